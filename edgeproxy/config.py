@@ -1,0 +1,388 @@
+"""The configuration tree: TOML (tomllib) validated into frozen dataclasses.
+
+Rules kept here:
+- Every key is declared in a table (``*_KEYS``) with its parser and default; an unknown key or a bad value stops
+  start-up with ``ConfigError`` naming the file, the dotted key and the reason (hypercorn drops unknown keys
+  silently; we don't).
+- Sizes accept bytes or "256MiB"-style strings; durations accept seconds or "30s"/"5m"/"250ms".
+- ``RESTART_KEYS`` names what a reload cannot change (listeners, workers, parser, control socket); everything
+  else is applied by a reload.
+Pure: no sockets, no clock.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tomllib
+from collections.abc import Callable
+from dataclasses import dataclass, field, fields, replace
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from edgeproxy.cors import CorsPolicy
+
+KIB, MIB, GIB = 1024, 1024**2, 1024**3
+SECONDS = 1.0
+MINUTES = 60 * SECONDS
+
+_SIZE_UNITS = {"": 1, "b": 1, "k": KIB, "kb": 1000, "kib": KIB, "m": MIB, "mb": 1000**2, "mib": MIB,
+               "g": GIB, "gb": 1000**3, "gib": GIB}
+_DURATION_UNITS = {"ms": 0.001, "s": 1.0, "": 1.0, "m": 60.0, "min": 60.0, "h": 3600.0, "d": 86400.0}
+
+
+class ConfigError(ValueError):
+    """A bad configuration: carries the file, the dotted key and the reason."""
+
+    def __init__(self, key: str, reason: str, file: str = "<config>") -> None:
+        self.file, self.key, self.reason = file, key, reason
+        super().__init__(f"{file}: {key}: {reason}")
+
+
+# ---- value parsers: each takes the raw TOML value and returns the typed value or raises ValueError ----
+
+def parse_size(value: Any) -> int:
+    if isinstance(value, bool):
+        raise ValueError(f"expected a size like 256MiB, got {value!r}")
+    if isinstance(value, int) and value >= 0:
+        return value
+    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([a-zA-Z]*)\s*", str(value)) if isinstance(value, str) else None
+    if not m or m.group(2).lower() not in _SIZE_UNITS:
+        raise ValueError(f"expected a size like 256MiB, got {value!r}")
+    return int(float(m.group(1)) * _SIZE_UNITS[m.group(2).lower()])
+
+
+def parse_duration(value: Any) -> float:
+    if isinstance(value, bool):
+        raise ValueError(f"expected a duration like 30s, got {value!r}")
+    if isinstance(value, int | float) and value >= 0:
+        return float(value)
+    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([a-z]*)\s*", value) if isinstance(value, str) else None
+    if not m or m.group(2) not in _DURATION_UNITS:
+        raise ValueError(f"expected a duration like 30s, 250ms or 5m, got {value!r}")
+    return float(m.group(1)) * _DURATION_UNITS[m.group(2)]
+
+
+def parse_address(value: Any) -> tuple[str, int]:
+    if not isinstance(value, str):
+        raise ValueError(f"expected HOST:PORT, got {value!r}")
+    host, sep, port = value.rpartition(":")
+    if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ValueError(f"expected HOST:PORT with a port 0-65535, got {value!r}")
+    host = host.strip("[]") or "0.0.0.0"
+    return host, int(port)
+
+
+def _bool(value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise ValueError(f"expected true or false, got {value!r}")
+    return value
+
+
+def _int(lo: int, hi: int) -> Callable[[Any], int]:
+    def parse(value: Any) -> int:
+        if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
+            raise ValueError(f"expected an integer from {lo} to {hi}, got {value!r}")
+        return value
+    return parse
+
+
+def _choice(*options: str) -> Callable[[Any], str]:
+    def parse(value: Any) -> str:
+        if value not in options:
+            raise ValueError(f"expected one of {', '.join(map(repr, options))}, got {value!r}")
+        return value
+    return parse
+
+
+def _str(value: Any) -> str:
+    if not isinstance(value, str):
+        raise ValueError(f"expected a string, got {value!r}")
+    return value
+
+
+def _opt_str(value: Any) -> str | None:
+    return None if value == "" else _str(value)
+
+
+def _list_of(item: Callable[[Any], Any]) -> Callable[[Any], tuple[Any, ...]]:
+    def parse(value: Any) -> tuple[Any, ...]:
+        if not isinstance(value, list):
+            raise ValueError(f"expected a list, got {value!r}")
+        out = []
+        for i, v in enumerate(value):
+            try:
+                out.append(item(v))
+            except ValueError as e:
+                raise ValueError(f"item {i}: {e}") from None
+        return tuple(out)
+    return parse
+
+
+def _workers(value: Any) -> int:
+    if value == "auto":
+        return os.cpu_count() or 1
+    return _int(1, 256)(value)
+
+
+def _access_log(value: Any) -> str | None:
+    """true or "-" = stderr, false = off, a path = that file."""
+    if value is True or value == "-":
+        return "-"
+    if value is False:
+        return None
+    return _str(value)
+
+
+def _origin_url(value: Any) -> str:
+    m = re.fullmatch(r"(https?)://([^/\s?#]+)/?", value) if isinstance(value, str) else None
+    if not m:
+        raise ValueError(f"expected http://HOST[:PORT] or https://HOST[:PORT] (no path), got {value!r}")
+    return value.rstrip("/")
+
+
+def _host_pattern(value: Any) -> str:
+    v = _str(value).lower()
+    if v == "*" or re.fullmatch(r"(\*\.)?[a-z0-9]([a-z0-9.-]*[a-z0-9])?(:\d+)?", v):
+        return v
+    raise ValueError(f"expected a host name, *.suffix or *, got {value!r}")
+
+
+def _header_name(value: Any) -> str:
+    v = _str(value).lower()
+    if not re.fullmatch(r"[!#$%&'*+.^_`|~0-9a-z-]+", v):
+        raise ValueError(f"not a header field name: {value!r}")
+    return v
+
+
+# ---- the tree ----
+
+@dataclass(frozen=True)
+class ServerConfig:
+    listen: tuple[tuple[str, int], ...] = (("127.0.0.1", 8080),)
+    tls_listen: tuple[tuple[str, int], ...] = ()
+    tls_cert: str | None = None
+    tls_key: str | None = None
+    workers: int = 1
+    parser: str = "h11"
+    name: str = "edgeproxy"
+    control_socket: str | None = None
+    control_group: str | None = None
+    control_uids: tuple[int, ...] = ()
+    control_gids: tuple[int, ...] = ()
+    drain_timeout: float = 30 * SECONDS
+    keepalive_timeout: float = 75 * SECONDS
+    header_timeout: float = 10 * SECONDS
+    body_timeout: float = 60 * SECONDS
+    min_body_rate: int = 1024
+    max_uri: int = 8 * KIB
+    max_header_bytes: int = 32 * KIB
+    max_headers: int = 100
+    max_body: int = 100 * MIB
+    max_connections: int = 20000
+    max_connections_per_ip: int = 2000
+    max_pipeline: int = 16
+
+
+@dataclass(frozen=True)
+class OriginConfig:
+    connect_timeout: float = 5 * SECONDS
+    read_timeout: float = 30 * SECONDS
+    idle_timeout: float = 4 * SECONDS
+    max_connections: int = 1024
+    max_per_origin: int = 256
+    pool_wait_timeout: float = 10 * SECONDS
+
+
+@dataclass(frozen=True)
+class CacheConfig:
+    size: int = 256 * MIB
+    max_object_size: int = 8 * MIB
+    max_variants: int = 32
+    heuristic_max: float = 1 * 86400.0
+    max_ttl: float = 0.0
+    collapse: bool = True
+    collapse_timeout: float = 10 * SECONDS
+    hit_for_miss_ttl: float = 30 * SECONDS
+
+
+@dataclass(frozen=True)
+class LogConfig:
+    access: str | None = "-"
+    format: str = "combined"
+    level: str = "info"
+
+
+@dataclass(frozen=True)
+class MetricsConfig:
+    listen: tuple[str, int] | None = None
+
+
+@dataclass(frozen=True)
+class SiteConfig:
+    hosts: tuple[str, ...] = ("*",)
+    origin: str = "http://127.0.0.1:9000"
+    host_header: str = "forward"  # "forward" the client's Host, or "origin" to rewrite it to the origin's
+    x_forwarded: bool = True
+    ca_file: str | None = None
+    tls_verify: bool = True
+    query: str = "keep"
+    ignore_request_cache_control: bool = False
+    store_set_cookie: bool = False
+    allow_request_headers: tuple[str, ...] = ()
+    cors: CorsPolicy | None = None
+
+
+@dataclass(frozen=True)
+class Config:
+    server: ServerConfig = field(default_factory=ServerConfig)
+    origin: OriginConfig = field(default_factory=OriginConfig)
+    cache: CacheConfig = field(default_factory=CacheConfig)
+    log: LogConfig = field(default_factory=LogConfig)
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
+    sites: tuple[SiteConfig, ...] = ()
+    file: str = "<defaults>"
+
+
+SERVER_KEYS: dict[str, Callable[[Any], Any]] = {
+    "listen": _list_of(parse_address), "tls_listen": _list_of(parse_address), "tls_cert": _opt_str,
+    "tls_key": _opt_str, "workers": _workers, "parser": _choice("h11", "httptools"), "name": _str,
+    "control_socket": _opt_str, "control_group": _opt_str, "control_uids": _list_of(_int(0, 2**32)),
+    "control_gids": _list_of(_int(0, 2**32)), "drain_timeout": parse_duration,
+    "keepalive_timeout": parse_duration, "header_timeout": parse_duration, "body_timeout": parse_duration,
+    "min_body_rate": parse_size, "max_uri": parse_size, "max_header_bytes": parse_size,
+    "max_headers": _int(1, 10000), "max_body": parse_size, "max_connections": _int(1, 10**7),
+    "max_connections_per_ip": _int(1, 10**7), "max_pipeline": _int(1, 1024),
+}
+ORIGIN_KEYS: dict[str, Callable[[Any], Any]] = {
+    "connect_timeout": parse_duration, "read_timeout": parse_duration, "idle_timeout": parse_duration,
+    "max_connections": _int(1, 10**6), "max_per_origin": _int(1, 10**6), "pool_wait_timeout": parse_duration,
+}
+CACHE_KEYS: dict[str, Callable[[Any], Any]] = {
+    "size": parse_size, "max_object_size": parse_size, "max_variants": _int(1, 10**4),
+    "heuristic_max": parse_duration, "max_ttl": parse_duration, "collapse": _bool,
+    "collapse_timeout": parse_duration, "hit_for_miss_ttl": parse_duration,
+}
+LOG_KEYS: dict[str, Callable[[Any], Any]] = {
+    "access": _access_log, "format": _choice("combined", "json"),
+    "level": _choice("debug", "info", "warning", "error"),
+}
+METRICS_KEYS: dict[str, Callable[[Any], Any]] = {"listen": parse_address}
+SITE_KEYS: dict[str, Callable[[Any], Any]] = {
+    "hosts": _list_of(_host_pattern), "origin": _origin_url, "host_header": _choice("forward", "origin"),
+    "x_forwarded": _bool, "ca_file": _opt_str, "tls_verify": _bool, "query": _choice("keep", "sort", "ignore"),
+    "ignore_request_cache_control": _bool, "store_set_cookie": _bool,
+    "allow_request_headers": _list_of(_header_name),
+}
+
+# Keys a reload cannot apply: they shape sockets and processes made at start-up.
+RESTART_KEYS: frozenset[str] = frozenset({
+    "server.listen", "server.tls_listen", "server.workers", "server.parser", "server.control_socket",
+    "server.control_group", "metrics.listen", "cache.size",
+})
+
+
+def _section(cls: type, table: Any, spec: dict[str, Callable[[Any], Any]], prefix: str, file: str) -> Any:
+    if not isinstance(table, dict):
+        raise ConfigError(prefix, f"expected a table, got {table!r}", file)
+    values = {}
+    for key, raw in table.items():
+        parse = spec.get(key)
+        if parse is None:
+            known = ", ".join(sorted(spec))
+            raise ConfigError(f"{prefix}.{key}", f"unknown key (known keys: {known})", file)
+        try:
+            values[key] = parse(raw)
+        except ValueError as e:
+            raise ConfigError(f"{prefix}.{key}", str(e), file) from None
+    return cls(**values)
+
+
+def _site(table: Any, index: int, file: str) -> SiteConfig:
+    prefix = f"site[{index}]"
+    if not isinstance(table, dict):
+        raise ConfigError(prefix, "expected a table ([[site]])", file)
+    table = dict(table)
+    cors_table = table.pop("cors", None)
+    if "origin" not in table:
+        raise ConfigError(f"{prefix}.origin", "missing: every site needs an origin URL", file)
+    site = _section(SiteConfig, table, SITE_KEYS, prefix, file)
+    if cors_table is not None:
+        from edgeproxy.cors import CorsConfigError, CorsPolicy  # the CORS grammar lives with its policy
+
+        if not isinstance(cors_table, dict):
+            raise ConfigError(f"{prefix}.cors", "expected a table", file)
+        try:
+            site = replace(site, cors=CorsPolicy.from_settings(**cors_table))
+        except CorsConfigError as e:
+            raise ConfigError(f"{prefix}.cors.{e.key}", e.reason, file) from None
+        except TypeError as e:  # unexpected keyword: an unknown key
+            raise ConfigError(f"{prefix}.cors", str(e), file) from None
+    return site
+
+
+SECTIONS: dict[str, tuple[type, dict[str, Callable[[Any], Any]]]] = {
+    "server": (ServerConfig, SERVER_KEYS), "origin": (OriginConfig, ORIGIN_KEYS),
+    "cache": (CacheConfig, CACHE_KEYS), "log": (LogConfig, LOG_KEYS), "metrics": (MetricsConfig, METRICS_KEYS),
+}
+
+
+def config_from_dict(data: dict[str, Any], file: str = "<config>") -> Config:
+    parts: dict[str, Any] = {}
+    for name, value in data.items():
+        if name == "site":
+            if not isinstance(value, list) or not value:
+                raise ConfigError("site", "expected one or more [[site]] tables", file)
+            parts["sites"] = tuple(_site(t, i, file) for i, t in enumerate(value))
+        elif name in SECTIONS:
+            cls, spec = SECTIONS[name]
+            parts[name] = _section(cls, value, spec, name, file)
+        else:
+            raise ConfigError(name, f"unknown section (known: {', '.join([*SECTIONS, 'site'])})", file)
+    config = Config(**parts, file=file)
+    _check(config)
+    return config
+
+
+def _check(config: Config) -> None:
+    s, c = config.server, config.cache
+    if (s.tls_listen or s.tls_cert or s.tls_key) and not (s.tls_listen and s.tls_cert and s.tls_key):
+        raise ConfigError("server.tls_listen", "tls_listen, tls_cert and tls_key go together", config.file)
+    if c.max_object_size > c.size:
+        raise ConfigError("cache.max_object_size", "larger than cache.size", config.file)
+    if not s.listen and not s.tls_listen:
+        raise ConfigError("server.listen", "no listener: give at least one HOST:PORT", config.file)
+
+
+def load_config(path: str) -> Config:
+    try:
+        with open(path, "rb") as f:
+            data = tomllib.load(f)
+    except OSError as e:
+        raise ConfigError("-", f"cannot read: {e.strerror}", path) from None
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError("-", f"not valid TOML: {e}", path) from None
+    return config_from_dict(data, path)
+
+
+def restart_keys_changed(old: Config, new: Config) -> list[str]:
+    """Dotted keys in RESTART_KEYS whose values differ: a reload keeps the old values for these."""
+    changed = []
+    for dotted in sorted(RESTART_KEYS):
+        section, key = dotted.split(".")
+        if getattr(getattr(old, section), key) != getattr(getattr(new, section), key):
+            changed.append(dotted)
+    return changed
+
+
+def to_dict(config: Config) -> dict[str, Any]:
+    """The effective config as plain data, for ``edgeproxy check-config``."""
+    def plain(obj: Any) -> Any:
+        if type(obj).__name__ == "CorsPolicy":
+            return obj.describe() if hasattr(obj, "describe") else repr(obj)
+        if hasattr(obj, "__dataclass_fields__"):
+            return {f.name: plain(getattr(obj, f.name)) for f in fields(obj)}
+        if isinstance(obj, tuple):
+            return [plain(v) for v in obj]
+        return obj
+    return plain(config)
