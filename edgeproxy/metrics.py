@@ -1,0 +1,185 @@
+"""Proxy counters and their Prometheus text exposition.
+
+Rules kept here:
+- The hot path touches only ``ProxyCounters``: a ``__slots__`` object of ints, small dicts and a bucket list,
+  incremented in place with no locks, no label lookups and no prometheus_client objects. The shell owns one
+  per worker; a worker is single-threaded, so nothing here is synchronised.
+- prometheus_client is used only to render: each scrape builds a private ``CollectorRegistry`` around one
+  collector that turns a snapshot into metric families. The global default registry is never touched (it
+  would mix in process metrics of whichever worker answers) and no exporter thread is started; the server
+  serves ``render()``'s bytes on its own loop with ``CONTENT_TYPE``.
+- Snapshots (``to_dict``) are plain JSON-able dicts so a supervisor can collect them from workers and add
+  them with ``merge``; every number in a snapshot is additive, the open-connection gauge included (the sum
+  over workers is the node's total). Histogram buckets are stored per bucket, not cumulative, so they add
+  too; the rendered ``_count`` is the sum of all buckets.
+- Unknown kinds are counted rather than rejected: a label the shell invents shows up in the exposition
+  instead of raising on the request path.
+"""
+
+from __future__ import annotations
+
+from bisect import bisect_left
+from collections.abc import Iterable, Iterator, Mapping
+from typing import Any
+
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
+from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client.registry import Collector, CollectorRegistry
+from prometheus_client.utils import floatToGoString
+
+CONTENT_TYPE = CONTENT_TYPE_LATEST
+
+# The cache outcomes of a request, as Cache-Status reports them; exported even at zero so rates exist.
+CACHE_KINDS = ("hit", "stale", "miss", "revalidated", "pass", "collapsed", "error")
+STATUS_CLASSES = {1: "1xx", 2: "2xx", 3: "3xx", 4: "4xx", 5: "5xx"}
+ORIGIN_ERROR_KINDS = ("connect", "timeout", "protocol")
+# Seconds from sending a request to the origin until its response head arrived. An edge on a LAN origin sits
+# in the low buckets, a far origin in the hundreds of ms; 30 s is the default origin read timeout.
+LATENCY_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+
+
+class ProxyCounters:
+    """One worker's counters. ``open_connections`` is adjusted directly (``+= 1`` / ``-= 1``)."""
+
+    __slots__ = (
+        "requests", "responses", "response_bytes", "origin_requests", "origin_errors",
+        "latency_buckets", "latency_sum", "open_connections", "purges",
+    )
+
+    def __init__(self) -> None:
+        self.requests: dict[str, int] = dict.fromkeys(CACHE_KINDS, 0)
+        self.responses: dict[str, int] = dict.fromkeys(STATUS_CLASSES.values(), 0)
+        self.response_bytes = 0
+        self.origin_requests = 0
+        self.origin_errors: dict[str, int] = dict.fromkeys(ORIGIN_ERROR_KINDS, 0)
+        # One slot per bound plus the +Inf overflow slot.
+        self.latency_buckets = [0] * (len(LATENCY_BUCKETS) + 1)
+        self.latency_sum = 0.0
+        self.open_connections = 0
+        self.purges: dict[str, int] = {}
+
+    def response(self, cache: str, status: int, sent_bytes: int) -> None:
+        """A response went to a client: its cache outcome, status code and bytes written (head + body)."""
+        self.requests[cache] = self.requests.get(cache, 0) + 1
+        status_class = STATUS_CLASSES.get(status // 100, "other")
+        self.responses[status_class] = self.responses.get(status_class, 0) + 1
+        self.response_bytes += sent_bytes
+
+    def origin_response(self, latency: float) -> None:
+        """An origin request got its response head after ``latency`` seconds."""
+        self.origin_requests += 1
+        latency = max(latency, 0.0)
+        self.latency_buckets[bisect_left(LATENCY_BUCKETS, latency)] += 1
+        self.latency_sum += latency
+
+    def origin_error(self, kind: str) -> None:
+        """An origin request failed before a response head (``connect``, ``timeout``, ``protocol``)."""
+        self.origin_requests += 1
+        self.origin_errors[kind] = self.origin_errors.get(kind, 0) + 1
+
+    def purge(self, kind: str) -> None:
+        """One purge command of ``kind`` (the control protocol's names) was applied."""
+        self.purges[kind] = self.purges.get(kind, 0) + 1
+
+    def to_dict(self) -> dict[str, Any]:
+        """A snapshot that shares nothing with the live counters."""
+        return {
+            "requests": dict(self.requests),
+            "responses": dict(self.responses),
+            "response_bytes": self.response_bytes,
+            "origin_requests": self.origin_requests,
+            "origin_errors": dict(self.origin_errors),
+            "origin_latency": {"buckets": list(self.latency_buckets), "sum": self.latency_sum},
+            "open_connections": self.open_connections,
+            "purges": dict(self.purges),
+        }
+
+
+def _add(total: Any, value: Any) -> Any:
+    if isinstance(value, Mapping):
+        out = dict(total) if isinstance(total, Mapping) else {}
+        for key, item in value.items():
+            out[key] = _add(out.get(key), item)
+        return out
+    if isinstance(value, list):
+        # strict: workers on different bucket layouts cannot be added.
+        return list(value) if total is None else [a + b for a, b in zip(total, value, strict=True)]
+    return value if total is None else total + value
+
+
+def merge(snapshots: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
+    """Sum ``to_dict`` snapshots key by key (dict entries, numbers and histogram buckets)."""
+    total: dict[str, Any] = {}
+    for snapshot in snapshots:
+        total = _add(total, snapshot)
+    return total
+
+
+# (snapshot key, metric name, help, label) of the per-kind counters.
+_LABELLED = (
+    ("requests", "edgeproxy_requests_total", "Client requests by cache outcome.", "cache"),
+    ("responses", "edgeproxy_responses_total", "Client responses by status class.", "code"),
+    ("origin_errors", "edgeproxy_origin_errors_total", "Origin requests that failed before a response head.",
+     "kind"),
+    ("purges", "edgeproxy_purges_total", "Purge commands applied, by kind.", "kind"),
+)
+# (source, key, family, metric name, help): "proxy" keys come from the counters, "store" keys from stats().
+_SCALARS = (
+    ("proxy", "response_bytes", CounterMetricFamily, "edgeproxy_response_bytes_total",
+     "Bytes written to clients, heads and bodies."),
+    ("proxy", "origin_requests", CounterMetricFamily, "edgeproxy_origin_requests_total",
+     "Requests sent to origins, failed ones included."),
+    ("proxy", "open_connections", GaugeMetricFamily, "edgeproxy_open_connections", "Open client connections."),
+    ("store", "entries", GaugeMetricFamily, "edgeproxy_cache_entries", "Objects in the cache."),
+    ("store", "bytes", GaugeMetricFamily, "edgeproxy_cache_bytes", "Bytes the cache accounts for."),
+    ("store", "capacity", GaugeMetricFamily, "edgeproxy_cache_capacity_bytes", "Cache size limit in bytes."),
+    ("store", "hits", CounterMetricFamily, "edgeproxy_cache_hits_total", "Store lookups that found an entry."),
+    ("store", "misses", CounterMetricFamily, "edgeproxy_cache_misses_total", "Store lookups that found none."),
+    ("store", "evictions", CounterMetricFamily, "edgeproxy_cache_evictions_total",
+     "Entries evicted to stay within capacity."),
+    ("store", "inserts", CounterMetricFamily, "edgeproxy_cache_inserts_total", "Entries stored."),
+)
+
+
+def _latency_family(histogram: Mapping[str, Any]) -> HistogramMetricFamily:
+    cumulative, buckets = 0, []
+    for bound, count in zip((*LATENCY_BUCKETS, float("inf")), histogram["buckets"], strict=True):
+        cumulative += count
+        buckets.append((floatToGoString(bound), cumulative))
+    return HistogramMetricFamily(
+        "edgeproxy_origin_latency_seconds",
+        "Time from sending an origin request to receiving its response head.",
+        buckets=buckets,
+        sum_value=histogram["sum"],
+    )
+
+
+class _SnapshotCollector(Collector):
+    """Yields the families of one merged counters snapshot and one store stats dict."""
+
+    def __init__(self, counters: Mapping[str, Any], store: Mapping[str, Any]) -> None:
+        self.sources = {"proxy": counters, "store": store}
+
+    def collect(self) -> Iterator[Metric]:
+        counters = self.sources["proxy"]
+        for key, name, doc, label in _LABELLED:
+            family = CounterMetricFamily(name, doc, labels=[label])
+            for kind, value in counters[key].items():
+                family.add_metric([kind], value)
+            yield family
+        yield _latency_family(counters["origin_latency"])
+        for source, key, family_type, name, doc in _SCALARS:
+            value = self.sources[source].get(key)
+            if value is not None:
+                yield family_type(name, doc, value=value)
+
+
+def render(counters: Mapping[str, Any], store_stats: Mapping[str, Any] | None = None) -> bytes:
+    """Prometheus text exposition of a (merged) counters snapshot and the store's ``stats()``.
+
+    Missing counter keys read as zero; missing store keys leave their metric out.
+    """
+    snapshot = merge([ProxyCounters().to_dict(), counters])
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(_SnapshotCollector(snapshot, store_stats or {}))
+    return generate_latest(registry)
