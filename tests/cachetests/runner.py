@@ -1,0 +1,402 @@
+"""Run the public HTTP cache test suite (``http-cache-tests`` 0.4.5) against edgeproxy.
+
+What this module owns: installing the pinned npm package outside the repo, starting the suite's origin
+(``server/server.mjs``) and the proxy on free 127.0.0.1 ports, running the suite's client (``cli.mjs``),
+tallying the results like the published scores, and comparing them with ``expected.json``.
+
+Rules it keeps:
+- Loopback only. The origin is forced onto 127.0.0.1 by a preload that patches ``net.Server.listen``
+  (the package listens on every interface by default); its files are never edited.
+- Every wait is bounded: start-up, the whole run (the client lingers on keep-alive connections after
+  printing its JSON, so it is stopped once the JSON is complete), and each single-test rerun.
+- "Passed" is a test whose result is ``true``, dependencies notwithstanding: that is the count that
+  reproduces the published figures in the package's ``results/*.json`` (Squid 243 / 141 required);
+  honouring ``depends_on`` there gives 222 / 122. Tests whose dependencies failed are reported apart.
+- A failing test that pauses (``pause_after``: freshness compared across a 3 s pause with
+  second-resolution dates) is timing-sensitive and is rerun once by its id before it counts as a
+  regression.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import queue
+import re
+import shlex
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, ExitStack, contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+PACKAGE = "http-cache-tests"
+VERSION = "0.4.5"
+SECONDS = 1.0
+RUN_TIMEOUT = 120 * SECONDS
+RERUN_TIMEOUT = 60 * SECONDS
+START_TIMEOUT = 20 * SECONDS
+STOP_TIMEOUT = 5 * SECONDS
+MAX_RERUNS = 20  # more failing timing tests than this is a broken proxy, not a slow machine
+KINDS = ("required", "optimal", "check")
+PARSERS = ("h11", "httptools")
+REPO_ROOT = Path(__file__).resolve().parents[2]
+EXPECTED_PATH = Path(__file__).with_name("expected.json")
+DEFAULT_PROXY_CMD = "{python} -m edgeproxy serve --config {config}"
+# The verdict symbols of cli.mjs (lib/display.mjs resultTypes) that mean pass and "yes" (a check).
+PASS_SYMBOLS = frozenset({"✅", "Y"})
+
+# Lists every test the client runs (cli.mjs adds the Surrogate-Control suite) as JSON lines.
+LIST_TESTS_JS = """
+import tests from %(index)s
+import surrogate from %(surrogate)s
+for (const suite of [...tests, surrogate]) {
+  for (const t of suite.tests) {
+    if (t.browser_only === true) continue
+    console.log(JSON.stringify({id: t.id, kind: t.kind || 'required', name: t.name, suite: suite.id,
+      depends_on: t.depends_on || [], timing: t.requests.some(r => 'pause_after' in r)}))
+  }
+}
+"""
+# Starts server.mjs with every listen() forced onto the loopback interface.
+ORIGIN_JS = """
+import net from 'node:net'
+const listen = net.Server.prototype.listen
+net.Server.prototype.listen = function (port, ...rest) {
+  return listen.call(this, Number(port), '127.0.0.1', ...rest.filter(a => typeof a === 'function'))
+}
+await import(%(server)s)
+"""
+PROXY_TOML = """[server]
+listen = ["127.0.0.1:%(port)d"]
+parser = "%(parser)s"
+[log]
+access = false
+[[site]]
+hosts = ["*"]
+origin = "http://127.0.0.1:%(origin_port)d"
+"""
+UUID_RE = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
+DATE_RE = re.compile(r"\w{3}, \d\d \w{3} \d{4} \d\d:\d\d:\d\d GMT")
+PORT_RE = re.compile(r"127\.0\.0\.1:\d+")
+ANSI_RE = re.compile(r"\x1b\[[0-9;]*m")
+
+Result = bool | str  # True, or the failure as "Assertion: ..." / "Setup: ..."
+
+
+class HarnessError(RuntimeError):
+    """The suite could not run (install, start-up or client failure): not a test verdict."""
+
+
+@dataclass(frozen=True)
+class Case:
+    id: str
+    kind: str
+    name: str
+    suite: str
+    depends_on: tuple[str, ...]
+    timing: bool
+
+
+@dataclass(frozen=True)
+class Score:
+    passed: int
+    total: int
+    by_kind: dict[str, tuple[int, int]]
+    dependency_failed: int
+
+    def __str__(self) -> str:
+        kinds = ", ".join(f"{k} {p}/{t}" for k, (p, t) in self.by_kind.items())
+        return (f"passed {self.passed}/{self.total} ({kinds}); "
+                f"{self.dependency_failed} tests have a failed dependency")
+
+
+@dataclass(frozen=True)
+class Comparison:
+    regressions: dict[str, Result]
+    improvements: list[str]
+    flaky: list[str]  # failed first, passed on rerun
+
+
+# ---- install and catalogue ----
+
+def cache_dir() -> Path:
+    base = os.environ.get("EDGEPROXY_CACHE_DIR") or Path.home() / ".cache" / "edgeproxy"
+    return Path(base) / "cache-tests"
+
+
+def install(root: Path | None = None) -> Path:
+    """Install the pinned package under ``root`` unless it is already there; return its folder."""
+    root = root or cache_dir()
+    pkg = root / "node_modules" / PACKAGE
+    manifest = pkg / "package.json"
+    if manifest.is_file() and json.loads(manifest.read_text()).get("version") == VERSION:
+        return pkg
+    root.mkdir(parents=True, exist_ok=True)
+    cmd = ["npm", "install", "--no-audit", "--no-fund", "--prefix", str(root), f"{PACKAGE}@{VERSION}"]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    if done.returncode != 0 or not manifest.is_file():
+        raise HarnessError(f"npm install failed:\n{done.stderr[-2000:]}")
+    return pkg
+
+
+def _js_url(path: Path) -> str:
+    return json.dumps(path.resolve().as_uri())
+
+
+def list_tests(pkg: Path) -> dict[str, Case]:
+    """Read the test definitions with node: id -> kind, name, dependencies, timing sensitivity."""
+    script = LIST_TESTS_JS % {"index": _js_url(pkg / "tests" / "index.mjs"),
+                              "surrogate": _js_url(pkg / "tests" / "surrogate-control.mjs")}
+    done = subprocess.run(["node", "--input-type=module", "-e", script], cwd=pkg,
+                          capture_output=True, text=True, timeout=60)
+    if done.returncode != 0:
+        raise HarnessError(f"listing tests failed:\n{done.stderr[-2000:]}")
+    rows = (json.loads(line) for line in done.stdout.splitlines() if line.strip())
+    return {r["id"]: Case(r["id"], r["kind"], r["name"], r["suite"], tuple(r["depends_on"]), r["timing"])
+            for r in rows}
+
+
+# ---- processes ----
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    """Stop a process we started in its own session, and anything it spawned, by its group id."""
+    if proc.poll() is None:
+        try:
+            os.killpg(proc.pid, signal.SIGTERM)
+            proc.wait(STOP_TIMEOUT)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(STOP_TIMEOUT)
+        except ProcessLookupError:
+            pass
+
+
+@contextmanager
+def _service(name: str, cmd: list[str], port: int, log: Path, **popen: object) -> Iterator[int]:
+    """Run ``cmd`` until the context exits; yield ``port`` once it accepts connections."""
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
+                                start_new_session=True, **popen)  # type: ignore[call-overload]
+    try:
+        deadline = time.monotonic() + START_TIMEOUT
+        while True:
+            if proc.poll() is not None:
+                raise HarnessError(f"{name} exited with {proc.returncode}:\n{log.read_text()[-2000:]}")
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise HarnessError(f"{name} did not accept on port {port}") from None
+                time.sleep(0.05)
+        yield port
+    finally:
+        _stop(proc)
+
+
+def origin(pkg: Path, workdir: Path) -> AbstractContextManager[int]:
+    port = free_port()
+    env = {**os.environ, "npm_config_protocol": "http", "npm_config_port": str(port),
+           "npm_config_pidfile": str(workdir / "origin.pid")}
+    script = ORIGIN_JS % {"server": _js_url(pkg / "server" / "server.mjs")}
+    cmd = ["node", "--no-warnings", "--input-type=module", "-e", script]
+    return _service("origin", cmd, port, workdir / "origin.log", cwd=pkg, env=env)
+
+
+def proxy(proxy_cmd: str, parser: str, origin_port: int, workdir: Path) -> AbstractContextManager[int]:
+    port = free_port()
+    config = workdir / "edgeproxy.toml"
+    config.write_text(PROXY_TOML % {"port": port, "parser": parser, "origin_port": origin_port})
+    words = {"python": sys.executable, "config": str(config), "port": str(port),
+             "origin": f"http://127.0.0.1:{origin_port}"}
+    cmd = [arg.format(**words) for arg in shlex.split(proxy_cmd)]
+    path = os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")]))
+    env = {**os.environ, "PYTHONPATH": path}
+    return _service("proxy", cmd, port, workdir / "proxy.log", cwd=REPO_ROOT, env=env)
+
+
+@contextmanager
+def target(pkg: Path, proxy_cmd: str | None, parser: str = "h11") -> Iterator[str]:
+    """Start the origin and, unless ``proxy_cmd`` is None, the proxy; yield the base URL to test."""
+    with ExitStack() as stack:
+        workdir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="cache-tests-")))
+        port = stack.enter_context(origin(pkg, workdir))
+        if proxy_cmd is not None:
+            port = stack.enter_context(proxy(proxy_cmd, parser, port, workdir))
+        yield f"http://127.0.0.1:{port}"
+
+
+# ---- the client ----
+
+def _pump(stream: Iterator[str], lines: queue.Queue[str | None]) -> None:
+    for line in stream:
+        lines.put(line)
+    lines.put(None)  # end of output
+
+
+def _client_lines(pkg: Path, base: str, test_id: str, timeout: float,
+                  done: Callable[[list[str]], bool]) -> list[str]:
+    """Run cli.mjs and collect its stdout lines until ``done(lines)`` or it exits; then stop it."""
+    env = {**os.environ, "npm_config_base": base, "npm_config_id": test_id,
+           "npm_package_config_id": test_id}
+    proc = subprocess.Popen(["node", "--no-warnings", "cli.mjs"], cwd=pkg, env=env, text=True,
+                            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    lines: queue.Queue[str | None] = queue.Queue()
+    threading.Thread(target=_pump, args=(proc.stdout, lines), daemon=True).start()
+    seen: list[str] = []
+    deadline = time.monotonic() + timeout
+    try:
+        while not done(seen):
+            try:
+                line = lines.get(timeout=max(0.0, deadline - time.monotonic()))
+            except queue.Empty:
+                raise HarnessError(f"client gave no complete answer within {timeout:.0f} s") from None
+            if line is None:
+                break
+            seen.append(ANSI_RE.sub("", line.rstrip("\n")))
+    finally:
+        _stop(proc)
+    return seen
+
+
+def _json_complete(lines: list[str]) -> bool:
+    # cli.mjs prints JSON.stringify(results, null, 2): the object's last line is a bare "}".
+    return bool(lines) and lines[-1] == "}" and "{" in lines
+
+
+def describe(result: object) -> Result:
+    """The client's ``true`` or ``[name, message]`` as True or a stable string (no uuids or dates)."""
+    if result is True:
+        return True
+    text = f"{result[0]}: {result[1]}" if isinstance(result, list) and len(result) == 2 else repr(result)
+    text = PORT_RE.sub("127.0.0.1:<port>", UUID_RE.sub("<uuid>", text))
+    return DATE_RE.sub("<date>", text)
+
+
+def run_client(pkg: Path, base: str, timeout: float = RUN_TIMEOUT) -> dict[str, Result]:
+    """Run every test once against ``base``: test id -> True or failure description."""
+    lines = _client_lines(pkg, base, "", timeout, _json_complete)
+    if not _json_complete(lines):
+        raise HarnessError("client exited without printing its results:\n" + "\n".join(lines[-20:]))
+    raw = json.loads("\n".join(lines[lines.index("{"):]))
+    return {test_id: describe(result) for test_id, result in raw.items()}
+
+
+def _verdict_printed(lines: list[str]) -> bool:
+    # Run by id, cli.mjs prints "==== Results" and then one line: "<symbol> - <failure or nothing>".
+    return len(lines) >= 2 and lines[-2] == "==== Results"
+
+
+def run_one(pkg: Path, base: str, test_id: str, timeout: float = RERUN_TIMEOUT) -> bool:
+    """Run a single test by id; True if it passed."""
+    lines = _client_lines(pkg, base, test_id, timeout, _verdict_printed)
+    if not _verdict_printed(lines):
+        raise HarnessError(f"no verdict for {test_id}:\n" + "\n".join(lines[-20:]))
+    return lines[-1].split(" - ", 1)[0].strip() in PASS_SYMBOLS
+
+
+# ---- tally and comparison ----
+
+def score(results: dict[str, Result], tests: dict[str, Case]) -> Score:
+    by_kind = {kind: [0, 0] for kind in KINDS}
+    for test in tests.values():
+        by_kind[test.kind][1] += 1
+        by_kind[test.kind][0] += results.get(test.id) is True
+    dependency_failed = sum(any(results.get(d) is not True for d in t.depends_on) for t in tests.values())
+    passed = sum(p for p, _ in by_kind.values())
+    return Score(passed, len(tests), {k: (p, t) for k, (p, t) in by_kind.items()}, dependency_failed)
+
+
+def compare(expected: dict[str, Result], actual: dict[str, Result], tests: dict[str, Case],
+            rerun: Callable[[str], bool]) -> Comparison:
+    """Regressions are tests expected to pass that fail; timing tests get one rerun by id first."""
+    failing = {i: actual.get(i, "missing from the client's results") for i, want in expected.items()
+               if want is True and actual.get(i) is not True}
+    timing = [i for i in failing if i in tests and tests[i].timing][:MAX_RERUNS]
+    flaky = [i for i in timing if rerun(i)]
+    regressions = {i: r for i, r in failing.items() if i not in flaky}
+    improvements = sorted(i for i, r in actual.items() if r is True and expected.get(i) is not True)
+    return Comparison(regressions, improvements, flaky)
+
+
+def load_expected(path: Path = EXPECTED_PATH) -> dict[str, Result]:
+    return json.loads(path.read_text())["results"]
+
+
+def save_expected(results: dict[str, Result], tests: dict[str, Case], parser: str,
+                  path: Path = EXPECTED_PATH) -> None:
+    data = {"suite": f"{PACKAGE}@{VERSION}", "parser": parser, "score": str(score(results, tests)),
+            "results": dict(sorted(results.items()))}
+    path.write_text(json.dumps(data, indent=1, ensure_ascii=False) + "\n")
+
+
+# ---- command line ----
+
+def _arguments(argv: list[str] | None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(prog="python -m tests.cachetests.runner", description=__doc__.split("\n")[0])
+    how = ap.add_mutually_exclusive_group()
+    how.add_argument("--proxy-cmd", default=DEFAULT_PROXY_CMD,
+                     help="proxy command; {python} {config} {port} {origin} are filled in (default: %(default)s)")
+    how.add_argument("--direct", action="store_true", help="no proxy: point the client at the origin")
+    ap.add_argument("--parser", choices=PARSERS, default="h11", help="[server] parser in the proxy config")
+    ap.add_argument("--id", help="run one test by id and show its exchanges")
+    ap.add_argument("--update", action="store_true", help="rewrite expected.json from this run")
+    ap.add_argument("--failures", action="store_true", help="list every failing test with its reason")
+    return ap.parse_args(argv)
+
+
+def _run_single(pkg: Path, proxy_cmd: str | None, parser: str, test_id: str) -> int:
+    with target(pkg, proxy_cmd, parser) as base:
+        lines = _client_lines(pkg, base, test_id, RERUN_TIMEOUT, _verdict_printed)
+    print("\n".join(lines))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _arguments(argv)
+    pkg = install()
+    proxy_cmd = None if args.direct else args.proxy_cmd
+    if args.id:
+        return _run_single(pkg, proxy_cmd, args.parser, args.id)
+    tests = list_tests(pkg)
+    with target(pkg, proxy_cmd, args.parser) as base:
+        results = run_client(pkg, base)
+        print(f"{PACKAGE}@{VERSION} against {'the origin' if args.direct else 'edgeproxy'}"
+              f" ({'direct' if args.direct else args.parser}): {score(results, tests)}")
+        if args.failures:
+            for test_id, result in sorted(results.items()):
+                if result is not True:
+                    print(f"  {tests[test_id].kind:8} {test_id}: {result}")
+        if args.update:
+            save_expected(results, tests, args.parser)
+            print(f"wrote {EXPECTED_PATH}")
+            return 0
+        if args.direct or not EXPECTED_PATH.is_file():
+            return 0
+        outcome = compare(load_expected(), results, tests, lambda i: run_one(pkg, base, i))
+    for test_id in outcome.flaky:
+        print(f"flaky (passed on rerun): {test_id}")
+    for test_id in outcome.improvements:
+        print(f"improved: {test_id}")
+    for test_id, result in outcome.regressions.items():
+        print(f"REGRESSION: {test_id}: {result}")
+    return 1 if outcome.regressions else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
