@@ -104,26 +104,35 @@ def _add(total: Any, value: Any) -> Any:
     if isinstance(value, list):
         # strict: workers on different bucket layouts cannot be added.
         return list(value) if total is None else [a + b for a, b in zip(total, value, strict=True)]
-    return value if total is None else total + value
+    if value is None or total is None:
+        return total if value is None else value
+    return total + value
 
 
 def merge(snapshots: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
-    """Sum ``to_dict`` snapshots key by key (dict entries, numbers and histogram buckets)."""
+    """Sum ``to_dict`` snapshots key by key (dict entries, numbers and histogram buckets); None adds as 0.
+
+    Also sums per-worker store stats dicts, where every rendered key is additive too.
+    """
     total: dict[str, Any] = {}
     for snapshot in snapshots:
         total = _add(total, snapshot)
     return total
 
 
-# (snapshot key, metric name, help, label) of the per-kind counters.
+# (source, key, metric name, help, label) of the per-kind counters: "proxy" keys come from the counters
+# snapshot, "store" keys from the store's stats().
 _LABELLED = (
-    ("requests", "edgeproxy_requests_total", "Client requests by cache outcome.", "cache"),
-    ("responses", "edgeproxy_responses_total", "Client responses by status class.", "code"),
-    ("origin_errors", "edgeproxy_origin_errors_total", "Origin requests that failed before a response head.",
-     "kind"),
-    ("purges", "edgeproxy_purges_total", "Purge commands applied, by kind.", "kind"),
+    ("proxy", "requests", "edgeproxy_requests_total", "Client requests by cache outcome.", "cache"),
+    ("proxy", "responses", "edgeproxy_responses_total", "Client responses by status class.", "code"),
+    ("proxy", "origin_errors", "edgeproxy_origin_errors_total",
+     "Origin requests that failed before a response head.", "kind"),
+    ("proxy", "purges", "edgeproxy_purges_total", "Purge commands applied, by kind.", "kind"),
+    ("store", "not_stored", "edgeproxy_cache_not_stored_total", "Responses the store refused, by reason.",
+     "reason"),
 )
-# (source, key, family, metric name, help): "proxy" keys come from the counters, "store" keys from stats().
+
+# (source, key, family, metric name, help) of the unlabelled metrics.
 _SCALARS = (
     ("proxy", "response_bytes", CounterMetricFamily, "edgeproxy_response_bytes_total",
      "Bytes written to clients, heads and bodies."),
@@ -138,6 +147,7 @@ _SCALARS = (
     ("store", "evictions", CounterMetricFamily, "edgeproxy_cache_evictions_total",
      "Entries evicted to stay within capacity."),
     ("store", "inserts", CounterMetricFamily, "edgeproxy_cache_inserts_total", "Entries stored."),
+    ("store", "purged", CounterMetricFamily, "edgeproxy_cache_purged_total", "Entries removed by purges."),
 )
 
 
@@ -161,13 +171,14 @@ class _SnapshotCollector(Collector):
         self.sources = {"proxy": counters, "store": store}
 
     def collect(self) -> Iterator[Metric]:
-        counters = self.sources["proxy"]
-        for key, name, doc, label in _LABELLED:
-            family = CounterMetricFamily(name, doc, labels=[label])
-            for kind, value in counters[key].items():
-                family.add_metric([kind], value)
-            yield family
-        yield _latency_family(counters["origin_latency"])
+        for source, key, name, doc, label in _LABELLED:
+            values = self.sources[source].get(key)
+            if values is not None:
+                family = CounterMetricFamily(name, doc, labels=[label])
+                for kind, value in values.items():
+                    family.add_metric([kind], value)
+                yield family
+        yield _latency_family(self.sources["proxy"]["origin_latency"])
         for source, key, family_type, name, doc in _SCALARS:
             value = self.sources[source].get(key)
             if value is not None:
@@ -175,9 +186,9 @@ class _SnapshotCollector(Collector):
 
 
 def render(counters: Mapping[str, Any], store_stats: Mapping[str, Any] | None = None) -> bytes:
-    """Prometheus text exposition of a (merged) counters snapshot and the store's ``stats()``.
-
-    Missing counter keys read as zero; missing store keys leave their metric out.
+    """Prometheus text exposition of a (merged) counters snapshot and the store's stats as a dict
+    (``dataclasses.asdict(store.stats())``; keys entries, bytes, capacity, hits, misses, evictions, inserts,
+    purged, not_stored). Missing counter keys read as zero; missing store keys leave their metric out.
     """
     snapshot = merge([ProxyCounters().to_dict(), counters])
     registry = CollectorRegistry(auto_describe=False)

@@ -112,14 +112,16 @@ def test_merge_sums_two_workers_counters_and_buckets():
     assert a.to_dict()["requests"]["hit"] == 1
 
 
-def test_merge_of_nothing_and_mismatched_buckets():
+def test_merge_of_nothing_none_and_mismatched_buckets():
     assert merge([]) == {}
+    assert merge([{"entries": 1, "last": None}, {"entries": 2, "last": 5.0}, {"last": None}]) == {
+        "entries": 3, "last": 5.0}
     with pytest.raises(ValueError):
         merge([{"origin_latency": {"buckets": [1, 2]}}, {"origin_latency": {"buckets": [1, 2, 3]}}])
 
 
 STORE = {"entries": 42, "bytes": 1_048_576, "capacity": 268_435_456, "hits": 900, "misses": 100,
-         "evictions": 7, "inserts": 49}
+         "evictions": 7, "inserts": 49, "purged": 3, "not_stored": {"too-large": 2}, "last_purge_at": 1700000000.0}
 
 
 def test_render_exposes_every_family_with_its_values():
@@ -156,6 +158,8 @@ def test_render_exposes_every_family_with_its_values():
         ("edgeproxy_cache_misses_total", ()): 100,
         ("edgeproxy_cache_evictions_total", ()): 7,
         ("edgeproxy_cache_inserts_total", ()): 49,
+        ("edgeproxy_cache_purged_total", ()): 3,
+        ("edgeproxy_cache_not_stored_total", (("reason", "too-large"),)): 2,
     }
     assert {key: got.get(key) for key in expected} == expected
     assert _types(body) == {
@@ -165,7 +169,8 @@ def test_render_exposes_every_family_with_its_values():
         "edgeproxy_open_connections": "gauge", "edgeproxy_cache_entries": "gauge", "edgeproxy_cache_bytes": "gauge",
         "edgeproxy_cache_capacity_bytes": "gauge", "edgeproxy_cache_hits": "counter",
         "edgeproxy_cache_misses": "counter", "edgeproxy_cache_evictions": "counter",
-        "edgeproxy_cache_inserts": "counter",
+        "edgeproxy_cache_inserts": "counter", "edgeproxy_cache_purged": "counter",
+        "edgeproxy_cache_not_stored": "counter",
     }
 
 
