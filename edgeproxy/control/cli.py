@@ -1,0 +1,267 @@
+"""Operator commands over the control socket: ``purge``, ``stats``, ``ping``, ``reload``.
+
+Owns: the argparse subcommands (``add_subcommands`` registers them on the main ``edgeproxy`` parser; ``main``
+runs them standalone, e.g. ``python -m edgeproxy.control.cli stats``), choosing the socket path, turning
+arguments into protocol requests, and printing results: human text by default, JSON with ``--json``.
+
+Rules: success exits 0 and failure exits non-zero with exactly one ``edgeproxy: ...`` line on stderr. Exit codes
+follow sysexits.h so scripts can tell "fix your arguments" from "the proxy is down" (table below). Requests are
+validated locally with the same grammar the server uses before anything is sent, so a bad regex is reported
+even when the proxy isn't running, and a purge is never sent twice (the client doesn't retry).
+
+Socket path: ``--control PATH``, else ``[server] control_socket`` from ``--config FILE``, else the server's
+default for this user, falling back to the system-wide ``/run/edgeproxy/control.sock`` when that is what exists
+(an operator in the ``edgeproxy`` group runs the CLI without root).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from edgeproxy.config import ConfigError, load_config
+from edgeproxy.control import protocol
+from edgeproxy.control.client import (
+    DEFAULT_TIMEOUT,
+    ControlClient,
+    ControlError,
+    ControlPermissionDenied,
+    ControlUnavailable,
+)
+from edgeproxy.control.server import SOCKET_NAME, default_socket_path
+
+PROG = "edgeproxy"
+SYSTEM_SOCKET = os.path.join("/run/edgeproxy", SOCKET_NAME)
+
+EXIT_OK = 0
+EXIT_FAILED = 1  # the server answered with an error
+EXIT_USAGE = 2  # bad arguments (argparse uses 2 too)
+EXIT_UNAVAILABLE = 69  # EX_UNAVAILABLE: no socket, nobody listening, no answer
+EXIT_NOPERM = 77  # EX_NOPERM: file mode or SO_PEERCRED refused us
+EXIT_CONFIG = 78  # EX_CONFIG: --config unreadable or invalid
+
+
+
+class ServerError(Exception):
+    """The server answered ``ok: false``; the message is its error text."""
+
+
+# Most specific first: ControlUnavailable and ControlPermissionDenied are ControlErrors.
+_EXIT_CODES: tuple[tuple[type[Exception], int], ...] = (
+    (ControlUnavailable, EXIT_UNAVAILABLE),
+    (ControlPermissionDenied, EXIT_NOPERM),
+    (ConfigError, EXIT_CONFIG),
+    (protocol.ProtocolError, EXIT_USAGE),
+    (ControlError, EXIT_FAILED),
+    (ServerError, EXIT_FAILED),
+)
+# Errors about what the operator asked (rather than about the socket) are prefixed with the subcommand.
+_ABOUT_THE_COMMAND = (protocol.ProtocolError, ServerError)
+
+
+# --- arguments to requests -------------------------------------------------------------------------------
+
+# argparse dest -> (how the option reads in messages, the purge requests it makes). Exactly one may be given,
+# except that --host narrows --prefix.
+_PURGE_OPTIONS: dict[str, tuple[str, Callable[[argparse.Namespace], list[dict[str, Any]]]]] = {
+    "urls": ("URL", lambda a: [{"kind": "url", "url": url} for url in a.urls]),
+    "prefix": ("--prefix", lambda a: [{"kind": "prefix", "prefix": a.prefix, "host": a.host}]),
+    "host": ("--host", lambda a: [{"kind": "host", "host": a.host}]),
+    "tags": ("--tag", lambda a: [{"kind": "tag", "tags": a.tags}]),
+    "regex": ("--regex", lambda a: [{"kind": "regex", "pattern": a.regex}]),
+    "all": ("--all", lambda a: [{"kind": "all"}]),
+}
+_PURGE_CHOICES = "URL..., --prefix P [--host H], --host H, --tag T..., --regex R or --all"
+
+
+def purge_requests(args: argparse.Namespace) -> list[dict[str, Any]]:
+    """One request per URL, or one for the chosen selector, each checked by the grammar; else ProtocolError."""
+    given = [dest for dest in _PURGE_OPTIONS if getattr(args, dest) not in (None, False, [])]
+    if given[:2] == ["prefix", "host"]:
+        given.remove("host")
+    if len(given) != 1:
+        got = " and ".join(_PURGE_OPTIONS[dest][0] for dest in given) or "nothing"
+        raise protocol.ProtocolError(f"choose one of {_PURGE_CHOICES} (got {got})")
+    requests = [{"cmd": "purge", "soft": args.soft, **fields} for fields in _PURGE_OPTIONS[given[0]][1](args)]
+    for request in requests:
+        protocol.parse_request(protocol.encode_request(request).rstrip(b"\n"))
+    return requests
+
+
+# --- rendering -------------------------------------------------------------------------------------------
+
+
+def _plural(n: int, word: str, plural: str) -> str:
+    return f"{n} {word if n == 1 else plural}"
+
+
+def render_purge(replies: list[dict[str, Any]]) -> str:
+    total = sum(int(r.get("purged", 0)) for r in replies)
+    kind = replies[0].get("kind", "?")
+    mode = "soft" if replies[0].get("soft") else "hard"
+    return f"purged {_plural(total, 'entry', 'entries')} ({kind}, {mode})"
+
+
+def _flatten(obj: dict[str, Any], prefix: str = "") -> list[tuple[str, Any]]:
+    rows: list[tuple[str, Any]] = []
+    if isinstance(obj.get("hits"), int) and isinstance(obj.get("misses"), int) and "hit_ratio" not in obj:
+        looked_up = obj["hits"] + obj["misses"]
+        obj = {**obj, "hit_ratio": obj["hits"] / looked_up if looked_up else 0.0}
+    for key in sorted(obj):
+        value = obj[key]
+        if isinstance(value, dict):
+            rows += _flatten(value, f"{prefix}{key}.")
+        else:
+            rows.append((f"{prefix}{key}", value))
+    return rows
+
+
+_BYTE_UNITS = ("B", "KiB", "MiB", "GiB", "TiB")
+
+
+def _human_bytes(n: int) -> str:
+    exp = 0
+    while exp < len(_BYTE_UNITS) - 1 and n >= 1024 ** (exp + 1):
+        exp += 1
+    return f"{n} B" if exp == 0 else f"{n / 1024**exp:.1f} {_BYTE_UNITS[exp]}"
+
+
+def _format_value(name: str, value: Any) -> str:
+    leaf = name.rsplit(".", 1)[-1]
+    if isinstance(value, float) and leaf.endswith("ratio"):
+        return f"{value * 100:.1f}%"
+    if isinstance(value, bool) or value is None:
+        return json.dumps(value)
+    if isinstance(value, int) and ("bytes" in leaf or leaf == "capacity"):
+        return f"{value:,} ({_human_bytes(value)})"
+    if isinstance(value, int):
+        return f"{value:,}"
+    if isinstance(value, float):
+        return f"{value:,.3f}"
+    if isinstance(value, list):
+        return ", ".join(str(v) for v in value) or "-"
+    return str(value)
+
+
+def render_table(fields: dict[str, Any]) -> str:
+    """Nested stats as an aligned two-column table; hit ratios (given or computed) as percentages."""
+    rows = _flatten({k: v for k, v in fields.items() if k not in protocol.REPLY_ENVELOPE})
+    width = max((len(name) for name, _ in rows), default=0)
+    return "\n".join(f"{name:<{width}}  {_format_value(name, value)}" for name, value in rows)
+
+
+# --- subcommands -----------------------------------------------------------------------------------------
+
+
+def _body(reply: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in reply.items() if k not in protocol.REPLY_ENVELOPE}
+
+
+def _send(client: ControlClient, request: dict[str, Any]) -> dict[str, Any]:
+    reply = client.request(request)
+    if not reply["ok"]:
+        raise ServerError(reply["error"])
+    return reply
+
+
+def run_purge(args: argparse.Namespace, client: ControlClient) -> str:
+    replies = [_send(client, request) for request in purge_requests(args)]
+    if args.json:
+        return "\n".join(json.dumps(_body(r), sort_keys=True) for r in replies)
+    return render_purge(replies)
+
+
+def run_stats(args: argparse.Namespace, client: ControlClient) -> str:
+    stats = _body(_send(client, {"cmd": "stats"}))
+    return json.dumps(stats, indent=2, sort_keys=True) if args.json else render_table(stats)
+
+
+def run_ping(args: argparse.Namespace, client: ControlClient) -> str:
+    started = time.monotonic()
+    reply = _body(_send(client, {"cmd": "ping"}))
+    elapsed_ms = (time.monotonic() - started) * 1000
+    if args.json:
+        return json.dumps({**reply, "rtt_ms": round(elapsed_ms, 3)}, sort_keys=True)
+    return f"pong from pid {reply.get('pid', '?')} in {elapsed_ms:.1f} ms"
+
+
+def run_reload(args: argparse.Namespace, client: ControlClient) -> str:
+    reply = _body(_send(client, {"cmd": "reload"}))
+    if args.json:
+        return json.dumps(reply, sort_keys=True)
+    details = render_table(reply)
+    return "reloaded" + (f"\n{details}" if details else "")
+
+
+def _add_purge_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("urls", nargs="*", metavar="URL", help="absolute URL(s) to purge, every variant")
+    parser.add_argument("--prefix", help="path prefix, e.g. /pictures/ or /pictures/* (all hosts unless --host)")
+    parser.add_argument("--host", help="purge one host, or limit --prefix to it")
+    parser.add_argument("--tag", dest="tags", nargs="+", metavar="TAG", help="purge entries carrying any TAG")
+    parser.add_argument("--regex", help="purge cache keys matching this regular expression (re.search)")
+    parser.add_argument("--all", action="store_true", help="purge everything")
+    parser.add_argument("--soft", action="store_true", help="mark stale (revalidate) instead of removing")
+
+
+SUBCOMMANDS: dict[str, tuple[str, Callable[[argparse.Namespace, ControlClient], str], Callable[..., None]]] = {
+    "purge": ("remove (or with --soft, invalidate) cached entries", run_purge, _add_purge_options),
+    "stats": ("show cache and traffic counters", run_stats, lambda _parser: None),
+    "ping": ("check that the proxy answers on its control socket", run_ping, lambda _parser: None),
+    "reload": ("reload the configuration (as SIGHUP does)", run_reload, lambda _parser: None),
+}
+
+
+def add_subcommands(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    """Register purge/stats/ping/reload; each parser's ``func(args) -> int`` runs it and returns the exit code."""
+    for name, (help_text, run, add_options) in SUBCOMMANDS.items():
+        parser = subparsers.add_parser(name, help=help_text, description=help_text)
+        add_options(parser)
+        parser.add_argument("--control", metavar="PATH", help="control socket path")
+        parser.add_argument("--config", metavar="FILE", help="read [server] control_socket from this TOML config")
+        parser.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT, metavar="SECONDS")
+        parser.add_argument("--json", action="store_true", help="machine-readable output")
+        parser.set_defaults(func=_runner(name, run))
+
+
+def _runner(name: str, run: Callable[[argparse.Namespace, ControlClient], str]) -> Callable[..., int]:
+    def func(args: argparse.Namespace) -> int:
+        try:
+            with ControlClient(socket_path(args), args.timeout) as client:
+                output = run(args, client)
+        except tuple(cls for cls, _ in _EXIT_CODES) as exc:
+            about = f"{name}: " if isinstance(exc, _ABOUT_THE_COMMAND) else ""
+            print(f"{PROG}: {about}{exc}", file=sys.stderr)
+            return next(code for cls, code in _EXIT_CODES if isinstance(exc, cls))
+        print(output)
+        return EXIT_OK
+
+    return func
+
+
+def socket_path(args: argparse.Namespace) -> str:
+    if args.control:
+        return args.control
+    if args.config:
+        configured = load_config(args.config).server.control_socket
+        if configured:
+            return configured
+    own = default_socket_path()
+    if not os.path.exists(own) and os.path.exists(SYSTEM_SOCKET):
+        return SYSTEM_SOCKET
+    return own
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog=PROG, description="Operate a running edgeproxy over its control socket.")
+    add_subcommands(parser.add_subparsers(dest="command", required=True, metavar="COMMAND"))
+    args = parser.parse_args(argv)
+    return int(args.func(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
