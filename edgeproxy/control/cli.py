@@ -46,7 +46,6 @@ EXIT_NOPERM = 77  # EX_NOPERM: file mode or SO_PEERCRED refused us
 EXIT_CONFIG = 78  # EX_CONFIG: --config unreadable or invalid
 
 
-
 class ServerError(Exception):
     """The server answered ``ok: false``; the message is its error text."""
 
