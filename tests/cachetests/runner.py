@@ -12,9 +12,9 @@ Rules it keeps:
 - "Passed" is a test whose result is ``true``, dependencies notwithstanding: that is the count that
   reproduces the published figures in the package's ``results/*.json`` (Squid 243 / 141 required);
   honouring ``depends_on`` there gives 222 / 122. Tests whose dependencies failed are reported apart.
-- A failing test that pauses (``pause_after``: freshness compared across a 3 s pause with
-  second-resolution dates) is timing-sensitive and is rerun once by its id before it counts as a
-  regression.
+- A test is timing-sensitive when it pauses (``pause_after``, 3 s) or builds a date header from the
+  clock (``['Expires', 0]``: second resolution, so the outcome can flip at a second boundary). Such a
+  test that fails is rerun once by its id before it counts as a regression.
 """
 
 from __future__ import annotations
@@ -57,11 +57,14 @@ PASS_SYMBOLS = frozenset({"✅", "Y"})
 LIST_TESTS_JS = """
 import tests from %(index)s
 import surrogate from %(surrogate)s
+import { dateHeaders } from %(defines)s
+const clockDate = r => ['request_headers', 'response_headers'].some(f => (r[f] || []).some(h =>
+  Array.isArray(h) && dateHeaders.has(String(h[0]).toLowerCase()) && Number.isInteger(h[1])))
 for (const suite of [...tests, surrogate]) {
   for (const t of suite.tests) {
     if (t.browser_only === true) continue
     console.log(JSON.stringify({id: t.id, kind: t.kind || 'required', name: t.name, suite: suite.id,
-      depends_on: t.depends_on || [], timing: t.requests.some(r => 'pause_after' in r)}))
+      depends_on: t.depends_on || [], timing: t.requests.some(r => 'pause_after' in r || clockDate(r))}))
   }
 }
 """
@@ -154,7 +157,8 @@ def _js_url(path: Path) -> str:
 def list_tests(pkg: Path) -> dict[str, Case]:
     """Read the test definitions with node: id -> kind, name, dependencies, timing sensitivity."""
     script = LIST_TESTS_JS % {"index": _js_url(pkg / "tests" / "index.mjs"),
-                              "surrogate": _js_url(pkg / "tests" / "surrogate-control.mjs")}
+                              "surrogate": _js_url(pkg / "tests" / "surrogate-control.mjs"),
+                              "defines": _js_url(pkg / "lib" / "defines.mjs")}
     done = subprocess.run(["node", "--input-type=module", "-e", script], cwd=pkg,
                           capture_output=True, text=True, timeout=60)
     if done.returncode != 0:
@@ -355,9 +359,16 @@ def _arguments(argv: list[str] | None) -> argparse.Namespace:
     how.add_argument("--direct", action="store_true", help="no proxy: point the client at the origin")
     ap.add_argument("--parser", choices=PARSERS, default="h11", help="[server] parser in the proxy config")
     ap.add_argument("--id", help="run one test by id and show its exchanges")
-    ap.add_argument("--update", action="store_true", help="rewrite expected.json from this run")
+    ap.add_argument("--expected", type=Path, default=EXPECTED_PATH, help="expectations file (default: %(default)s)")
+    ap.add_argument("--update", action="store_true", help="rewrite the expectations from this run")
     ap.add_argument("--failures", action="store_true", help="list every failing test with its reason")
     return ap.parse_args(argv)
+
+
+def _describe_target(proxy_cmd: str | None, parser: str) -> str:
+    if proxy_cmd is None:
+        return "no proxy (straight to the origin)"
+    return f"edgeproxy ({parser})" if proxy_cmd == DEFAULT_PROXY_CMD else repr(proxy_cmd)
 
 
 def _run_single(pkg: Path, proxy_cmd: str | None, parser: str, test_id: str) -> int:
@@ -376,19 +387,18 @@ def main(argv: list[str] | None = None) -> int:
     tests = list_tests(pkg)
     with target(pkg, proxy_cmd, args.parser) as base:
         results = run_client(pkg, base)
-        print(f"{PACKAGE}@{VERSION} against {'the origin' if args.direct else 'edgeproxy'}"
-              f" ({'direct' if args.direct else args.parser}): {score(results, tests)}")
+        print(f"{PACKAGE}@{VERSION} via {_describe_target(proxy_cmd, args.parser)}: {score(results, tests)}")
         if args.failures:
             for test_id, result in sorted(results.items()):
                 if result is not True:
                     print(f"  {tests[test_id].kind:8} {test_id}: {result}")
         if args.update:
-            save_expected(results, tests, args.parser)
-            print(f"wrote {EXPECTED_PATH}")
+            save_expected(results, tests, args.parser, args.expected)
+            print(f"wrote {args.expected}")
             return 0
-        if args.direct or not EXPECTED_PATH.is_file():
+        if args.direct or not args.expected.is_file():
             return 0
-        outcome = compare(load_expected(), results, tests, lambda i: run_one(pkg, base, i))
+        outcome = compare(load_expected(args.expected), results, tests, lambda i: run_one(pkg, base, i))
     for test_id in outcome.flaky:
         print(f"flaky (passed on rerun): {test_id}")
     for test_id in outcome.improvements:
