@@ -373,12 +373,11 @@ class CorsPolicy:
     def preflight(self, origin: bytes | None, request_method: bytes, request_headers: bytes | None) -> Preflight:
         """Answer ``OPTIONS`` + ``Access-Control-Request-Method`` (never forwarded to the origin).
         ``request_headers`` is the raw Access-Control-Request-Headers value, or None."""
-        allowed = self._allowed(origin)
         names = _parse_names(request_headers)
-        if allowed is None or not self._method_ok(request_method) or names is None \
-                or not all(self._header_ok(n) for n in names):
+        if origin is None or self._allowed(origin) is None or not self._method_ok(request_method) \
+                or names is None or not all(self._header_ok(n) for n in names):
             return Preflight(403, [PREFLIGHT_VARY, (b"content-length", b"0")])
-        fields: Headers = [(b"access-control-allow-origin", b"*" if self.any_origin else origin or b"")]
+        fields: Headers = [(b"access-control-allow-origin", b"*" if self.any_origin else origin)]
         if self.settings.allow_credentials:
             fields.append((b"access-control-allow-credentials", b"true"))
         # The configured list lets the browser's preflight cache cover later methods too; with "*"
@@ -402,12 +401,8 @@ class CorsPolicy:
 
 def _parse_names(value: bytes | None) -> list[bytes] | None:
     """Access-Control-Request-Headers members, lower-cased; None when one is not a token."""
-    if value is None:
-        return []
-    names = [p.strip().lower() for p in value.split(b",") if p.strip()]
-    if any(TOKEN_RE.fullmatch(n) is None for n in names):
-        return None
-    return names
+    names = [p.strip().lower() for p in (value or b"").split(b",") if p.strip()]
+    return None if any(TOKEN_RE.fullmatch(n) is None for n in names) else names
 
 
 def is_preflight(method: bytes, headers: Headers) -> bool:
@@ -444,10 +439,8 @@ def strip_origin_cors(headers: Headers) -> Headers:
         if k.startswith(_CORS_PREFIX) or k == _TIMING:
             continue
         if k == b"vary":
-            members = [m.strip() for m in v.split(b",")]
-            kept = [m for m in members if m and m.lower() != b"origin"]
-            if not kept:
+            v = b", ".join(m for m in (p.strip() for p in v.split(b",")) if m and m.lower() != b"origin")
+            if not v:
                 continue
-            v = b", ".join(kept)
         out.append((k, v))
     return out

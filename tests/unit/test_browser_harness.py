@@ -1,7 +1,9 @@
 """The Chromium harness against two stdlib servers: a page on one loopback port, an API on another.
 
 The API answers as its query string says (``acao``, ``acac``, ``aceh``, ``preflight``), so each test
-states the CORS fields it serves and what the browser must make of them. One browser per module.
+states the CORS fields it serves and what the browser must make of them. Under ``/edge/`` the API
+answers with ``edgeproxy.cors`` instead, so Chromium judges the policy's real output (preflights,
+credentials, exposed headers). One browser per module.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from typing import Any
 
 import pytest
 
+from edgeproxy.cors import CorsPolicy, is_preflight
 from tests.browser import Browser, BrowserUnavailable, JavaScriptError
 
 
@@ -46,15 +49,37 @@ class Handler(http.server.BaseHTTPRequestHandler):
             fields["Access-Control-Expose-Headers"] = q["aceh"]
         return fields
 
+    def _edge(self, status: int, fields: dict[str, str], body: bytes = b"") -> None:
+        """Answer as an edge-mode site would: the policy's fields appended to the response."""
+        policy = self.server.policy
+        assert policy is not None
+        origin = self.headers.get("Origin")
+        raw = [(k.lower().encode(), v.encode()) for k, v in self.headers.items()]
+        if self.command == "OPTIONS" and is_preflight(b"OPTIONS", raw):
+            acrh = self.headers.get("Access-Control-Request-Headers")
+            answer = policy.preflight(origin.encode() if origin else None,
+                                      self.headers["Access-Control-Request-Method"].encode(),
+                                      acrh.encode() if acrh is not None else None)
+            self._answer(answer.status, {k.decode(): v.decode() for k, v in answer.headers})
+            return
+        extra = policy.response_headers(origin.encode() if origin else None)
+        self._answer(status, {**fields, **{k.decode(): v.decode() for k, v in extra}}, body)
+
     def do_GET(self) -> None:
+        if self.path.startswith("/edge/"):
+            return self._edge(200, {"Content-Type": "text/plain", "X-Exposed": "e", "Age": "3"}, b"edge")
         q = self._query()
         fields = {"Content-Type": "text/html", "X-Secret": "s", "X-Exposed": "e", **self._cors(q)}
         self._answer(200, fields, b"<!doctype html><title>page</title>hello")
 
     def do_PUT(self) -> None:
+        if self.path.startswith("/edge/"):
+            return self._edge(200, {"Content-Type": "text/plain"}, b"put")
         self._answer(200, {"Content-Type": "text/plain", **self._cors(self._query())}, b"put")
 
     def do_OPTIONS(self) -> None:
+        if self.path.startswith("/edge/"):
+            return self._edge(204, {})
         q = self._query()
         if q.get("preflight") == "allow":
             fields = {**self._cors(q), "Access-Control-Allow-Methods": "PUT",
@@ -70,6 +95,7 @@ class Server(http.server.ThreadingHTTPServer):
     def __init__(self) -> None:
         super().__init__(("127.0.0.1", 0), Handler)
         self.page_origin = ""
+        self.policy: CorsPolicy | None = None
         self.seen: list[tuple[str, str, dict[str, str]]] = []
         self.origin = f"http://127.0.0.1:{self.server_port}"
 
@@ -181,3 +207,40 @@ def _live_group_members(pgid: int) -> list[int]:
         if int(group) == pgid and state != "Z":
             live.append(int(entry))
     return live
+
+
+def _edge_policy(page_origin: str, **extra: Any) -> CorsPolicy:
+    return CorsPolicy.from_settings(
+        mode="edge", allow_origins=["https://app.example.com", page_origin], allow_methods=["GET", "PUT"],
+        allow_headers=["x-request-id"], expose_headers=["age", "x-exposed"], **extra,
+    )
+
+
+@pytest.mark.parametrize(
+    "name, extra, init, readable, sent",
+    [
+        ("get", {}, {}, True, ["GET"]),
+        ("put", {}, dict(method="PUT", headers={"x-request-id": "1"}, body="x"), True, ["OPTIONS", "PUT"]),
+        ("patch", {}, dict(method="PATCH", body="x"), False, ["OPTIONS"]),  # method not allowed
+        # "Authorization" is never implied: the preflight is refused and the PUT never sent.
+        ("auth", {}, dict(method="PUT", headers={"authorization": "Bearer x"}), False, ["OPTIONS"]),
+        ("creds", dict(allow_credentials=True), dict(credentials="include"), True, ["GET"]),
+        ("nocreds", {}, dict(credentials="include"), False, ["GET"]),
+        ("creds-put", dict(allow_credentials=True), dict(method="PUT", credentials="include"), True,
+         ["OPTIONS", "PUT"]),
+    ],
+)
+def test_edge_policy_in_chromium(browser: Browser, api: Server, name: str, extra: dict[str, Any],
+                                 init: dict[str, Any], readable: bool, sent: list[str]) -> None:
+    api.policy = _edge_policy(api.page_origin, **extra)
+    result = browser.fetch(f"{api.origin}/edge/{name}", **init)  # a URL per case: no preflight-cache reuse
+    assert ("error" not in result) is readable, result
+    assert [m for m, _, _ in api.seen] == sent
+    if readable and init.get("method", "GET") == "GET":
+        assert result["headers"]["age"] == "3" and result["headers"]["x-exposed"] == "e"
+
+
+def test_edge_policy_disallowed_origin(browser: Browser, api: Server) -> None:
+    api.policy = CorsPolicy.from_settings(mode="edge", allow_origins=["https://app.example.com"])
+    result = browser.fetch(f"{api.origin}/edge/other")
+    assert result["cors_error"] == "MissingAllowOriginHeader"
