@@ -18,6 +18,7 @@ from email.utils import formatdate
 import h11
 
 from edgeproxy.http.headers import Headers, get
+from edgeproxy.netutil import set_nodelay
 
 MAX_DEMO_BYTES = 1 << 31  # /bytes and /stream refuse more than 2 GiB
 _BOOT = formatdate(time.time() - 3600, usegmt=True).encode()
@@ -188,6 +189,7 @@ class DemoOriginProtocol(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]  # uvloop's transports aren't subclasses
+        set_nodelay(transport)
 
     def data_received(self, data: bytes) -> None:
         self.conn.receive_data(data)
@@ -243,17 +245,20 @@ class DemoOriginProtocol(asyncio.Protocol):
         if isinstance(body, bytes) and status not in (204, 304):
             fields.append((b"content-length", b"%d" % len(body)))
         try:
-            self.transport.write(self.conn.send(h11.Response(status_code=status, headers=fields)))
+            head = self.conn.send(h11.Response(status_code=status, headers=fields))
             if isinstance(body, bytes):
                 if body and not head_only:
-                    self.transport.write(self.conn.send(h11.Data(data=body)))
-            elif not head_only:
-                async for chunk in body:
-                    await self.can_write.wait()
-                    if self.transport.is_closing():
-                        return
-                    self.transport.write(self.conn.send(h11.Data(data=chunk)))
-            self.transport.write(self.conn.send(h11.EndOfMessage()))
+                    head += self.conn.send(h11.Data(data=body))
+                self.transport.write(head + self.conn.send(h11.EndOfMessage()))
+            else:
+                self.transport.write(head)
+                if not head_only:
+                    async for chunk in body:
+                        await self.can_write.wait()
+                        if self.transport.is_closing():
+                            return
+                        self.transport.write(self.conn.send(h11.Data(data=chunk)))
+                self.transport.write(self.conn.send(h11.EndOfMessage()))
         except h11.LocalProtocolError:
             self.transport.close()
             return

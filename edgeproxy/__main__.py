@@ -1,0 +1,5 @@
+import sys
+
+from edgeproxy.cli import main
+
+sys.exit(main())

@@ -1,0 +1,228 @@
+"""The client side: one ``asyncio.Protocol`` per client connection, feeding a parser and writing bytes.
+
+Rules kept here:
+- This layer only moves bytes: parsing is the parser seam's, decisions are the exchange's.
+- A request the edge can answer at once (a cache hit, an error, a preflight) is answered synchronously inside
+  ``data_received``: no task, no await, one write. Everything else runs as one task per exchange.
+- Requests are answered in order: while an exchange runs, further pipelined bytes stay in the parser and reading
+  pauses (back-pressure); it resumes when the exchange wants body bytes or is done.
+- Deadlines are a field checked by one sweeper per process (``Edge.sweep``), not a timer per request: a head must
+  arrive whole within ``header_timeout`` of its first byte (slowloris), an idle keep-alive connection closes after
+  ``keepalive_timeout``, a body read waits at most ``body_timeout``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import TYPE_CHECKING, Any
+
+from edgeproxy.errors import BadRequest, ClientError, ProxyError, RequestTimeout
+from edgeproxy.netutil import set_nodelay
+from edgeproxy.proxy.parser import CLOSED, END, NEED_DATA, RequestHead
+
+if TYPE_CHECKING:
+    from edgeproxy.proxy.edge import Edge
+
+INF = float("inf")
+CONTINUE_100 = b"HTTP/1.1 100 Continue\r\n\r\n"
+
+# What a deadline means when it passes.
+IDLE, HEAD, BODY, BUSY = 0, 1, 2, 3
+
+
+class ClientConnection(asyncio.Protocol):
+    __slots__ = (
+        "edge", "scheme", "parser", "transport", "peer", "task", "closed", "write_paused", "drain_waiter",
+        "body_waiter", "deadline", "phase", "continue_due", "requests", "body_done",
+    )
+
+    def __init__(self, edge: Edge, scheme: str = "http") -> None:
+        self.edge = edge
+        self.scheme = scheme
+        self.parser = edge.make_parser()
+        self.transport: Any = None
+        self.peer = "-"
+        self.task: asyncio.Task[None] | None = None
+        self.closed = False
+        self.write_paused = False
+        self.drain_waiter: asyncio.Future[None] | None = None
+        self.body_waiter: asyncio.Future[None] | None = None
+        self.deadline = INF
+        self.phase = HEAD
+        self.continue_due = False
+        self.requests = 0
+        self.body_done = True
+
+    # ---- asyncio.Protocol ----
+    def connection_made(self, transport: Any) -> None:
+        self.transport = transport
+        set_nodelay(transport)
+        peer = transport.get_extra_info("peername")
+        self.peer = peer[0] if isinstance(peer, tuple) else "unix"
+        if not self.edge.admit(self):
+            transport.abort()
+            self.closed = True
+            return
+        self.deadline = self.edge.loop.time() + self.edge.config.server.header_timeout
+
+    def data_received(self, data: bytes) -> None:
+        if self.closed:
+            return
+        if self.phase == IDLE:
+            self.phase = HEAD
+            self.deadline = self.edge.loop.time() + self.edge.config.server.header_timeout
+        try:
+            self.parser.feed(data)
+        except ClientError as e:
+            self.fail(e)
+            return
+        if self.task is None:
+            self.serve()
+        elif self.body_waiter is not None:
+            if not self.body_waiter.done():
+                self.body_waiter.set_result(None)
+        else:
+            # The exchange isn't reading: hold further bytes in the kernel, not in memory.
+            self.transport.pause_reading()
+
+    def eof_received(self) -> bool:
+        try:
+            self.parser.feed(b"")
+        except ClientError as e:
+            self.fail(e)
+            return False
+        if self.task is None:
+            self.serve()
+        elif self.body_waiter is not None and not self.body_waiter.done():
+            self.body_waiter.set_result(None)
+        return True  # half-close: finish writing what is in flight
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        self.edge.release(self)
+        for fut in (self.drain_waiter, self.body_waiter):
+            if fut is not None and not fut.done():
+                fut.set_result(None)
+
+    def pause_writing(self) -> None:
+        self.write_paused = True
+
+    def resume_writing(self) -> None:
+        self.write_paused = False
+        if self.drain_waiter is not None and not self.drain_waiter.done():
+            self.drain_waiter.set_result(None)
+
+    # ---- the request loop ----
+    def serve(self) -> None:
+        """Parse and answer requests until one needs a task or more bytes are needed."""
+        parser = self.parser
+        while not self.closed:
+            try:
+                event = parser.next_event()
+                if type(event) is RequestHead:
+                    self.requests += 1
+                    self.phase = BUSY
+                    self.deadline = INF
+                    self.body_done = not event.has_body
+                    if not event.has_body:
+                        parser.next_event()  # the END of an empty body
+                    if not self.edge.handle(self, event):
+                        return  # an exchange task took over
+                    continue
+            except ClientError as e:
+                self.fail(e)
+                return
+            if event is NEED_DATA:
+                return
+            if event is CLOSED:
+                self.transport.close()
+                self.closed = True
+                return
+            self.fail(BadRequest("unexpected data between requests"))
+            return
+
+    def response_done(self, keep_alive: bool) -> bool:
+        """After a whole response is written: ready the next cycle or close. True when the connection stays."""
+        if self.closed:
+            return False
+        if not keep_alive or not self.body_done:
+            # An unread request body would be parsed as the next request: close instead (RFC 9112 §9.6).
+            self.transport.close()
+            self.closed = True
+            return False
+        try:
+            self.parser.cycle_done()
+        except ClientError as e:
+            self.fail(e)
+            return False
+        self.phase = IDLE
+        self.deadline = self.edge.loop.time() + self.edge.config.server.keepalive_timeout
+        return True
+
+    def exchange_done(self, keep_alive: bool) -> None:
+        """Called by an exchange task when its response is complete."""
+        self.task = None
+        if self.response_done(keep_alive):
+            self.transport.resume_reading()
+            self.serve()
+
+    def fail(self, error: ProxyError) -> None:
+        """Answer a client error (when nothing was written yet) and close."""
+        if not self.closed:
+            self.edge.write_error(self, error, None)
+            self.transport.close()
+            self.closed = True
+
+    # ---- used by exchanges ----
+    async def drain(self) -> None:
+        if self.write_paused and not self.closed:
+            self.drain_waiter = asyncio.get_running_loop().create_future()
+            await self.drain_waiter
+            self.drain_waiter = None
+
+    async def read_body(self) -> bytes | None:
+        """The next request body chunk, or None at its end; raises ClientError on timeout or close."""
+        parser = self.parser
+        while True:
+            event = parser.next_event()
+            if type(event) is bytes:
+                return event
+            if event is END:
+                self.body_done = True
+                return None
+            if event is CLOSED or self.closed:
+                raise BadRequest("client closed the connection inside the request body")
+            if self.continue_due:
+                self.continue_due = False
+                self.transport.write(CONTINUE_100)
+            await self._wait_body()
+
+    async def _wait_body(self) -> None:
+        loop = asyncio.get_running_loop()
+        self.body_waiter = loop.create_future()
+        self.phase = BODY
+        self.deadline = loop.time() + self.edge.config.server.body_timeout
+        self.transport.resume_reading()
+        try:
+            await self.body_waiter
+        finally:
+            self.body_waiter = None
+            self.phase = BUSY
+            self.deadline = INF
+        if self.closed:
+            raise BadRequest("client closed the connection inside the request body")
+
+    def expire(self, now: float) -> None:
+        """Called by the sweeper when ``deadline`` has passed."""
+        if self.closed:
+            return
+        if self.phase == BODY and self.body_waiter is not None:
+            self.closed = True
+            self.transport.close()
+            if not self.body_waiter.done():
+                self.body_waiter.set_result(None)
+        elif self.phase == HEAD and self.task is None:
+            self.fail(RequestTimeout())
+        else:
+            self.transport.close()
+            self.closed = True

@@ -1,0 +1,216 @@
+"""The edge's runtime state: config, sites, origin pool, cache, counters, logs — shared by every connection.
+
+Rules kept here:
+- One ``Edge`` per worker process. Connections reach shared state only through it.
+- A reload builds new derived tables (sites, origin addresses) and swaps them in; the cache, the pool and open
+  connections stay (``apply``).
+- ``Date`` is formatted at most once a second (uvicorn's trick), since every response carries it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from email.utils import formatdate
+from typing import TYPE_CHECKING
+
+from edgeproxy.accesslog import AccessLog, LogRecord
+from edgeproxy.cache.store import Store
+from edgeproxy.config import Config, SiteConfig
+from edgeproxy.errors import OriginConnectError, OriginError, OriginTimeout, ProxyError
+from edgeproxy.http.headers import get
+from edgeproxy.http.wire import serialize_head
+from edgeproxy.metrics import ProxyCounters
+from edgeproxy.proxy import forwarding
+from edgeproxy.proxy.origin import OriginAddress, OriginPool
+from edgeproxy.proxy.parser import Limits, RequestHead, RequestParser, make_parser
+from edgeproxy.sites import SiteTable
+
+if TYPE_CHECKING:
+    from edgeproxy.proxy.client import ClientConnection
+    from edgeproxy.proxy.exchange import Exchange
+
+SWEEP_INTERVAL = 1.0
+ALLOW = b"GET, HEAD, POST, PUT, DELETE, OPTIONS"
+
+
+class Edge:
+    def __init__(self, config: Config, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self.connections: set[ClientConnection] = set()
+        self.per_ip: dict[str, int] = {}
+        self.counters = ProxyCounters()
+        self.started = time.time()
+        self.access_log = AccessLog(None)
+        self._date_second = -1
+        self._date_line = b""
+        self.sweeper: asyncio.TimerHandle | None = None
+        self.draining = False
+        self.store = Store(config.cache.size, config.cache.max_object_size, config.cache.max_variants)
+        o = config.origin
+        self.pool = OriginPool(connect_timeout=o.connect_timeout, idle_timeout=o.idle_timeout,
+                               max_total=o.max_connections, max_per_origin=o.max_per_origin,
+                               wait_timeout=o.pool_wait_timeout)
+        self.apply(config)
+
+    def apply(self, config: Config) -> None:
+        """Take a (re)loaded config: everything derived from it is rebuilt, state is kept."""
+        self.config = config
+        s = config.server
+        self.sites = SiteTable.build(config.sites)
+        self.origins: dict[tuple[str, str | None, bool], OriginAddress] = {}
+        self.via = forwarding.via_token(s.name)
+        self.limits = Limits(max_uri=s.max_uri, max_header_bytes=s.max_header_bytes, max_headers=s.max_headers,
+                             max_body=s.max_body)
+        o = config.origin
+        self.pool.connect_timeout, self.pool.idle_timeout = o.connect_timeout, o.idle_timeout
+        self.pool.max_total, self.pool.max_per_origin = o.max_connections, o.max_per_origin
+        self.pool.wait_timeout = o.pool_wait_timeout
+        self.access_log.close()
+        self.access_log = AccessLog(config.log.access, config.log.format)
+
+    # ---- connections ----
+    def make_parser(self) -> RequestParser:
+        return make_parser(self.config.server.parser, self.limits)
+
+    def admit(self, client: ClientConnection) -> bool:
+        s = self.config.server
+        if self.draining or len(self.connections) >= s.max_connections:
+            return False
+        n = self.per_ip.get(client.peer, 0)
+        if n >= s.max_connections_per_ip:
+            return False
+        self.per_ip[client.peer] = n + 1
+        self.connections.add(client)
+        self.counters.open_connections += 1
+        return True
+
+    def release(self, client: ClientConnection) -> None:
+        if client in self.connections:
+            self.connections.discard(client)
+            self.counters.open_connections -= 1
+            n = self.per_ip.get(client.peer, 1) - 1
+            if n:
+                self.per_ip[client.peer] = n
+            else:
+                self.per_ip.pop(client.peer, None)
+
+    def start(self) -> None:
+        self.sweeper = self.loop.call_later(SWEEP_INTERVAL, self.sweep)
+
+    def sweep(self) -> None:
+        """Once a second: expire connections past their deadline, flush the access log."""
+        now = self.loop.time()
+        for client in [c for c in self.connections if c.deadline <= now]:
+            client.expire(now)
+        self.access_log.flush()
+        self.sweeper = self.loop.call_later(SWEEP_INTERVAL, self.sweep)
+
+    def stop(self) -> None:
+        if self.sweeper is not None:
+            self.sweeper.cancel()
+        self.pool.close()
+        self.access_log.close()
+
+    # ---- cache ----
+    def purge(self, selector: object, soft: bool) -> int:
+        count = self.store.purge(selector, soft=soft, now=time.time())  # type: ignore[arg-type]
+        self.counters.purge(type(selector).__name__.removeprefix("Purge").lower())
+        return count
+
+    # ---- exchanges ----
+    def handle(self, client: ClientConnection, head: RequestHead) -> bool:
+        from edgeproxy.proxy.exchange import begin
+
+        return begin(self, client, head)
+
+    def answer_locally(self, ex: Exchange) -> bool:
+        """Requests this node answers itself (Max-Forwards: 0, TRACE, OPTIONS *). True when answered."""
+        method = ex.head.method
+        if method == b"TRACE":
+            # TRACE would reflect credentials to scripts (cross-site tracing); edges refuse it.
+            self.write_simple(ex, 405, b"TRACE is not allowed\n", [(b"allow", ALLOW)])
+            return True
+        if method == b"OPTIONS":
+            headers, before = forwarding.decrement_max_forwards(ex.head.headers)
+            if before == 0 or ex.target == b"*":
+                self.write_simple(ex, 200, b"", [(b"allow", ALLOW)])
+                return True
+            ex.head.headers = headers
+        return False
+
+    def origin_address(self, site: SiteConfig) -> OriginAddress:
+        key = (site.origin, site.ca_file, site.tls_verify)
+        address = self.origins.get(key)
+        if address is None:
+            address = self.origins[key] = OriginAddress.from_url(site.origin, site.ca_file, site.tls_verify)
+        return address
+
+    def origin_request_fields(self, ex: Exchange) -> list[tuple[bytes, bytes]]:
+        head, site = ex.head, ex.site
+        host = self.origin_address(site).authority if site.host_header == "origin" else (
+            get(head.headers, b"host") or ex.host.encode())
+        length = get(head.headers, b"content-length")
+        return forwarding.request_fields(
+            head.headers, host=host, via=self.via, client_ip=ex.client.peer, scheme=ex.client.scheme,
+            x_forwarded=site.x_forwarded, allowed_unkeyed=frozenset(h.encode() for h in site.allow_request_headers),
+            body_length=int(length) if length is not None else None,
+            chunked=head.has_body and length is None)
+
+    def cache_status_line(self, ex: Exchange) -> bytes:
+        return b"cache-status: edgeproxy; fwd=" + ex.cache.encode() + b"\r\n"
+
+    def date_line(self) -> bytes:
+        now = int(time.time())
+        if now != self._date_second:
+            self._date_second = now
+            self._date_line = b"date: " + formatdate(now, usegmt=True).encode() + b"\r\n"
+        return self._date_line
+
+    def write_simple(self, ex: Exchange, status: int, body: bytes, fields: list[tuple[bytes, bytes]]) -> None:
+        head = serialize_head(status, [*fields, (b"content-type", b"text/plain; charset=utf-8"),
+                                       (b"content-length", b"%d" % len(body))])
+        ex.client.transport.write(head + self.date_line() + b"\r\n" + (b"" if ex.head.method == b"HEAD" else body))
+        ex.status, ex.sent = status, len(body)
+        self.log(ex)
+
+    def write_error(self, client: ClientConnection, error: ProxyError, ex: Exchange | None) -> None:
+        body = f"{error.status} {error}\n".encode("utf-8", "replace")
+        fields = [(b"content-type", b"text/plain; charset=utf-8"), (b"content-length", b"%d" % len(body)),
+                  (b"cache-control", b"no-store"),
+                  (b"cache-status", b"edgeproxy; fwd=" + (b"miss" if ex else b"request") + b"; detail="
+                   + error.detail.encode())]
+        if error.close:
+            fields.append((b"connection", b"close"))
+        head_only = ex is not None and ex.head.method == b"HEAD"
+        client.transport.write(serialize_head(error.status, fields) + self.date_line() + b"\r\n"
+                               + (b"" if head_only else body))
+        if ex is not None:
+            ex.status, ex.sent, ex.cache = error.status, len(body), error.detail
+
+    def note_origin_error(self, error: ProxyError) -> None:
+        if isinstance(error, OriginTimeout):
+            self.counters.origin_error("timeout")
+        elif isinstance(error, OriginConnectError):
+            self.counters.origin_error("connect")
+        elif isinstance(error, OriginError):
+            self.counters.origin_error("protocol")
+
+    # ---- logging ----
+    def log(self, ex: Exchange) -> None:
+        self.counters.response(ex.cache, ex.status, ex.sent)
+        if self.access_log.enabled:
+            self._record(ex.client, ex.head, ex.status, ex.sent, ex.cache, ex.origin_ms, ex.started)
+
+    def log_exchange(self, client: ClientConnection, head: RequestHead, status: int, sent: int, cache: str,
+                     origin_ms: float, started: float) -> None:
+        self.counters.response(cache, status, sent)
+        if self.access_log.enabled:
+            self._record(client, head, status, sent, cache, origin_ms, started)
+
+    def _record(self, client: ClientConnection, head: RequestHead, status: int, sent: int, cache: str,
+                origin_ms: float, started: float) -> None:
+        self.access_log.log(LogRecord(
+            client=client.peer, method=head.method, target=head.target, version=head.http_version, status=status,
+            sent=sent, referer=get(head.headers, b"referer") or b"", user_agent=get(head.headers, b"user-agent") or b"",
+            cache=cache, origin_ms=origin_ms, total_ms=(time.monotonic() - started) * 1000, time=time.time()))

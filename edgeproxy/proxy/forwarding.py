@@ -1,0 +1,99 @@
+"""What crosses the proxy, by RFC 9110 §7.6: request fields to the origin, response fields to the client (pure).
+
+Rules kept here:
+- Hop-by-hop fields and the fields ``Connection`` names never cross; framing fields (Content-Length,
+  Transfer-Encoding) are never copied: each side's framing is derived again (h11 on the origin side, the
+  exchange on the client side).
+- ``Via`` gets ``1.1 <name>`` appended; a request whose Via already carries our token is a loop.
+- Unkeyed inputs that origins use to rewrite responses (``X-Forwarded-Host``, ``X-Original-URL``,
+  ``X-Rewrite-URL``, ``X-HTTP-Method-Override``) are dropped from client requests unless a site allows them:
+  they would change the response without changing the cache key (cache poisoning).
+"""
+
+from __future__ import annotations
+
+from edgeproxy.http.headers import HOP_BY_HOP, Headers, connection_tokens
+
+FRAMING: frozenset[bytes] = frozenset({b"content-length", b"transfer-encoding"})
+UNKEYED_REQUEST_FIELDS: frozenset[bytes] = frozenset(
+    {b"x-forwarded-host", b"x-original-url", b"x-rewrite-url", b"x-http-method-override",
+     b"x-forwarded-server", b"x-host"}
+)
+# Fields we set ourselves on the way to the origin.
+_SET_BY_US: frozenset[bytes] = frozenset({b"host", b"expect", b"via", b"x-forwarded-for", b"x-forwarded-proto"})
+
+
+def via_token(name: str) -> bytes:
+    return b"1.1 " + name.encode("ascii")
+
+
+def is_loop(headers: Headers, token: bytes) -> bool:
+    return any(token in v for k, v in headers if k == b"via")
+
+
+def request_fields(
+    headers: Headers,
+    *,
+    host: bytes,
+    via: bytes,
+    client_ip: str,
+    scheme: str,
+    x_forwarded: bool,
+    allowed_unkeyed: frozenset[bytes],
+    body_length: int | None,
+    chunked: bool,
+) -> Headers:
+    """End-to-end request fields for the origin, with Host, Via, X-Forwarded-* and framing set."""
+    drop = HOP_BY_HOP | FRAMING | _SET_BY_US | (UNKEYED_REQUEST_FIELDS - allowed_unkeyed)
+    named = connection_tokens(headers)
+    if named:
+        drop = drop | named
+    out: Headers = [(b"host", host)]
+    old_via = [v for k, v in headers if k == b"via"]
+    xff = [v for k, v in headers if k == b"x-forwarded-for"]
+    out.extend((k, v) for k, v in headers if k not in drop)
+    out.append((b"via", b", ".join([*old_via, via])))
+    if x_forwarded:
+        out.append((b"x-forwarded-for", b", ".join([*xff, client_ip.encode()])))
+        out.append((b"x-forwarded-proto", scheme.encode()))
+        if b"x-forwarded-host" not in allowed_unkeyed:
+            out.append((b"x-forwarded-host", _client_host(headers)))
+    if chunked:
+        out.append((b"transfer-encoding", b"chunked"))
+    elif body_length is not None:
+        out.append((b"content-length", b"%d" % body_length))
+    return out
+
+
+def _client_host(headers: Headers) -> bytes:
+    for k, v in headers:
+        if k == b"host":
+            return v
+    return b""
+
+
+def response_fields(headers: Headers, via: bytes) -> Headers:
+    """End-to-end response fields for the client (framing removed, Via appended)."""
+    drop = HOP_BY_HOP | FRAMING
+    named = connection_tokens(headers)
+    if named:
+        drop = drop | named
+    out = [(k, v) for k, v in headers if k not in drop and k != b"via"]
+    old_via = [v for k, v in headers if k == b"via"]
+    out.append((b"via", b", ".join([*old_via, via])))
+    return out
+
+
+def decrement_max_forwards(headers: Headers) -> tuple[Headers, int | None]:
+    """For OPTIONS/TRACE (RFC 9110 §7.6.2): the fields with Max-Forwards decremented, and its old value."""
+    for i, (k, v) in enumerate(headers):
+        if k == b"max-forwards":
+            if not v.isdigit():
+                return headers, None
+            n = int(v)
+            if n == 0:
+                return headers, 0
+            out = list(headers)
+            out[i] = (k, b"%d" % (n - 1))
+            return out, n
+    return headers, None

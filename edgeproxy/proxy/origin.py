@@ -1,0 +1,357 @@
+"""Origin connections (h11 CLIENT over an asyncio.Protocol) and the keep-alive pool.
+
+Rules kept here:
+- One ``h11.Connection(CLIENT)`` per TCP connection; h11 frames both directions, so framing headers from the
+  client are never copied across (the caller passes end-to-end fields only).
+- Back-pressure: the socket is read only while someone waits for an event, so a slow client never makes us
+  buffer an origin's whole body (at most one socket read is held).
+- A connection goes back to the pool only when both sides of h11 are DONE; after any error it is closed, never
+  reused (a framing error may leave bytes that belong to nobody).
+- The pool follows aiohttp's connector: a deque of idle connections per origin with their last-use time, one
+  cleanup timer, total and per-origin limits, and a FIFO of waiters for a free slot.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import ssl
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any
+
+import h11
+
+from edgeproxy.errors import OriginConnectError, OriginProtocolError, OriginTimeout, PoolTimeout
+from edgeproxy.http.headers import Headers
+from edgeproxy.netutil import set_nodelay
+
+
+@dataclass(frozen=True, slots=True)
+class OriginAddress:
+    scheme: str
+    host: str
+    port: int
+    ca_file: str | None = None
+    verify: bool = True
+
+    @classmethod
+    def from_url(cls, url: str, ca_file: str | None = None, verify: bool = True) -> OriginAddress:
+        scheme, _, rest = url.partition("://")
+        hostport = rest.split("/", 1)[0]
+        if hostport.startswith("["):
+            host, _, port = hostport[1:].partition("]")
+            port = port.lstrip(":")
+        else:
+            host, _, port = hostport.partition(":")
+        default = 443 if scheme == "https" else 80
+        return cls(scheme, host, int(port) if port else default, ca_file, verify)
+
+    @property
+    def authority(self) -> bytes:
+        default = 443 if self.scheme == "https" else 80
+        return (self.host if self.port == default else f"{self.host}:{self.port}").encode()
+
+
+def client_ssl_context(address: OriginAddress) -> ssl.SSLContext:
+    ctx = ssl.create_default_context(cafile=address.ca_file)
+    if not address.verify:
+        ctx.check_hostname = False
+        ctx.verify_mode = ssl.CERT_NONE
+    ctx.set_alpn_protocols(["http/1.1"])
+    return ctx
+
+
+class OriginClosed(OriginProtocolError):
+    """The origin closed the connection before sending anything (a stale pooled connection)."""
+
+
+class OriginConnection(asyncio.Protocol):
+    """One connection to an origin; the exchange drives it with ``send_*`` and ``next_event``."""
+
+    def __init__(self, address: OriginAddress) -> None:
+        self.address = address
+        self.conn = h11.Connection(h11.CLIENT)
+        self.transport: Any = None
+        self.waiter: asyncio.Future[None] | None = None
+        self.lost = False
+        self.last_used = 0.0
+        self.reused = False
+        self.can_write = True
+        self.write_waiter: asyncio.Future[None] | None = None
+
+    # ---- asyncio.Protocol ----
+    def connection_made(self, transport: Any) -> None:
+        self.transport = transport
+        set_nodelay(transport)
+
+    def data_received(self, data: bytes) -> None:
+        if self.conn.our_state is h11.IDLE:
+            # Bytes on an idle pooled connection belong to no request: never reuse it.
+            self.close()
+            return
+        self.conn.receive_data(data)
+        self._wake()
+        if self.waiter is None:
+            # Nobody is reading: stop the socket so bodies don't pile up in memory (back-pressure).
+            self.transport.pause_reading()
+
+    def eof_received(self) -> bool | None:
+        self.conn.receive_data(b"")
+        self._wake()
+        return None
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.lost = True
+        try:
+            self.conn.receive_data(b"")
+        except RuntimeError:
+            pass
+        self._wake()
+        self.can_write = True
+        if self.write_waiter is not None and not self.write_waiter.done():
+            self.write_waiter.set_result(None)
+
+    def pause_writing(self) -> None:
+        self.can_write = False
+
+    def resume_writing(self) -> None:
+        self.can_write = True
+        if self.write_waiter is not None and not self.write_waiter.done():
+            self.write_waiter.set_result(None)
+
+    def _wake(self) -> None:
+        if self.waiter is not None and not self.waiter.done():
+            self.waiter.set_result(None)
+
+    # ---- used by the exchange ----
+    @property
+    def usable(self) -> bool:
+        return not self.lost and self.transport is not None and not self.transport.is_closing()
+
+    def send_head(self, method: bytes, target: bytes, headers: Headers) -> None:
+        try:
+            self.transport.write(self.conn.send(h11.Request(method=method, target=target, headers=headers)))
+        except h11.LocalProtocolError as e:
+            raise OriginProtocolError(f"cannot send request: {e}") from None
+
+    async def send_body(self, chunk: bytes) -> None:
+        if chunk:
+            self.transport.write(self.conn.send(h11.Data(data=chunk)))
+            if not self.can_write and not self.lost:
+                self.write_waiter = asyncio.get_running_loop().create_future()
+                await self.write_waiter
+
+    def send_end(self) -> None:
+        self.transport.write(self.conn.send(h11.EndOfMessage()))
+
+    async def next_event(self, timeout: float) -> Any:
+        """The next h11 event, waiting at most ``timeout`` for data; raises Origin* errors."""
+        while True:
+            try:
+                event = self.conn.next_event()
+            except h11.RemoteProtocolError as e:
+                raise OriginProtocolError(f"invalid response from origin: {e}") from None
+            if event is not h11.NEED_DATA:
+                return event
+            if self.lost:
+                raise OriginClosed("origin closed the connection")
+            await self._wait_data(timeout)
+
+    async def _wait_data(self, timeout: float) -> None:
+        loop = asyncio.get_running_loop()
+        self.waiter = waiter = loop.create_future()
+        self.transport.resume_reading()
+        timer = loop.call_later(timeout, _expire, waiter)
+        try:
+            await waiter
+        finally:
+            timer.cancel()
+            self.waiter = None
+        if waiter.result() is _TIMED_OUT:
+            raise OriginTimeout(f"origin sent nothing for {timeout:g}s")
+
+    async def response_head(self, timeout: float) -> h11.Response:
+        while True:
+            event = await self.next_event(timeout)
+            if isinstance(event, h11.Response):
+                return event
+            if isinstance(event, h11.InformationalResponse):
+                continue  # 1xx: this hop consumes them (100-continue is handled on the client side)
+            if isinstance(event, h11.ConnectionClosed):
+                raise OriginClosed("origin closed the connection before answering")
+            raise OriginProtocolError(f"unexpected {type(event).__name__} before the response")
+
+    async def body(self, timeout: float) -> AsyncIterator[bytes]:
+        """Body chunks until EndOfMessage; raises if the body ends early or breaks its framing."""
+        while True:
+            event = await self.next_event(timeout)
+            if type(event) is h11.Data:
+                yield bytes(event.data)
+            elif type(event) is h11.EndOfMessage:
+                return
+            elif isinstance(event, h11.ConnectionClosed):
+                raise OriginProtocolError("origin closed the connection mid-body")
+            else:
+                raise OriginProtocolError(f"unexpected {type(event).__name__} in body")
+
+    def reusable(self) -> bool:
+        conn = self.conn
+        # Extra bytes after a complete response mean the framing can't be trusted: close, don't reuse.
+        return self.usable and conn.our_state is h11.DONE and conn.their_state is h11.DONE and not conn.trailing_data[0]
+
+    def close(self) -> None:
+        if self.transport is not None:
+            self.transport.close()
+        self.lost = True
+
+
+_TIMED_OUT = object()
+
+
+def _expire(fut: asyncio.Future[Any]) -> None:
+    if not fut.done():
+        fut.set_result(_TIMED_OUT)
+
+
+class OriginPool:
+    """Keep-alive connections per origin, with total and per-origin limits."""
+
+    def __init__(self, *, connect_timeout: float, idle_timeout: float, max_total: int, max_per_origin: int,
+                 wait_timeout: float) -> None:
+        self.connect_timeout = connect_timeout
+        self.idle_timeout = idle_timeout
+        self.max_total = max_total
+        self.max_per_origin = max_per_origin
+        self.wait_timeout = wait_timeout
+        self.idle: dict[OriginAddress, collections.deque[OriginConnection]] = {}
+        self.active: dict[OriginAddress, int] = collections.defaultdict(int)
+        self.total = 0
+        self.waiters: collections.deque[tuple[OriginAddress, asyncio.Future[None]]] = collections.deque()
+        self.ssl_contexts: dict[OriginAddress, ssl.SSLContext] = {}
+        self.cleanup_handle: asyncio.TimerHandle | None = None
+        self.opened = 0  # connections ever opened (tests count reuse with it)
+
+    async def acquire(self, address: OriginAddress, fresh: bool = False) -> OriginConnection:
+        """An idle pooled connection (most recent first) or a new one; ``fresh`` skips the idle ones."""
+        idle = None if fresh else self.idle.get(address)
+        while idle:
+            conn = idle.pop()  # most recently used first: the likeliest still open
+            if conn.usable and time.monotonic() - conn.last_used < self.idle_timeout:
+                conn.reused = True
+                return conn
+            self._discard(conn)
+        if not self._has_slot(address):
+            await self._wait_for_slot(address)
+        self.total += 1
+        self.active[address] += 1
+        try:
+            return await self._connect(address)
+        except BaseException:
+            self._free_slot(address)
+            raise
+
+    def _has_slot(self, address: OriginAddress) -> bool:
+        return self.total < self.max_total and self.active[address] < self.max_per_origin
+
+    async def _wait_for_slot(self, address: OriginAddress) -> None:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.wait_timeout
+        while not self._has_slot(address):
+            if not self._evict_idle_elsewhere(address):
+                fut = loop.create_future()
+                self.waiters.append((address, fut))
+                remaining = deadline - loop.time()
+                try:
+                    await asyncio.wait_for(fut, max(remaining, 0))
+                except TimeoutError:
+                    raise PoolTimeout(f"no free connection to {address.host}:{address.port}") from None
+                finally:
+                    if not fut.done():
+                        fut.cancel()
+
+    def _evict_idle_elsewhere(self, address: OriginAddress) -> bool:
+        """At the total limit, an idle connection to another origin may make room."""
+        if self.active[address] >= self.max_per_origin:
+            return False
+        for other, idle in self.idle.items():
+            if other != address and idle:
+                self._discard(idle.popleft())
+                return True
+        return False
+
+    async def _connect(self, address: OriginAddress) -> OriginConnection:
+        loop = asyncio.get_running_loop()
+        ctx = None
+        if address.scheme == "https":
+            ctx = self.ssl_contexts.get(address) or self.ssl_contexts.setdefault(address, client_ssl_context(address))
+        try:
+            _, conn = await asyncio.wait_for(
+                loop.create_connection(lambda: OriginConnection(address), address.host, address.port, ssl=ctx,
+                                       server_hostname=address.host if ctx else None),
+                self.connect_timeout)
+        except TimeoutError:
+            raise OriginTimeout(f"connect to {address.host}:{address.port} timed out") from None
+        except (OSError, ssl.SSLError) as e:
+            raise OriginConnectError(f"connect to {address.host}:{address.port} failed: {e}") from None
+        self.opened += 1
+        self._schedule_cleanup()
+        return conn
+
+    def release(self, conn: OriginConnection) -> None:
+        """Give a connection back: pooled when clean, closed otherwise."""
+        if conn.reusable():
+            conn.conn.start_next_cycle()
+            conn.last_used = time.monotonic()
+            conn.reused = False
+            self.idle.setdefault(conn.address, collections.deque()).append(conn)
+            conn.transport.resume_reading()  # watch for the origin closing it while idle
+        else:
+            self._discard(conn)
+        self._wake_waiter()
+
+    def _discard(self, conn: OriginConnection) -> None:
+        conn.close()
+        self._free_slot(conn.address)
+
+    def _free_slot(self, address: OriginAddress) -> None:
+        self.total -= 1
+        self.active[address] -= 1
+        self._wake_waiter()
+
+    def _wake_waiter(self) -> None:
+        while self.waiters:
+            address, fut = self.waiters[0]
+            if fut.done():
+                self.waiters.popleft()
+                continue
+            if self._has_slot(address):
+                self.waiters.popleft()
+                fut.set_result(None)
+            return
+
+    def _schedule_cleanup(self) -> None:
+        if self.cleanup_handle is None:
+            loop = asyncio.get_running_loop()
+            self.cleanup_handle = loop.call_later(max(self.idle_timeout / 2, 0.5), self._cleanup)
+
+    def _cleanup(self) -> None:
+        self.cleanup_handle = None
+        now = time.monotonic()
+        for idle in self.idle.values():
+            while idle and (now - idle[0].last_used >= self.idle_timeout or not idle[0].usable):
+                self._discard(idle.popleft())
+        if self.total:
+            self._schedule_cleanup()
+
+    def idle_count(self) -> int:
+        return sum(len(d) for d in self.idle.values())
+
+    def close(self) -> None:
+        for idle in self.idle.values():
+            while idle:
+                self._discard(idle.popleft())
+        if self.cleanup_handle is not None:
+            self.cleanup_handle.cancel()
+            self.cleanup_handle = None
