@@ -1,0 +1,229 @@
+"""The cache decision: what to do with a request given the variants stored for its primary key.
+
+Rules kept here:
+- Owns ``CachePolicy`` (the knobs), the closed set of ``Decision`` outcomes the shell dispatches on with
+  ``match``, ``lookup`` (RFC 9111 §4: reuse, validate or forward), stale-if-error (RFC 5861 §4, RFC 9111
+  §4.2.4) and invalidation after unsafe methods (RFC 9111 §4.4).
+- Only GET and HEAD are looked up; HEAD is answered from the stored GET.
+- Request directives (RFC 9111 §5.2.1): no-store passes; no-cache and a max-age the entry is older than
+  force validation; min-fresh asks for spare freshness; max-stale accepts staleness; only-if-cached turns
+  anything that would go to the origin into a 504. ``Pragma: no-cache`` counts as no-cache when the
+  request has no Cache-Control (§5.4). ``ignore_request_cache_control`` turns all of this off so that
+  clients cannot bust the cache to load the origin.
+- Entries carrying must-revalidate, proxy-revalidate, s-maxage or no-cache are never served stale: not
+  for max-stale, stale-while-revalidate nor stale-if-error (§4.2.4, §5.2.2.2, §5.2.2.8).
+- An invalidated (soft-purged) entry is stale; it may still be served inside its stale windows.
+- Miss and Revalidate details are RFC 9211 ``fwd`` values: uri-miss, vary-miss, stale, request.
+Pure: no I/O, no clock.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from edgeproxy.cache.entry import Entry
+from edgeproxy.cache.freshness import current_age, staleness
+from edgeproxy.cache.key import QUERY_MODES, CacheRequest, key_for_reference, matches, primary_key
+from edgeproxy.http.cachecontrol import Directives, delta_seconds, parse, seconds
+from edgeproxy.http.headers import Headers, get, has_token
+
+LOOKUP_METHODS: frozenset[bytes] = frozenset({b"GET", b"HEAD"})
+# RFC 9110 §9.2.1; every other method (including unknown ones) is unsafe and invalidates (§4.4).
+SAFE_METHODS: frozenset[bytes] = frozenset({b"GET", b"HEAD", b"OPTIONS", b"TRACE"})
+# RFC 5861 §4: what counts as an origin "error" for stale-if-error. Failures are named by the shell.
+STALE_IF_ERROR_STATUSES: frozenset[int] = frozenset({500, 502, 503, 504})
+STALE_IF_ERROR_FAILURES: frozenset[str] = frozenset({"connect", "timeout"})
+
+
+@dataclass(frozen=True, slots=True)
+class CachePolicy:
+    heuristic_fraction: float = 0.1  # RFC 9111 §4.2.2 "10% ... is typical"
+    heuristic_max: float = 86400.0
+    max_ttl: float = 0.0  # 0 = no cap on freshness lifetimes
+    ignore_request_cache_control: bool = False
+    store_set_cookie: bool = False  # stored without the Set-Cookie fields
+    query_mode: str = "keep"  # keep | sort | ignore
+    cache_name: bytes = b"edgeproxy"
+
+    def __post_init__(self) -> None:
+        if self.query_mode not in QUERY_MODES:
+            raise ValueError(f"query_mode must be one of {sorted(QUERY_MODES)}, not {self.query_mode!r}")
+
+
+DEFAULT_POLICY = CachePolicy()
+
+
+@dataclass(frozen=True, slots=True)
+class Hit:
+    entry: Entry
+    age: float
+    ttl: float
+
+
+@dataclass(frozen=True, slots=True)
+class StaleHit:
+    entry: Entry
+    age: float
+    revalidate: bool  # stale-while-revalidate: start one background revalidation
+
+
+@dataclass(frozen=True, slots=True)
+class Revalidate:
+    entry: Entry
+    headers_to_add: Headers  # If-None-Match / If-Modified-Since from the stored validators
+    detail: str = "stale"  # "stale" or "request" (the request asked for validation)
+
+
+@dataclass(frozen=True, slots=True)
+class Miss:
+    detail: str  # "uri-miss", "vary-miss", "stale" or "request" (nothing to validate with)
+
+
+@dataclass(frozen=True, slots=True)
+class Pass:
+    detail: str  # "method" or "request" (request no-store)
+
+
+@dataclass(frozen=True, slots=True)
+class OnlyIfCachedMiss:
+    status: int = 504
+
+
+Decision = Hit | StaleHit | Revalidate | Miss | Pass | OnlyIfCachedMiss
+
+_NO_DIRECTIVES: Directives = {}
+
+
+def request_directives(req: CacheRequest, opts: CachePolicy = DEFAULT_POLICY) -> Directives:
+    """Request Cache-Control this cache honours (§5.2.1), with Pragma: no-cache folded in (§5.4)."""
+    if opts.ignore_request_cache_control:
+        return _NO_DIRECTIVES
+    names = {k for k, _ in req.headers}
+    if b"cache-control" in names:
+        return parse(req.headers)
+    if b"pragma" in names and has_token(req.headers, b"pragma", b"no-cache"):
+        return {"no-cache": None}
+    return _NO_DIRECTIVES
+
+
+def select(req: CacheRequest, variants: list[Entry]) -> Entry | None:
+    """The stored response this request may use: its Vary matches; the most recent Date wins (§4.1)."""
+    if len(variants) == 1:
+        e = variants[0]
+        return e if matches(e.vary, e.variant_key, req) else None
+    found = [e for e in variants if matches(e.vary, e.variant_key, req)]
+    if not found:
+        return None
+    return max(found, key=lambda e: (e.date_value, e.response_time))
+
+
+def quote_etag(etag: bytes) -> bytes:
+    """An entity-tag as RFC 9110 §8.8.3 writes it: origins that omit the quotes get them added."""
+    if etag.startswith(b'"') or etag[:3] in (b'W/"', b'w/"'):
+        return etag
+    return b'"' + etag + b'"'
+
+
+def conditional_headers(entry: Entry) -> Headers:
+    """Validators for a conditional request about ``entry`` (RFC 9111 §4.3.1)."""
+    out: Headers = []
+    if entry.etag is not None:
+        out.append((b"if-none-match", quote_etag(entry.etag)))
+    if entry.last_modified is not None:
+        out.append((b"if-modified-since", entry.last_modified))
+    return out
+
+
+def _validation_reason(entry: Entry, rcc: Directives, age: float, left: float) -> str | None:
+    """Why ``entry`` cannot be used as it is ("request" or "stale"), or None when it can."""
+    if rcc:
+        max_age = seconds(rcc, "max-age")
+        if "no-cache" in rcc or (max_age is not None and age > max_age):
+            return "request"
+    if entry.no_cache or entry.invalidated or left <= 0.0:
+        return "stale"
+    if rcc:
+        min_fresh = seconds(rcc, "min-fresh")
+        if min_fresh is not None and left < min_fresh:
+            return "request"
+    return None
+
+
+def _stale_use(entry: Entry, rcc: Directives, age: float, left: float) -> StaleHit | None:
+    if entry.must_revalidate or entry.no_cache:
+        return None
+    stale_for = max(0.0, -left)
+    if "max-stale" in rcc:
+        limit = rcc["max-stale"]
+        if limit is None or stale_for <= delta_seconds(limit):  # bare max-stale: any staleness
+            return StaleHit(entry, age, revalidate=False)
+    if entry.stale_while_revalidate > 0.0 and stale_for <= entry.stale_while_revalidate:
+        return StaleHit(entry, age, revalidate=True)
+    return None
+
+
+def lookup(
+    req: CacheRequest, variants: list[Entry], now: float, opts: CachePolicy = DEFAULT_POLICY
+) -> Decision:
+    """RFC 9111 §4: reuse a stored response, validate it, or go to the origin."""
+    if req.method not in LOOKUP_METHODS:
+        return Pass("method")
+    rcc = request_directives(req, opts)
+    if "no-store" in rcc:
+        return Pass("request")
+    entry = select(req, variants) if variants else None
+    if entry is None:
+        if "only-if-cached" in rcc:
+            return OnlyIfCachedMiss()
+        return Miss("vary-miss" if variants else "uri-miss")
+    age = current_age(entry, now)
+    left = entry.freshness_lifetime - age
+    reason = _validation_reason(entry, rcc, age, left)
+    if reason is None:
+        return Hit(entry, age, left)
+    if reason == "stale":
+        stale = _stale_use(entry, rcc, age, left)
+        if stale is not None:
+            return stale
+    if "only-if-cached" in rcc:
+        return OnlyIfCachedMiss()
+    validators = conditional_headers(entry)
+    return Revalidate(entry, validators, reason) if validators else Miss(reason)
+
+
+def counts_as_error(failure: str | int) -> bool:
+    """Whether an origin failure (a name from STALE_IF_ERROR_FAILURES or a status) allows stale."""
+    if isinstance(failure, int):
+        return failure in STALE_IF_ERROR_STATUSES
+    return failure in STALE_IF_ERROR_FAILURES
+
+
+def can_serve_stale_on_error(
+    entry: Entry, now: float, req: CacheRequest, opts: CachePolicy = DEFAULT_POLICY
+) -> bool:
+    """RFC 5861 §4: serve ``entry`` stale because the origin failed, within stale-if-error of the
+    response or of the request; never for must-revalidate / s-maxage / no-cache entries."""
+    if entry.must_revalidate or entry.no_cache:
+        return False
+    window = entry.stale_if_error
+    requested = seconds(request_directives(req, opts), "stale-if-error")
+    if requested is not None:
+        window = max(window, float(requested))
+    return window > 0.0 and staleness(entry, now) <= window
+
+
+def invalidation_keys(
+    req: CacheRequest, status: int, resp_headers: Headers, query_mode: str = "keep"
+) -> list[str]:
+    """RFC 9111 §4.4: keys to invalidate after a non-error response to an unsafe method: the target
+    URI, and Location / Content-Location when they are on the same scheme and host."""
+    if req.method in SAFE_METHODS or not 200 <= status < 400:
+        return []
+    keys = [primary_key(req, query_mode)]
+    for name in (b"location", b"content-location"):
+        ref = get(resp_headers, name)
+        if ref:
+            key = key_for_reference(req, ref, query_mode)
+            if key is not None and key not in keys:
+                keys.append(key)
+    return keys
