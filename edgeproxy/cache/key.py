@@ -95,7 +95,7 @@ def _weight(member: bytes) -> float:
 
 def _accept_encoding(headers: Headers) -> bytes:
     """br, gzip or identity: what the origin's encoded variants are selected by in practice."""
-    codings = {}
+    codings: dict[bytes, float] = {}
     for m in get_list(headers, b"accept-encoding"):
         codings.setdefault(m.partition(b";")[0].strip().lower(), _weight(m))
     for coding, bucket in ((b"br", b"br"), (b"gzip", b"gzip"), (b"x-gzip", b"gzip"), (b"*", b"gzip")):

@@ -98,10 +98,12 @@ def request_directives(req: CacheRequest, opts: CachePolicy = DEFAULT_POLICY) ->
     """Request Cache-Control this cache honours (§5.2.1), with Pragma: no-cache folded in (§5.4)."""
     if opts.ignore_request_cache_control:
         return _NO_DIRECTIVES
-    names = {k for k, _ in req.headers}
-    if b"cache-control" in names:
-        return parse(req.headers)
-    if b"pragma" in names and has_token(req.headers, b"pragma", b"no-cache"):
+    pragma = False
+    for name, _ in req.headers:  # one pass: most requests carry neither field
+        if name == b"cache-control":
+            return parse(req.headers)
+        pragma = pragma or name == b"pragma"
+    if pragma and has_token(req.headers, b"pragma", b"no-cache"):
         return {"no-cache": None}
     return _NO_DIRECTIVES
 

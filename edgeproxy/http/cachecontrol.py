@@ -132,10 +132,18 @@ def field_names(value: str | None) -> frozenset[bytes]:
     return frozenset(n.strip().lower().encode("latin-1") for n in value.split(",") if n.strip())
 
 
+# Surrogate-Control members that concern caching; ``content="ESI/1.0"`` and the like do not make the
+# field replace Cache-Control. no-store-remote addresses surrogates away from the origin, like us.
+SURROGATE_DIRECTIVES: dict[str, str] = {"max-age": "max-age", "no-store": "no-store", "no-store-remote": "no-store"}
+
+
 def _parse_surrogate(headers: Headers, name: bytes) -> Directives:
     """Surrogate-Control (W3C Edge Architecture): ``max-age=N+M`` is a lifetime of N seconds and M
     more seconds during which the stored response may be served if the origin fails."""
-    value = parse(headers, name)
+    value: Directives = {}
+    for k, v in parse(headers, name).items():
+        if k in SURROGATE_DIRECTIVES:
+            value.setdefault(SURROGATE_DIRECTIVES[k], v)
     max_age = value.get("max-age")
     if max_age and "+" in max_age:
         lifetime, _, extension = max_age.partition("+")

@@ -88,6 +88,11 @@ def test_field_names(value, expected):
             [(b"cache-control", b"private"), (b"surrogate-control", b"max-age=30+60")],
             ({"max-age": "30", "stale-if-error": "60"}, True),
         ),
+        (
+            [(b"cache-control", b"max-age=5"), (b"surrogate-control", b'content="ESI/1.0"')],
+            ({"max-age": "5"}, False),
+        ),
+        ([(b"surrogate-control", b"no-store-remote, max-age=9")], ({"no-store": None, "max-age": "9"}, True)),
         # an empty or invalid targeted field falls back to Cache-Control (RFC 9213 §2.1)
         ([(b"cdn-cache-control", b"=bad"), (b"cache-control", b"max-age=5")], ({"max-age": "5"}, False)),
     ],
