@@ -7,9 +7,9 @@ Rules kept here:
   overhead estimate of cache/entry.py), remembered at insert so a later change cannot skew the sum.
 - The store decides nothing about HTTP: freshness, Vary matching and storability are cache/policy.py.
   It keeps what it is given and forgets what it must (evictions, purges).
-- A fetch that started before a purge must not put the purged object back (the purge/fetch race
-  CDNs document as "purge, then a stale in-flight response re-caches"). The shell takes a token
-  with ``generation()`` when a fetch starts and passes it to ``put(entry, since=token)``.
+- A fetch that started before a purge must not put the purged object back (the response may predate
+  the change the purge announced). The shell takes a token with ``generation()`` when a fetch starts
+  and passes it to ``put(entry, since=token)``.
 Pure: no I/O, no clock, no asyncio; ``now`` is an argument.
 
 Design and trade-offs (Varnish style):
@@ -18,20 +18,24 @@ Design and trade-offs (Varnish style):
   own while the popular one stays. The hit path is ``get`` (a dict lookup and a list copy) plus
   ``touch`` (one ``move_to_end``, plus a list reorder only when the hit is not already the newest
   variant): about 0.18 us together (get 0.09 + touch 0.09) with 100k entries on the 2-core dev box,
-  by timeit; benchmarks/purge_bench.py measures it again at a million entries.
+  by timeit, and 0.23 us at a million entries (benchmarks/purge_bench.py).
 - Variants of a key live in a plain list in LRU order, not a dict by variant key: a list of one
   costs 64 bytes against ~220 for a dict, most keys have one variant, and ``max_variants`` (default
   32) keeps the linear scans short. The cap evicts the least recently used variant of that key, so
   a flood of hostile Vary values churns only its own key and cannot push a busy variant out first.
 - Eviction is strict LRU from the global list, not sampled (Redis) nor segmented (SLRU/TinyLFU):
-  O(1) and predictable; scan resistance is left to the policy's refusal to store one-hit wonders.
+  O(1) and predictable, at the price of no scan resistance (a crawl of cold URLs can flush the hot
+  set; an admission filter would be the next step if that shows up in hit ratios).
 - Purge generations: every purge bumps a counter and is logged with its selector in a deque of
   ``purge_log`` records. ``put(since=t)`` checks the entry against the records newer than ``t``
   with ``Selector.matches``; if the log has already dropped a record newer than ``t`` the put is
   refused, which is safe (a miss) and only happens to fetches slower than ``purge_log`` purges.
   The cost is one comparison per put when no purge happened during the fetch.
 - Soft purge marks ``invalidated`` and keeps the bytes (the policy revalidates or serves under
-  stale-if-error); hard purge frees them. Both count every matching entry.
+  stale-if-error); hard purge frees them. Both count every matching entry. A purge runs in one call:
+  at a million entries (benchmarks/purge_bench.py) a URL or a tag costs microseconds, but a prefix
+  holding 100k entries ~0.1 s soft and ~0.25 s hard, which the shell's event loop spends not serving.
+  Hard prefix and host purges take their keys out of the sorted index in slices, not one by one.
 - ``put`` counts its own refusals in ``not_stored`` ("too-large", "purged-during-fetch"); the shell
   counts the policy's reasons with ``count_not_stored``.
 """
@@ -201,13 +205,17 @@ class Store:
         self._evictions += 1
 
     def _drop(self, entry: Entry) -> None:
-        self._used -= self._lru.pop(entry)
+        self._unlink(entry)
         key = entry.primary_key
         variants = self._map[key]
         variants.remove(entry)
         if not variants:
             del self._map[key]
             self._index.discard_key(key, entry.host)
+
+    def _unlink(self, entry: Entry) -> None:
+        """The LRU, byte and tag side of forgetting an entry; the caller handles its key."""
+        self._used -= self._lru.pop(entry)
         self._index.discard_tags(entry)
 
     # -- size ------------------------------------------------------------------------------------
@@ -244,8 +252,14 @@ class Store:
         self._generation += 1
         self._log.append(_PurgeRecord(self._generation, selector))
         self._last_purge_at = now
-        if isinstance(selector, PurgeAll) and not soft:
-            return self._clear()
+        if not soft:
+            match selector:
+                case PurgeAll():
+                    return self._clear()
+                case PurgePrefix(prefix=prefix, host=host):
+                    return self._drop_keys(self._index.take_keys_with_prefix(prefix, host))
+                case PurgeHost(host=host):
+                    return self._drop_keys(self._index.take_keys_with_prefix("/", host))
         found = self._select(selector)
         for entry in found:
             if soft:
@@ -273,6 +287,16 @@ class Store:
 
     def _variants(self, keys: list[str]) -> list[Entry]:
         return [e for key in keys for e in self._map[key]]
+
+    def _drop_keys(self, keys: list[str]) -> int:
+        """Hard purge of whole keys the index has already forgotten: no per-key sorted removal."""
+        count = 0
+        for key in keys:
+            for entry in self._map.pop(key):
+                self._unlink(entry)
+                count += 1
+        self._purged += count
+        return count
 
     def _clear(self) -> int:
         count = len(self._lru)

@@ -225,15 +225,37 @@ SELECTORS: list[Selector] = [
 ]
 
 
+@pytest.mark.parametrize("soft", [True, False])
 @pytest.mark.parametrize("selector", SELECTORS, ids=repr)
-def test_indexes_agree_with_matches(selector: Selector) -> None:
+def test_indexes_agree_with_matches(selector: Selector, soft: bool) -> None:
     """The store selects through its indexes; ``matches`` is the reference (the purge log uses it)."""
     store = Store(10**9)
     stored = [e for e in _population(random.Random(7)) if store.put(e)]
     stored = [e for e in stored if e in store.get(e.primary_key)]  # later puts replaced some
     expected = {id(e) for e in stored if selector.matches(e)}
-    assert store.purge(selector, soft=True, now=0.0) == len(expected)
-    assert {id(e) for e in stored if e.invalidated} == expected
+    assert store.purge(selector, soft=soft, now=0.0) == len(expected)
+    if soft:
+        assert {id(e) for e in stored if e.invalidated} == expected
+    else:
+        assert {id(e) for e in stored if e not in store.get(e.primary_key)} == expected
+        assert store.stats().bytes == sum(e.size for e in stored) - 100 * len(expected)
+        assert store.stats().entries == len(stored) - len(expected)
+
+
+def test_index_take_forgets_keys_and_hosts() -> None:
+    index = PurgeIndex()
+    keys = [
+        ("https://a.example/x/1", "a.example"),
+        ("http://a.example/x/2", "a.example"),
+        ("https://a.example/y", "a.example"),
+    ]
+    keys += [("https://b.example/x/1", "b.example")]
+    for key, host in keys:
+        index.add_key(key, host)
+    assert sorted(index.take_keys_with_prefix("/x/", "a.example")) == ["http://a.example/x/2", "https://a.example/x/1"]
+    assert index.keys_with_prefix("/", None) == ["https://a.example/y", "https://b.example/x/1"]
+    assert sorted(index.take_keys_with_prefix("/", None)) == ["https://a.example/y", "https://b.example/x/1"]
+    assert (index._hosts, len(index._keys)) == ({}, 0)
 
 
 def test_index_forgets_everything() -> None:
@@ -246,6 +268,7 @@ def test_index_forgets_everything() -> None:
         index.discard_key(f"{e.primary_key}#{n}", e.host)
         index.discard_tags(e)
     assert index.keys_with_prefix("/", None) == []
+    assert index.take_keys_with_prefix("/", None) == []
     assert index.by_tags(["img", "css", "home", "x"]) == []
     assert (index._hosts, index._tags, len(index._keys)) == ({}, {}, 0)
 
@@ -264,6 +287,11 @@ def test_sorted_paths_against_a_sorted_list(seed: int) -> None:
             paths.add(item)
             model.add(item)
         prefix = "/" + "".join(rng.choice("ab/") for _ in range(rng.randrange(3)))
-        assert paths.with_prefix(prefix) == sorted(s for s in model if s.startswith(prefix))
+        matching = sorted(s for s in model if s.startswith(prefix))
+        assert paths.with_prefix(prefix) == matching
+        if rng.random() < 0.05:
+            assert paths.pop_prefix(prefix) == matching
+            model -= set(matching)
+            assert paths.with_prefix("") == sorted(model)
         assert len(paths) == len(model)
     assert paths.with_prefix("") == sorted(model)
