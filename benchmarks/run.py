@@ -197,6 +197,14 @@ class Target:
     proc: subprocess.Popen[bytes] | None = None
     config: Path | None = None
     unavailable: str = ""
+    log: Path | None = None
+
+    def last_log_line(self) -> str:
+        """The server's last words, for notes: the tmp dir and its logs are gone after the run."""
+        with contextlib.suppress(OSError):
+            lines = [x for x in self.log.read_text(errors="replace").splitlines() if x.strip()]  # type: ignore[union-attr]
+            return f" (log: {lines[-1].strip()[:160]})" if lines else ""
+        return ""
 
 
 EDGEPROXY_TOML = """[server]
@@ -249,6 +257,7 @@ def start_target(fleet: Fleet, name: str, origin_port: int, profile: Profile) ->
             port=target.port, parser=parser, workers=profile.workers, control=control,
             cache_mib=profile.cache_mib, origin_port=origin_port))
         argv = [PYTHON, "-m", "edgeproxy", "serve", "--config", str(target.config)]
+    target.log = fleet.workdir / f"{name}-{target.port}.log"
     try:
         target.proc = fleet.start(f"{name}-{target.port}", argv, profile.cpus, target.port)
     except StartError as exc:
@@ -277,11 +286,15 @@ def warm(target: Target, scenario: Scenario) -> str:
     """Request until the target answers from cache; returns a note when it never does."""
     if scenario.script != "plain.lua":
         return ""
+    status, headers = 0, {}
     for _ in range(10):
         status, headers = fetch(target.port, scenario.path)
+        if status >= 400:
+            return f"warm-up got status {status}"
         if not scenario.warm_until_hit or is_hit(headers):
-            return "" if status < 400 else f"{target.name}: warm-up got status {status}"
-    return f"{target.name}: no cache hit after 10 requests for {scenario.path}"
+            return ""
+    shown = headers.get("cache-status") or headers.get("x-cache-status") or "none"
+    return f"never a hit after 10 warm-up requests (last cache status: {shown})"
 
 
 # ---- wrk -------------------------------------------------------------------------------------------
@@ -378,11 +391,15 @@ def measure(scenario: Scenario, targets: list[Target], rounds: int, seconds: int
             env: dict[str, str]) -> dict[str, Cell]:
     cells = {t.name: Cell(notes=[t.unavailable] if t.unavailable else []) for t in targets}
     live = [t for t in targets if not t.unavailable]
-    for t in live:
-        if note := warm(t, scenario):
-            cells[t.name].notes.append(note)
-        if scenario.script == "zipf.lua":  # fill the cache towards its steady state, not measured
-            run_wrk(t.port, scenario, ZIPF_WARMUP_SECONDS)
+    for t in list(live):
+        try:
+            if note := warm(t, scenario):
+                cells[t.name].notes.append(note)
+            if scenario.script == "zipf.lua":  # fill the cache towards its steady state, not measured
+                run_wrk(t.port, scenario, ZIPF_WARMUP_SECONDS)
+        except (OSError, http.client.HTTPException, subprocess.SubprocessError, ValueError) as exc:
+            cells[t.name].notes.append(f"warm-up failed: {exc!r}"[:120] + t.last_log_line())
+            live.remove(t)
     for _ in range(rounds):
         for t in list(live):
             if time.monotonic() + seconds + 10 > deadline:
@@ -393,9 +410,10 @@ def measure(scenario: Scenario, targets: list[Target], rounds: int, seconds: int
             except (subprocess.SubprocessError, ValueError) as exc:
                 cells[t.name].notes.append(f"wrk failed: {str(exc)[:200]}")
                 live.remove(t)
-            if t.proc is not None and t.proc.poll() is not None:
-                cells[t.name].notes.append(f"exited with {t.proc.returncode} during the run")
-                live.remove(t)
+            else:
+                if t.proc is not None and t.proc.poll() is not None:
+                    cells[t.name].notes.append(f"exited with {t.proc.returncode} during the run" + t.last_log_line())
+                    live.remove(t)
     for t in targets:
         if t.proc is not None and t.proc.poll() is None:
             cells[t.name].peak_rss_kib = peak_rss_kib(t.proc.pid)
@@ -463,7 +481,8 @@ def markdown(results: dict[str, object]) -> str:
         for target, row in sc["targets"].items():
             notes = "; ".join(row["notes"])
             if "purges_sent" in row:
-                notes = f"{row['purges_sent']} purges ({row['purges_failed']} failed) {notes}".strip()
+                rate = row["purges_sent"] / (sc["rounds"] * sc["seconds"])
+                notes = "; ".join([f"{rate:.0f} purges/s ({row['purges_failed']} failed)", *row["notes"]])
             if "rps_median" not in row:
                 lines.append(f"| {target} | n/a |" + " |" * (len(COLUMNS) - 3) + f" {notes} |")
                 continue
