@@ -444,3 +444,19 @@ def strip_origin_cors(headers: Headers) -> Headers:
                 continue
         out.append((k, v))
     return out
+
+
+def origin_mode_vary(request_has_origin: bool, headers: Headers) -> tuple[bytes, ...]:
+    """Origin mode: extra Vary members for the cache's matching tuple (never sent on the wire).
+
+    - ``ACAO: *`` is the same for everyone: nothing to add.
+    - A specific ACAO: ``fix_origin_response`` already added ``Vary: Origin``.
+    - No ACAO to a request without Origin (curl, ``<img>``, a navigation): keyed by ``:cors`` so a later CORS
+      request for the same URL isn't answered with a copy that can't carry ACAO (cors.md pitfall 2).
+    - No ACAO to a CORS request: the origin refused that Origin; keyed by Origin so an allowed Origin never
+      gets the refusal (pitfall 3).
+    """
+    for k, _ in headers:
+        if k == b"access-control-allow-origin":
+            return ()
+    return (b"origin",) if request_has_origin else (b":cors",)

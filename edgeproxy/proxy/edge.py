@@ -10,11 +10,16 @@ Rules kept here:
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
+from dataclasses import dataclass
 from email.utils import formatdate
 from typing import TYPE_CHECKING
 
 from edgeproxy.accesslog import AccessLog, LogRecord
+from edgeproxy.cache.cachestatus import CacheStatus
+from edgeproxy.cache.entry import Entry
+from edgeproxy.cache.policy import CachePolicy
 from edgeproxy.cache.store import Store
 from edgeproxy.config import Config, SiteConfig
 from edgeproxy.errors import OriginConnectError, OriginError, OriginTimeout, ProxyError
@@ -22,16 +27,40 @@ from edgeproxy.http.headers import get
 from edgeproxy.http.wire import serialize_head
 from edgeproxy.metrics import ProxyCounters
 from edgeproxy.proxy import forwarding
+from edgeproxy.proxy.collapse import Collapser
 from edgeproxy.proxy.origin import OriginAddress, OriginPool
 from edgeproxy.proxy.parser import Limits, RequestHead, RequestParser, make_parser
 from edgeproxy.sites import SiteTable
 
 if TYPE_CHECKING:
+    from edgeproxy.cors import CorsPolicy
     from edgeproxy.proxy.client import ClientConnection
     from edgeproxy.proxy.exchange import Exchange
 
+log = logging.getLogger("edgeproxy")
 SWEEP_INTERVAL = 1.0
 ALLOW = b"GET, HEAD, POST, PUT, DELETE, OPTIONS"
+
+
+@dataclass(frozen=True, slots=True)
+class SiteRuntime:
+    """What an exchange needs of its site, derived once per (re)load."""
+
+    config: SiteConfig
+    policy: CachePolicy
+    cors: CorsPolicy | None  # the edge-mode policy; None in origin mode
+    address: OriginAddress
+    allowed_unkeyed: frozenset[bytes]
+
+
+def site_runtime(site: SiteConfig, config: Config) -> SiteRuntime:
+    policy = CachePolicy(heuristic_max=config.cache.heuristic_max, max_ttl=config.cache.max_ttl,
+                         ignore_request_cache_control=site.ignore_request_cache_control,
+                         store_set_cookie=site.store_set_cookie, query_mode=site.query,
+                         cache_name=config.server.name.encode())
+    edge_cors = site.cors if site.cors is not None and site.cors.mode == "edge" else None
+    return SiteRuntime(site, policy, edge_cors, OriginAddress.from_url(site.origin, site.ca_file, site.tls_verify),
+                       frozenset(h.encode() for h in site.allow_request_headers))
 
 
 class Edge:
@@ -47,6 +76,8 @@ class Edge:
         self.sweeper: asyncio.TimerHandle | None = None
         self.draining = False
         self.store = Store(config.cache.size, config.cache.max_object_size, config.cache.max_variants)
+        self.collapser = Collapser(config.cache.collapse_timeout, config.cache.hit_for_miss_ttl)
+        self.background: set[asyncio.Task[None]] = set()
         o = config.origin
         self.pool = OriginPool(connect_timeout=o.connect_timeout, idle_timeout=o.idle_timeout,
                                max_total=o.max_connections, max_per_origin=o.max_per_origin,
@@ -58,7 +89,8 @@ class Edge:
         self.config = config
         s = config.server
         self.sites = SiteTable.build(config.sites)
-        self.origins: dict[tuple[str, str | None, bool], OriginAddress] = {}
+        self.runtimes = {id(site): site_runtime(site, config) for site in config.sites}
+        self.cache_status = CacheStatus(s.name.encode())
         self.via = forwarding.via_token(s.name)
         self.limits = Limits(max_uri=s.max_uri, max_header_bytes=s.max_header_bytes, max_headers=s.max_headers,
                              max_body=s.max_body)
@@ -107,6 +139,8 @@ class Edge:
         self.sweeper = self.loop.call_later(SWEEP_INTERVAL, self.sweep)
 
     def stop(self) -> None:
+        for task in self.background:
+            task.cancel()
         if self.sweeper is not None:
             self.sweeper.cancel()
         self.pool.close()
@@ -139,26 +173,31 @@ class Edge:
             ex.head.headers = headers
         return False
 
-    def origin_address(self, site: SiteConfig) -> OriginAddress:
-        key = (site.origin, site.ca_file, site.tls_verify)
-        address = self.origins.get(key)
-        if address is None:
-            address = self.origins[key] = OriginAddress.from_url(site.origin, site.ca_file, site.tls_verify)
-        return address
+    def site_for(self, host: str) -> SiteRuntime | None:
+        site = self.sites.match(host)
+        return None if site is None else self.runtimes[id(site)]
 
     def origin_request_fields(self, ex: Exchange) -> list[tuple[bytes, bytes]]:
         head, site = ex.head, ex.site
-        host = self.origin_address(site).authority if site.host_header == "origin" else (
+        host = site.address.authority if site.config.host_header == "origin" else (
             get(head.headers, b"host") or ex.host.encode())
         length = get(head.headers, b"content-length")
         return forwarding.request_fields(
             head.headers, host=host, via=self.via, client_ip=ex.client.peer, scheme=ex.client.scheme,
-            x_forwarded=site.x_forwarded, allowed_unkeyed=frozenset(h.encode() for h in site.allow_request_headers),
+            x_forwarded=site.config.x_forwarded, allowed_unkeyed=site.allowed_unkeyed,
             body_length=int(length) if length is not None else None,
             chunked=head.has_body and length is None)
 
-    def cache_status_line(self, ex: Exchange) -> bytes:
-        return b"cache-status: edgeproxy; fwd=" + ex.cache.encode() + b"\r\n"
+    def revalidate_in_background(self, ex: Exchange, entry: Entry) -> None:
+        """stale-while-revalidate: one background revalidation per key (RFC 5861 §3)."""
+        if ex.key in self.collapser.revalidating:
+            return
+        from edgeproxy.proxy.background import revalidate
+
+        self.collapser.revalidating.add(ex.key)
+        task = self.loop.create_task(revalidate(self, ex, entry))
+        self.background.add(task)
+        task.add_done_callback(self.background.discard)
 
     def date_line(self) -> bytes:
         now = int(time.time())
@@ -175,18 +214,19 @@ class Edge:
         self.log(ex)
 
     def write_error(self, client: ClientConnection, error: ProxyError, ex: Exchange | None) -> None:
+        """A short error response, never stored; edge-mode CORS fields included so scripts can read it."""
         body = f"{error.status} {error}\n".encode("utf-8", "replace")
         fields = [(b"content-type", b"text/plain; charset=utf-8"), (b"content-length", b"%d" % len(body)),
                   (b"cache-control", b"no-store"),
-                  (b"cache-status", b"edgeproxy; fwd=" + (b"miss" if ex else b"request") + b"; detail="
-                   + error.detail.encode())]
+                  (b"cache-status", self.cache_status.plain(detail=error.detail))]
         if error.close:
             fields.append((b"connection", b"close"))
         head_only = ex is not None and ex.head.method == b"HEAD"
-        client.transport.write(serialize_head(error.status, fields) + self.date_line() + b"\r\n"
+        extra = ex.cors if ex is not None else b""
+        client.transport.write(serialize_head(error.status, fields) + self.date_line() + extra + b"\r\n"
                                + (b"" if head_only else body))
         if ex is not None:
-            ex.status, ex.sent, ex.cache = error.status, len(body), error.detail
+            ex.status, ex.sent = error.status, len(body)
 
     def note_origin_error(self, error: ProxyError) -> None:
         if isinstance(error, OriginTimeout):

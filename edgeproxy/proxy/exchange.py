@@ -1,45 +1,80 @@
-"""One exchange: a request from a client answered from the cache, locally, or through the origin.
+"""One exchange: a request answered from the cache, locally, or through the origin (and maybe stored).
 
 Rules kept here:
-- ``begin`` runs synchronously inside ``data_received``: whatever it can answer without waiting (cache hits,
-  errors, preflights) it answers there with one write; otherwise it starts one task running ``forward``.
+- ``begin`` runs synchronously inside ``data_received``: whatever it can answer without waiting (fresh hits,
+  stale-while-revalidate hits, errors, preflights) it answers there with one write; anything else becomes one
+  task running ``run``. The lookup's outcome is a closed set (cache/policy.py) dispatched with ``match``.
+- On the way to the origin for a cacheable GET, the client's own conditionals and Range are dropped: we want a full
+  response to store, and answer the client's conditionals from the entry (RFC 9111 §4.3.2). A Range request on
+  a miss passes through untouched (no full fetch of a huge object just to serve a slice).
 - The response framing to the client is derived again: Content-Length when the origin's length is known, chunked
   for HTTP/1.1 clients otherwise, close-delimited for HTTP/1.0 clients.
 - Once response bytes have gone out, an origin failure can't become a 502: the client connection is aborted so a
-  truncated body can't pass for a complete one.
+  truncated body can't pass for a complete one; and nothing incomplete is stored (the entry is built only after
+  the origin's EndOfMessage).
 - The origin connection is always handed back to the pool, which closes it unless both sides are cleanly done.
 """
 
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import h11
 
+from edgeproxy import cors
+from edgeproxy.cache.freshness import current_age, ttl
+from edgeproxy.cache.key import CacheRequest, primary_key
+from edgeproxy.cache.policy import (
+    SAFE_METHODS,
+    Decision,
+    Hit,
+    Miss,
+    OnlyIfCachedMiss,
+    Pass,
+    Revalidate,
+    StaleHit,
+    can_serve_stale_on_error,
+    counts_as_error,
+    invalidation_keys,
+    lookup,
+)
+from edgeproxy.cache.storability import freshen, make_entry, storable, validates
 from edgeproxy.errors import (
     BadRequest,
     ClientError,
     ExpectationFailed,
+    Forbidden,
     LoopDetected,
     MisdirectedRequest,
+    OriginConnectError,
+    OriginError,
+    OriginTimeout,
     ProxyError,
 )
 from edgeproxy.http.headers import get
 from edgeproxy.http.wire import serialize_head
 from edgeproxy.proxy import forwarding
+from edgeproxy.proxy.delivery import connection_line, deliver, write_answer
 from edgeproxy.proxy.origin import OriginClosed, OriginConnection
 from edgeproxy.proxy.parser import RequestHead
 from edgeproxy.sites import normalize_host
 
 if TYPE_CHECKING:
-    from edgeproxy.config import SiteConfig
     from edgeproxy.proxy.client import ClientConnection
-    from edgeproxy.proxy.edge import Edge
+    from edgeproxy.proxy.edge import Edge, SiteRuntime
+
+log = logging.getLogger("edgeproxy.exchange")
 
 IDEMPOTENT: frozenset[bytes] = frozenset({b"GET", b"HEAD", b"OPTIONS", b"PUT", b"DELETE", b"TRACE"})
 NO_BODY_STATUS: frozenset[int] = frozenset({204, 304})
+CLIENT_CONDITIONALS: frozenset[bytes] = frozenset(
+    {b"if-none-match", b"if-modified-since", b"if-match", b"if-unmodified-since", b"if-range", b"range"})
+# Fields addressed to this cache (RFC 9213 targeted fields, purge tags): consumed here, not sent on.
+EDGE_CONSUMED: frozenset[bytes] = frozenset(
+    {b"surrogate-key", b"cache-tag", b"surrogate-control", b"cdn-cache-control", b"edgeproxy-cache-control"})
 
 
 class ClientGone(Exception):
@@ -51,15 +86,21 @@ class Exchange:
     edge: Edge
     client: ClientConnection
     head: RequestHead
-    site: SiteConfig
+    site: SiteRuntime
     host: str
     target: bytes
     started: float
+    creq: CacheRequest
+    key: str = ""
+    cors: bytes = b""  # edge-mode CORS field lines for this request
     status: int = 0
     sent: int = 0
-    cache: str = "-"
+    cache: str = "-"  # the metrics/log label: hit, stale, miss, revalidated, pass, collapsed, error
     origin_ms: float = 0.0
+    stored: bool = False
 
+
+# ---- the synchronous part ----
 
 def begin(edge: Edge, client: ClientConnection, head: RequestHead) -> bool:
     """Answer now if possible (True), else start the exchange task (False)."""
@@ -68,13 +109,31 @@ def begin(edge: Edge, client: ClientConnection, head: RequestHead) -> bool:
         ex = _prepare(edge, client, head, started)
     except ClientError as e:
         edge.write_error(client, e, None)
-        edge.log_exchange(client, head, e.status, 0, "-", 0.0, started)
+        edge.log_exchange(client, head, e.status, 0, "error", 0.0, started)
         return client.response_done(head.keep_alive and not e.close)
-    answered = edge.answer_locally(ex)
-    if answered:
+    if edge.answer_locally(ex) or _edge_cors(ex):
         return client.response_done(head.keep_alive)
-    client.task = edge.loop.create_task(forward(ex))
-    return False
+    if head.method == b"GET" or head.method == b"HEAD":
+        decision = lookup(ex.creq, edge.store.get(ex.key), time.time(), ex.site.policy)
+    else:
+        decision = Pass("method")
+    match decision:
+        case Hit(entry=entry, age=age, ttl=left):
+            ex.cache = "hit"
+            deliver(ex, entry, age, edge.cache_status.hit(left))
+        case StaleHit(entry=entry, age=age, revalidate=revalidate):
+            ex.cache = "stale"
+            deliver(ex, entry, age, edge.cache_status.hit(entry.freshness_lifetime - age, detail="stale"))
+            if revalidate:
+                edge.revalidate_in_background(ex, entry)
+        case OnlyIfCachedMiss():
+            ex.cache = "miss"
+            write_answer(ex, 504, [(b"content-length", b"0")], b"", edge.cache_status.plain(detail="only-if-cached"))
+        case _:
+            client.task = edge.loop.create_task(run(ex, decision))
+            return False
+    edge.log(ex)
+    return client.response_done(head.keep_alive)
 
 
 def _prepare(edge: Edge, client: ClientConnection, head: RequestHead, started: float) -> Exchange:
@@ -91,7 +150,7 @@ def _prepare(edge: Edge, client: ClientConnection, head: RequestHead, started: f
     host = normalize_host(host_field, client.scheme)
     if host is None:
         raise BadRequest("invalid Host")
-    site = edge.sites.match(host)
+    site = edge.site_for(host)
     if site is None:
         raise MisdirectedRequest(f"no site for host {host}")
     if forwarding.is_loop(head.headers, edge.via):
@@ -99,7 +158,8 @@ def _prepare(edge: Edge, client: ClientConnection, head: RequestHead, started: f
     expect = get(head.headers, b"expect")
     if expect is not None and expect.lower() != b"100-continue":
         raise ExpectationFailed()
-    return Exchange(edge, client, head, site, host, target, started)
+    creq = CacheRequest(head.method, client.scheme, host, target, head.headers)
+    return Exchange(edge, client, head, site, host, target, started, creq, primary_key(creq, site.policy.query_mode))
 
 
 def _origin_form(target: bytes) -> tuple[bytes, bytes | None]:
@@ -119,41 +179,154 @@ def _origin_form(target: bytes) -> tuple[bytes, bytes | None]:
     return path, authority
 
 
-async def forward(ex: Exchange) -> None:
-    """The exchange task: send the request to the origin and relay the response."""
-    edge, client, head = ex.edge, ex.client, ex.head
-    keep_alive = head.keep_alive
-    conn: OriginConnection | None = None
+def _edge_cors(ex: Exchange) -> bool:
+    """Edge-mode CORS: answer preflights and refused origins here; otherwise note the fields to deliver."""
+    policy = ex.site.cors
+    if policy is None:
+        return False
+    headers = ex.head.headers
+    origin = get(headers, b"origin")
+    if cors.is_preflight(ex.head.method, headers):
+        pre = policy.preflight(origin, get(headers, b"access-control-request-method") or b"",
+                               get(headers, b"access-control-request-headers"))
+        ex.cache = "pass"
+        fields = [*pre.headers, (b"content-length", b"0")] if pre.status != 204 else list(pre.headers)
+        write_answer(ex, pre.status, fields, b"", ex.edge.cache_status.plain(detail="preflight"))
+        ex.edge.log(ex)
+        return True
+    ex.cors = policy.response_fields(origin)
+    if policy.reject(origin):
+        ex.cache = "error"
+        ex.edge.write_error(ex.client, Forbidden("origin not allowed"), ex)
+        ex.edge.log(ex)
+        return True
+    return False
+
+
+# ---- the task ----
+
+async def run(ex: Exchange, decision: Decision) -> None:
+    """The exchange task: collapse, fetch, store, answer; every failure gets a defined outcome."""
+    edge, client = ex.edge, ex.client
+    keep_alive = ex.head.keep_alive
     try:
-        conn, response = await send_request(ex)
-        keep_alive = await relay(ex, conn, response) and keep_alive
+        keep_alive = await _from_origin(ex, decision) and keep_alive
     except ProxyError as e:
-        if ex.status:  # the head is out: the body can't be mended, cut the connection
-            client.transport.abort()
-            keep_alive = False
-        else:
-            edge.write_error(client, e, ex)
-            keep_alive = keep_alive and not e.close and client.body_done
-        edge.note_origin_error(e)
+        keep_alive = _failed(ex, decision, e) and keep_alive
     except ClientGone:
         keep_alive = False
-    finally:
-        if conn is not None:
-            edge.pool.release(conn)
+    except Exception:
+        log.exception("exchange failed: %s %r", ex.head.method, ex.target)
+        client.transport.abort()
+        keep_alive = False
     edge.log(ex)
     client.exchange_done(keep_alive)
 
 
-async def send_request(ex: Exchange) -> tuple[OriginConnection, h11.Response]:
+def _failed(ex: Exchange, decision: Decision, error: ProxyError) -> bool:
+    """An origin or client error: stale-if-error, a short error response, or an aborted connection."""
+    edge, client = ex.edge, ex.client
+    if isinstance(error, OriginError):
+        edge.note_origin_error(error)
+    if ex.status:  # the head is out: the body can't be mended, cut the connection
+        client.transport.abort()
+        return False
+    if isinstance(decision, Revalidate) and isinstance(error, OriginConnectError | OriginTimeout):
+        failure = "timeout" if isinstance(error, OriginTimeout) else "connect"
+        if counts_as_error(failure) and can_serve_stale_on_error(decision.entry, time.time(), ex.creq, ex.site.policy):
+            ex.cache = "stale"
+            age = current_age(decision.entry, time.time())
+            deliver(ex, decision.entry, age, edge.cache_status.forward("stale", detail="stale-if-error " + failure))
+            return True
+    ex.cache = "error"
+    edge.write_error(client, error, ex)
+    return not error.close and client.body_done
+
+
+async def _from_origin(ex: Exchange, decision: Decision) -> bool:
+    edge = ex.edge
+    cacheable = isinstance(decision, Miss | Revalidate) and ex.head.method == b"GET" and not (
+        isinstance(decision, Miss) and get(ex.head.headers, b"range") is not None)
+    if not cacheable or not edge.config.cache.collapse:
+        return await _fetch(ex, decision, cacheable)
+    collapser = edge.collapser
+    waiting = collapser.inflight.get(ex.key)
+    if waiting is not None and await collapser.wait(waiting):
+        again = lookup(ex.creq, edge.store.get(ex.key), time.time(), ex.site.policy)
+        match again:
+            case Hit(entry=entry, age=age, ttl=left):
+                ex.cache = "collapsed"
+                deliver(ex, entry, age, edge.cache_status.hit(left, detail="collapsed"))
+                return True
+            case Miss() | Revalidate():
+                decision = again
+    leading = collapser.lead(ex.key)
+    try:
+        return await _fetch(ex, decision, cacheable)
+    finally:
+        if leading:
+            collapser.done(ex.key, ex.stored)
+
+
+async def _fetch(ex: Exchange, decision: Decision, cacheable: bool) -> bool:
+    edge = ex.edge
+    generation = edge.store.generation()
+    fields = edge.origin_request_fields(ex)
+    if cacheable:
+        fields = [(k, v) for k, v in fields if k not in CLIENT_CONDITIONALS]
+        if isinstance(decision, Revalidate):
+            fields += decision.headers_to_add
+    request_time = time.time()
+    conn, response = await send_request(ex, fields)
+    response_time = time.time()
+    edge.counters.origin_response(response_time - request_time)
+    try:
+        if isinstance(decision, Revalidate):
+            done = await _revalidated(ex, decision, conn, response, request_time, response_time, generation)
+            if done is not None:
+                return done
+        return await relay(ex, conn, response, decision, cacheable, request_time, generation)
+    finally:
+        edge.pool.release(conn)
+
+
+async def _revalidated(ex: Exchange, decision: Revalidate, conn: OriginConnection, response: h11.Response,
+                       request_time: float, response_time: float, generation: int) -> bool | None:
+    """Handle the origin's answer to our conditional request; None means relay it as a normal response."""
+    edge, entry, policy = ex.edge, decision.entry, ex.site.policy
+    status = response.status_code
+    headers = list(response.headers)
+    if status == 304:
+        async for _ in conn.body(edge.config.origin.read_timeout):
+            pass
+        if not validates(entry, headers):
+            # The 304 is about another representation (§4.3.4): ask again without conditions.
+            return await _fetch(ex, Miss("stale"), cacheable=True)
+        fresh = freshen(entry, headers, request_time, response_time, policy)
+        ex.stored = edge.store.put(fresh, since=generation)
+        ex.cache = "revalidated"
+        now = time.time()
+        deliver(ex, fresh, current_age(fresh, now),
+                edge.cache_status.forward(decision.detail, fwd_status=304, stored=ex.stored, ttl=ttl(fresh, now)))
+        return True
+    if counts_as_error(status) and can_serve_stale_on_error(entry, time.time(), ex.creq, policy):
+        conn.close()  # don't read the error body
+        ex.cache = "stale"
+        deliver(ex, entry, current_age(entry, time.time()),
+                edge.cache_status.forward("stale", fwd_status=status, detail="stale-if-error"))
+        return True
+    return None
+
+
+async def send_request(ex: Exchange, fields: list[tuple[bytes, bytes]]) -> tuple[OriginConnection, h11.Response]:
     """Acquire an origin connection, send the request (streaming its body) and read the response head.
 
     A pooled connection that turns out closed is retried once on a new one, for idempotent requests without a body
     (RFC 9110 §9.2.2): a body already streamed can't be replayed.
     """
-    edge, head, site = ex.edge, ex.head, ex.site
-    address = edge.origin_address(site)
+    edge, head = ex.edge, ex.head
+    address = ex.site.address
     retry = head.method in IDEMPOTENT and not head.has_body
-    fields = edge.origin_request_fields(ex)
     for attempt in (1, 2):
         conn = await edge.pool.acquire(address, fresh=attempt == 2)
         t0 = time.monotonic()
@@ -202,36 +375,86 @@ def client_framing(ex: Exchange, status: int, headers: list[tuple[bytes, bytes]]
     return b"", None, False  # close-delimited for HTTP/1.0 clients
 
 
-async def relay(ex: Exchange, conn: OriginConnection, response: h11.Response) -> bool:
-    """Write the origin's response to the client, streaming the body. Returns whether keep-alive may continue."""
-    edge, client = ex.edge, ex.client
+def _cache_status(ex: Exchange, decision: Decision, status: int, stored: bool) -> bytes:
+    match decision:
+        case Pass(detail=detail):
+            return ex.edge.cache_status.forward(detail, fwd_status=status)
+        case Miss(detail=detail) | Revalidate(detail=detail):
+            return ex.edge.cache_status.forward(detail, fwd_status=status, stored=stored)
+    return ex.edge.cache_status.forward("miss", fwd_status=status)
+
+
+async def relay(ex: Exchange, conn: OriginConnection, response: h11.Response, decision: Decision,
+                cacheable: bool, request_time: float, generation: int) -> bool:
+    """Write the origin's response to the client, streaming the body and keeping a copy when it may be stored.
+
+    Returns whether keep-alive may continue.
+    """
+    edge, client, site = ex.edge, ex.client, ex.site
     status = response.status_code
     origin_headers = list(response.headers)
     framing, length, chunked = client_framing(ex, status, origin_headers)
-    fields = forwarding.response_fields(origin_headers, edge.via)
-    ex.cache = "pass"
+    fields = response_fields(ex, origin_headers)
+    reason = storable(ex.creq, status, origin_headers, site.policy) if cacheable else "pass"
+    if reason is None and length is not None and length > edge.store.max_object_size:
+        reason = "too-large"
+    if cacheable and reason is not None:
+        edge.store.count_not_stored(reason)
+    keep_copy = reason is None
+    ex.cache = "miss" if cacheable else "pass"
     close_delimited = length is None and not chunked
-    head = serialize_head(status, fields, response.reason) + edge.cache_status_line(ex) + framing
-    client.transport.write(head + connection_line(ex.head, close_delimited) + b"\r\n")
+    client_fields = [f for f in fields if f[0] not in EDGE_CONSUMED]
+    head = (serialize_head(status, client_fields, response.reason) + b"cache-status: "
+            + _cache_status(ex, decision, status, keep_copy) + b"\r\n" + ex.cors + framing
+            + connection_line(ex.head, close_delimited))
+    client.transport.write(head + b"\r\n")
     ex.status = status
-    timeout = edge.config.origin.read_timeout
+    parts: list[bytes] | None = [] if keep_copy else None
+    size, limit = 0, edge.store.max_object_size
     write = client.transport.write
-    async for chunk in conn.body(timeout):
+    async for chunk in conn.body(edge.config.origin.read_timeout):
         if client.closed:
             raise ClientGone()
         write(b"%x\r\n%s\r\n" % (len(chunk), chunk) if chunked else chunk)
         ex.sent += len(chunk)
+        if parts is not None:
+            size += len(chunk)
+            if size > limit:
+                parts = None
+                edge.store.count_not_stored("too-large")
+            else:
+                parts.append(chunk)
         if client.write_paused:
             await client.drain()
     if chunked:
         write(b"0\r\n\r\n")
+    if parts is not None:
+        ex.stored = store_response(ex, status, fields, b"".join(parts), request_time, generation)
+    if ex.head.method not in SAFE_METHODS:
+        _invalidate(ex, status, origin_headers)
     return not close_delimited
 
 
-def connection_line(head: RequestHead, close: bool) -> bytes:
-    """The Connection field the client needs to know what happens next (RFC 9112 §9.3)."""
-    if close or not head.keep_alive:
-        return b"connection: close\r\n"
-    if head.http_version == b"1.0":
-        return b"connection: keep-alive\r\n"
-    return b""
+def response_fields(ex: Exchange, origin_headers: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
+    """The origin's end-to-end fields as this site delivers and stores them (Via added, CORS per mode)."""
+    fields = forwarding.response_fields(origin_headers, ex.edge.via)
+    return cors.strip_origin_cors(fields) if ex.site.cors is not None else cors.fix_origin_response(fields)
+
+
+def store_response(ex: Exchange, status: int, fields: list[tuple[bytes, bytes]], body: bytes, request_time: float,
+                   generation: int) -> bool:
+    """Make and store the entry for a complete response (``fields`` from ``response_fields``)."""
+    site = ex.site
+    extra_vary = () if site.cors is not None else cors.origin_mode_vary(
+        get(ex.head.headers, b"origin") is not None, fields)
+    entry = make_entry(ex.creq, status, [*fields, (b"content-length", b"%d" % len(body))], body, request_time,
+                       time.time(), site.policy, extra_vary)
+    return ex.edge.store.put(entry, since=generation)
+
+
+def _invalidate(ex: Exchange, status: int, origin_headers: list[tuple[bytes, bytes]]) -> None:
+    """RFC 9111 §4.4: after an unsafe method succeeds, stored responses for its URI (and Location /
+    Content-Location on the same host) must be validated before reuse."""
+    for key in invalidation_keys(ex.creq, status, origin_headers, ex.site.policy.query_mode):
+        for entry in ex.edge.store.get(key):
+            entry.invalidated = True

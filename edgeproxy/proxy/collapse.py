@@ -1,0 +1,62 @@
+"""Miss collapsing: concurrent misses for one cache key share one origin fetch (Varnish's "busy" objects).
+
+Rules kept here:
+- The first miss for a key leads: it fetches and stores; later ones wait for it (bounded by ``timeout``), then
+  look the cache up again. They never receive the leader's response itself: only what the cache stored, so a
+  response carrying Set-Cookie or ``private`` is never handed to a waiter.
+- When the leader's response turned out unstorable, the key is remembered as uncacheable for ``hit_for_miss``
+  seconds (Varnish's hit-for-miss): during that time misses for it go to the origin in parallel instead of queueing
+  behind each other.
+- One background revalidation per key at a time (stale-while-revalidate).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+
+class Collapser:
+    def __init__(self, timeout: float, hit_for_miss: float) -> None:
+        self.timeout = timeout
+        self.hit_for_miss = hit_for_miss
+        self.inflight: dict[str, asyncio.Future[None]] = {}
+        self.uncacheable: dict[str, float] = {}
+        self.revalidating: set[str] = set()
+
+    def leader(self, key: str) -> asyncio.Future[None] | None:
+        """The future to wait on when another fetch for ``key`` is in flight, else None (caller leads)."""
+        fut = self.inflight.get(key)
+        if fut is not None:
+            return fut
+        until = self.uncacheable.get(key)
+        if until is not None:
+            if until > time.monotonic():
+                return None
+            del self.uncacheable[key]
+        return None
+
+    def lead(self, key: str) -> bool:
+        """Register the caller as the leader for ``key``; False when collapsing is off for it (hit-for-miss)."""
+        if key in self.uncacheable or key in self.inflight:
+            return False
+        self.inflight[key] = asyncio.get_running_loop().create_future()
+        return True
+
+    def done(self, key: str, stored: bool) -> None:
+        fut = self.inflight.pop(key, None)
+        if fut is not None and not fut.done():
+            fut.set_result(None)
+        if not stored:
+            self.uncacheable[key] = time.monotonic() + self.hit_for_miss
+            if len(self.uncacheable) > 100_000:  # bounded: forget the oldest half
+                for k in list(self.uncacheable)[:50_000]:
+                    del self.uncacheable[k]
+
+    async def wait(self, fut: asyncio.Future[None]) -> bool:
+        """Wait for a leader; False on timeout (the waiter then goes to the origin itself)."""
+        try:
+            await asyncio.wait_for(asyncio.shield(fut), self.timeout)
+            return True
+        except TimeoutError:
+            return False

@@ -1,0 +1,63 @@
+"""Writing stored responses: the hit path.
+
+Rules kept here:
+- A hit writes ``entry.head`` (serialized when the entry was stored) plus only what changes per response: Age,
+  Cache-Status, the edge-mode CORS fields and, when needed, Connection; then the body. One write; two for large
+  bodies (> COPY_LIMIT), where concatenating would copy the body.
+- Client conditionals and Range are judged against the entry first (cache/conditional.py): 304, 412, 206, 416.
+- No header is parsed here: everything per response is appended as prepared bytes.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from edgeproxy.cache.conditional import respond_from_entry
+from edgeproxy.cache.entry import Entry
+from edgeproxy.http.headers import Headers
+from edgeproxy.http.wire import serialize_head
+from edgeproxy.proxy.parser import RequestHead
+
+if TYPE_CHECKING:
+    from edgeproxy.proxy.exchange import Exchange
+
+COPY_LIMIT = 64 * 1024
+
+
+def connection_line(head: RequestHead, close: bool = False) -> bytes:
+    """The Connection field the client needs to know what happens next (RFC 9112 §9.3)."""
+    if close or not head.keep_alive:
+        return b"connection: close\r\n"
+    if head.http_version == b"1.0":
+        return b"connection: keep-alive\r\n"
+    return b""
+
+
+def deliver(ex: Exchange, entry: Entry, age: float, cache_status: bytes) -> None:
+    """Answer ``ex`` from ``entry``."""
+    answer = respond_from_entry(ex.creq, entry)
+    head_only = ex.head.method == b"HEAD"
+    tail = (b"age: %d\r\ncache-status: " % age + cache_status + b"\r\n" + ex.cors + connection_line(ex.head)
+            + b"\r\n")
+    write = ex.client.transport.write
+    if answer is None:
+        body = b"" if head_only else entry.body
+        if len(body) > COPY_LIMIT:
+            write(entry.head + tail)
+            write(body)
+        else:
+            write(entry.head + tail + body)
+        ex.status, ex.sent = entry.status, len(body)
+    else:
+        body = b"" if head_only else answer.body
+        write(serialize_head(answer.status, answer.headers) + tail + body)
+        ex.status, ex.sent = answer.status, len(body)
+    ex.edge.store.touch(entry)
+
+
+def write_answer(ex: Exchange, status: int, headers: Headers, body: bytes, cache_status: bytes) -> None:
+    """A response made here (not from the origin, not from an entry)."""
+    head = serialize_head(status, headers) + ex.edge.date_line() + b"cache-status: " + cache_status + b"\r\n"
+    ex.client.transport.write(head + ex.cors + connection_line(ex.head) + b"\r\n"
+                              + (b"" if ex.head.method == b"HEAD" else body))
+    ex.status, ex.sent = status, len(body)
