@@ -642,7 +642,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"bench {name}: {len(scenarios)} scenarios, {rounds} rounds x {seconds} s, "
           f"budget {args.max_seconds} s", file=sys.stderr)
     results: dict[str, object] = {"meta": meta(name, argv), "scenarios": {}}
-    signal.signal(signal.SIGTERM, _interrupt)
+    for sig in (signal.SIGTERM, signal.SIGINT):  # SIGINT too: a shell's `&` starts us with it ignored
+        signal.signal(sig, _interrupt)
     try:
         run(scenarios, wanted, rounds, seconds, deadline, results["scenarios"])  # type: ignore[arg-type]
     except KeyboardInterrupt:
