@@ -77,9 +77,12 @@ net.Server.prototype.listen = function (port, ...rest) {
 }
 await import(%(server)s)
 """
+# control_socket: the default path is shared by every edgeproxy on the machine, so each run has its own.
 PROXY_TOML = """[server]
 listen = ["127.0.0.1:%(port)d"]
 parser = "%(parser)s"
+control_socket = "%(control)s"
+drain_timeout = "2s"
 [log]
 access = false
 [[site]]
@@ -208,6 +211,9 @@ def _service(name: str, cmd: list[str], port: int, log: Path, **popen: object) -
                     raise HarnessError(f"{name} did not accept on port {port}") from None
                 time.sleep(0.05)
         yield port
+        if proc.poll() is not None:  # died under load: the results are about a dead port, not the cache
+            raise HarnessError(f"{name} exited with {proc.returncode} during the run:\n"
+                               f"{log.read_text(errors='replace')[-3000:]}")
     finally:
         _stop(proc)
 
@@ -224,7 +230,8 @@ def origin(pkg: Path, workdir: Path) -> AbstractContextManager[int]:
 def proxy(proxy_cmd: str, parser: str, origin_port: int, workdir: Path) -> AbstractContextManager[int]:
     port = free_port()
     config = workdir / "edgeproxy.toml"
-    config.write_text(PROXY_TOML % {"port": port, "parser": parser, "origin_port": origin_port})
+    config.write_text(PROXY_TOML % {"port": port, "parser": parser, "origin_port": origin_port,
+                                    "control": workdir / "control.sock"})
     words = {"python": sys.executable, "config": str(config), "port": str(port),
              "origin": f"http://127.0.0.1:{origin_port}"}
     cmd = [arg.format(**words) for arg in shlex.split(proxy_cmd)]
@@ -241,7 +248,12 @@ def target(pkg: Path, proxy_cmd: str | None, parser: str = "h11") -> Iterator[st
         port = stack.enter_context(origin(pkg, workdir))
         if proxy_cmd is not None:
             port = stack.enter_context(proxy(proxy_cmd, parser, port, workdir))
-        yield f"http://127.0.0.1:{port}"
+        try:
+            yield f"http://127.0.0.1:{port}"
+        except HarnessError as e:
+            logs = (f"--- {log.name} ---\n{log.read_text(errors='replace')[-3000:]}"
+                    for log in sorted(workdir.glob("*.log")))
+            raise HarnessError("\n".join([str(e), *logs])) from e
 
 
 # ---- the client ----
@@ -269,7 +281,8 @@ def _client_lines(pkg: Path, base: str, test_id: str, timeout: float,
             try:
                 line = lines.get(timeout=max(0.0, deadline - time.monotonic()))
             except queue.Empty:
-                raise HarnessError(f"client gave no complete answer within {timeout:.0f} s") from None
+                tail = "\n".join(seen[-20:])
+                raise HarnessError(f"client gave no complete answer within {timeout:.0f} s:\n{tail}") from None
             if line is None:
                 break
             seen.append(ANSI_RE.sub("", line.rstrip("\n")))
@@ -379,7 +392,14 @@ def _run_single(pkg: Path, proxy_cmd: str | None, parser: str, test_id: str) -> 
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = _arguments(argv)
+    try:
+        return _main(_arguments(argv))
+    except HarnessError as e:
+        print(f"cache-tests could not run: {e}", file=sys.stderr)
+        return 2
+
+
+def _main(args: argparse.Namespace) -> int:
     pkg = install()
     proxy_cmd = None if args.direct else args.proxy_cmd
     if args.id:
