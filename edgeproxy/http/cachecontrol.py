@@ -137,13 +137,38 @@ def field_names(value: str | None) -> frozenset[bytes]:
 SURROGATE_DIRECTIVES: dict[str, str] = {"max-age": "max-age", "no-store": "no-store", "no-store-remote": "no-store"}
 
 
+# The device token this cache announces in ``Surrogate-Capability: edgeproxy="Surrogate/1.0"`` (Edge Architecture
+# 1.0 §2.2); directives targeted with ``;edgeproxy`` are ours, ones targeted at another device are ignored.
+SURROGATE_DEVICE = "edgeproxy"
+
+
+def _surrogate_members(headers: Headers, name: bytes) -> list[tuple[str, str | None, str | None]]:
+    """``max-age=30;dev, no-store;dev2`` into (directive, argument, device or None) triples.
+
+    The ``;device`` suffix is not Cache-Control grammar, so the members are split here."""
+    out = []
+    for k, v in headers:
+        if k != name:
+            continue
+        for member in v.decode("latin-1").split(","):
+            member, _, device = member.partition(";")
+            directive, eq, argument = member.strip().partition("=")
+            if directive:
+                out.append((directive.strip().lower(), argument.strip() if eq else None, device.strip() or None))
+    return out
+
+
 def _parse_surrogate(headers: Headers, name: bytes) -> Directives:
     """Surrogate-Control (W3C Edge Architecture): ``max-age=N+M`` is a lifetime of N seconds and M
-    more seconds during which the stored response may be served if the origin fails."""
+    more seconds during which the stored response may be served if the origin fails. Members targeted at
+    this device win over untargeted ones; members targeted at other devices are ignored."""
     value: Directives = {}
-    for k, v in parse(headers, name).items():
-        if k in SURROGATE_DIRECTIVES:
-            value.setdefault(SURROGATE_DIRECTIVES[k], v)
+    mine: Directives = {}
+    for k, v, device in _surrogate_members(headers, name):
+        if k not in SURROGATE_DIRECTIVES or (device is not None and device != SURROGATE_DEVICE):
+            continue
+        (mine if device else value).setdefault(SURROGATE_DIRECTIVES[k], v)
+    value.update(mine)
     max_age = value.get("max-age")
     if max_age and "+" in max_age:
         lifetime, _, extension = max_age.partition("+")

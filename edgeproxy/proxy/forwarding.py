@@ -12,6 +12,7 @@ Rules kept here:
 
 from __future__ import annotations
 
+from edgeproxy.http.cachecontrol import SURROGATE_DEVICE
 from edgeproxy.http.headers import HOP_BY_HOP, Headers, connection_tokens
 
 FRAMING: frozenset[bytes] = frozenset({b"content-length", b"transfer-encoding"})
@@ -20,7 +21,12 @@ UNKEYED_REQUEST_FIELDS: frozenset[bytes] = frozenset(
      b"x-forwarded-server", b"x-host"}
 )
 # Fields we set ourselves on the way to the origin.
-_SET_BY_US: frozenset[bytes] = frozenset({b"host", b"expect", b"via", b"x-forwarded-for", b"x-forwarded-proto"})
+_SET_BY_US: frozenset[bytes] = frozenset(
+    {b"host", b"expect", b"via", b"x-forwarded-for", b"x-forwarded-proto", b"surrogate-capability"})
+
+
+# Edge Architecture 1.0 §2.2: tells the origin it may target Surrogate-Control members at this device.
+SURROGATE_CAPABILITY = (b"surrogate-capability", SURROGATE_DEVICE.encode() + b'="Surrogate/1.0"')
 
 
 def via_token(name: str) -> bytes:
@@ -53,6 +59,7 @@ def request_fields(
     xff = [v for k, v in headers if k == b"x-forwarded-for"]
     out.extend((k, v) for k, v in headers if k not in drop)
     out.append((b"via", b", ".join([*old_via, via])))
+    out.append(SURROGATE_CAPABILITY)
     if x_forwarded:
         out.append((b"x-forwarded-for", b", ".join([*xff, client_ip.encode()])))
         out.append((b"x-forwarded-proto", scheme.encode()))

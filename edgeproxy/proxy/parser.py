@@ -66,7 +66,8 @@ class RequestParser(Protocol):
     def cycle_done(self) -> None: ...
 
 
-_VERSION = re.compile(rb"[A-Z]+ \S+ HTTP/(\d)\.(\d)\r\n")
+# method = token (RFC 9110 §9.1): extension methods like M-SEARCH are legal and forwarded.
+_VERSION = re.compile(rb"[!#$%&'*+.^_`|~0-9A-Za-z-]+ \S+ HTTP/(\d)\.(\d)\r\n")
 _CL = re.compile(rb"[0-9]{1,18}")
 
 
