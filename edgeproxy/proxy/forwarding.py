@@ -4,7 +4,8 @@ Rules kept here:
 - Hop-by-hop fields and the fields ``Connection`` names never cross; framing fields (Content-Length,
   Transfer-Encoding) are never copied: each side's framing is derived again (h11 on the origin side, the
   exchange on the client side).
-- ``Via`` gets ``1.1 <name>`` appended; a request whose Via already carries our token is a loop.
+- ``Via`` gets ``1.1 <name>`` appended; a request with a Via member whose received-by is our name is a loop
+  (RFC 9110 §7.6.3). Members are compared whole: ``1.1 edgeproxy-b`` is another node, not us.
 - Unkeyed inputs that origins use to rewrite responses (``X-Forwarded-Host``, ``X-Original-URL``,
   ``X-Rewrite-URL``, ``X-HTTP-Method-Override``) are dropped from client requests unless a site allows them:
   they would change the response without changing the cache key (cache poisoning).
@@ -13,7 +14,7 @@ Rules kept here:
 from __future__ import annotations
 
 from edgeproxy.http.cachecontrol import SURROGATE_DEVICE
-from edgeproxy.http.headers import HOP_BY_HOP, Headers, connection_tokens
+from edgeproxy.http.headers import HOP_BY_HOP, Headers, connection_tokens, get_list
 
 FRAMING: frozenset[bytes] = frozenset({b"content-length", b"transfer-encoding"})
 UNKEYED_REQUEST_FIELDS: frozenset[bytes] = frozenset(
@@ -34,7 +35,9 @@ def via_token(name: str) -> bytes:
 
 
 def is_loop(headers: Headers, token: bytes) -> bool:
-    return any(token in v for k, v in headers if k == b"via")
+    """True when a Via member's received-by (after the protocol, before any comment) is the name in ``token``."""
+    ours = token.split(b" ", 1)[1].lower()
+    return any(member.lower().split()[1:2] == [ours] for member in get_list(headers, b"via"))
 
 
 def request_fields(
