@@ -6,6 +6,14 @@ Rules kept here:
   obs-fold, one Host, no Content-Length together with Transfer-Encoding, Transfer-Encoding only as exactly
   ``chunked`` and never on HTTP/1.0, one valid Content-Length, HTTP/1.0 or 1.1 only (505). h11 0.16 lets several of
   these through (hardening.md); closing the gaps in one place keeps every backend equally strict.
+- The request line is checked as soon as it is complete, before the rest of the head: an HTTP/0.9 client sends
+  one line and waits, and a bad version or an oversized target needs no more bytes to be refused.
+- Framing fields are also checked as raw lines, because backends normalize them (h11 strips whitespace and merges
+  repeated Content-Length lines). Deliberate departures, both against request smuggling: a Transfer-Encoding value
+  with trailing whitespace is refused although RFC 9110 §5.5 would strip it (a parser that doesn't strip it sees a
+  coding other than chunked, and framing disagreements are how requests get smuggled); Content-Length must be one
+  line of digits, so ``5, 5`` and a repeated identical line are refused as nginx does, where RFC 9110 §8.6 would
+  allow folding them into one value.
 - Events are ``RequestHead``, ``bytes`` (a body chunk), ``END`` (body complete), ``NEED_DATA`` and ``CLOSED``.
 - After a response is written the shell calls ``cycle_done()``; leftover bytes (pipelined requests) carry over.
 - Errors are raised as ``edgeproxy.errors.ClientError`` subclasses carrying their status.
@@ -69,6 +77,21 @@ class RequestParser(Protocol):
 # method = token (RFC 9110 §9.1): extension methods like M-SEARCH are legal and forwarded.
 _VERSION = re.compile(rb"[!#$%&'*+.^_`|~0-9A-Za-z-]+ \S+ HTTP/(\d)\.(\d)\r\n")
 _CL = re.compile(rb"[0-9]{1,18}")
+# Raw framing lines (name, raw value up to the line end); the bare CR/LF check runs first, so [^\r]* is the value.
+_FRAMING_LINE = re.compile(rb"\r\n(content-length|transfer-encoding)[ \t]*:([^\r]*)", re.IGNORECASE)
+_RAW_TE = re.compile(rb"[ \t]*chunked", re.IGNORECASE)
+
+
+def check_request_line(line: bytes, limits: Limits) -> None:
+    """414 for a long target, 400 for a malformed line, 505 for versions other than 1.0 and 1.1; ``line`` ends
+    with CRLF."""
+    if len(line) - 2 > limits.max_uri:
+        raise UriTooLong()
+    m = _VERSION.fullmatch(line)
+    if m is None:
+        raise BadRequest("malformed request line")
+    if m.group(1) != b"1" or m.group(2) not in (b"0", b"1"):
+        raise VersionNotSupported()
 
 
 def check_head(head: bytes, limits: Limits) -> None:
@@ -77,14 +100,16 @@ def check_head(head: bytes, limits: Limits) -> None:
         raise BadRequest("bare CR or LF in the request head")
     if b"\r\n " in head or b"\r\n\t" in head:
         raise BadRequest("obsolete line folding in the request head")
-    line_end = head.index(b"\r\n")
-    if line_end > limits.max_uri:
-        raise UriTooLong()
-    m = _VERSION.match(head, 0, line_end + 2)
-    if m is None:
-        raise BadRequest("malformed request line")
-    if m.group(1) != b"1" or m.group(2) not in (b"0", b"1"):
-        raise VersionNotSupported()
+    check_request_line(head[: head.index(b"\r\n") + 2], limits)
+    lengths = 0
+    for m in _FRAMING_LINE.finditer(head):
+        if m.group(1).lower() == b"transfer-encoding":
+            if not _RAW_TE.fullmatch(m.group(2)):
+                raise BadRequest("Transfer-Encoding other than chunked")
+        else:
+            lengths += 1
+            if lengths > 1 or b"," in m.group(2):
+                raise BadRequest("repeated Content-Length")
 
 
 def check_fields(headers: Headers, http_version: bytes, limits: Limits) -> tuple[bool, int | None]:
@@ -132,9 +157,12 @@ class HeadGatherer:
         end = buf.find(b"\r\n\r\n")
         if end < 0:
             self.buf = buf
+            line_end = buf.find(b"\r\n")
+            if line_end >= 0:
+                check_request_line(buf[: line_end + 2], self.limits)
+            elif len(buf) > self.limits.max_uri:
+                raise UriTooLong()
             if len(buf) > self.limits.max_header_bytes:
-                if buf.find(b"\r\n") < 0 and len(buf) > self.limits.max_uri:
-                    raise UriTooLong()
                 raise HeadersTooLarge()
             if b"\n\n" in buf or b"\r\r" in buf:
                 raise BadRequest("bare CR or LF in the request head")
