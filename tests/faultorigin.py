@@ -253,9 +253,13 @@ class FaultOrigin:
         self.port = self.listener.getsockname()[1]
         self.faults: dict[bytes, Fault] = {}
         self.requests: list[Request] = []
-        self.raw: list[bytearray] = []  # every byte received, one entry per accepted connection
+        self.logs: dict[int, bytearray] = {}  # every byte received, by connection id
+        self.marks: dict[int, int] = {}  # where each log stood at the last ``reset``
+        self.accepted = 0  # connections accepted since the last ``reset``
         self.lock = threading.Lock()
         self.open: set[socket.socket] = set()
+        self.closed: set[int] = set()  # ids of connections this origin has closed or seen closed
+        self.next_id = 0  # ids keep growing across ``reset`` so old pooled connections never alias new ones
         self.stopping = threading.Event()
         self.thread = threading.Thread(target=self._accept, daemon=True)
         self.thread.start()
@@ -266,7 +270,12 @@ class FaultOrigin:
 
     @property
     def connections(self) -> int:
-        return len(self.raw)
+        """Connections accepted since the last ``reset``."""
+        return self.accepted
+
+    def is_closed(self, conn_id: int) -> bool:
+        with self.lock:
+            return conn_id in self.closed
 
     def script(self, path: str, kind: str, stall: float = 10.0) -> None:
         if kind not in FAULTS:
@@ -274,15 +283,17 @@ class FaultOrigin:
         self.faults[path.encode()] = Fault(kind, stall)
 
     def reset(self) -> None:
-        """Forget the logs and scripts (between tests sharing one origin)."""
+        """Forget the logs and scripts (between tests sharing one origin); connections already open stay."""
         with self.lock:
             self.requests.clear()
-            self.raw.clear()
             self.faults.clear()
+            self.marks = {conn_id: len(log) for conn_id, log in self.logs.items()}
+            self.accepted = 0
 
     def received(self) -> bytes:
+        """Every byte received since the last ``reset``, on any connection, old or new."""
         with self.lock:
-            return b"".join(bytes(r) for r in self.raw)
+            return b"".join(bytes(log[self.marks.get(conn_id, 0):]) for conn_id, log in self.logs.items())
 
     def requests_for(self, target: str) -> list[Request]:
         with self.lock:
@@ -306,9 +317,10 @@ class FaultOrigin:
             except OSError:
                 return
             with self.lock:
-                log = bytearray()
-                self.raw.append(log)
-                conn_id = len(self.raw)
+                self.next_id += 1
+                self.accepted += 1
+                conn_id = self.next_id
+                log = self.logs[conn_id] = bytearray()
                 self.open.add(s)
             threading.Thread(target=self._serve, args=(s, conn_id, log), daemon=True).start()
 
@@ -331,6 +343,7 @@ class FaultOrigin:
         finally:
             with self.lock:
                 self.open.discard(s)
+                self.closed.add(conn_id)
             s.close()
 
 
