@@ -110,7 +110,11 @@ class PurgePrefix:
             object.__setattr__(self, "host", _check_host("host", self.host))
 
     def matches(self, entry: Entry) -> bool:
-        return (self.host is None or entry.host == self.host) and entry.path.startswith(self.prefix)
+        # The key's target, not entry.path: under a site's query mode (sort, ignore) only the key is what the
+        # sorted index holds, and the two must agree.
+        key = entry.primary_key
+        target = key[key.index("/", key.index("://") + 3):]
+        return (self.host is None or entry.host == self.host) and target.startswith(self.prefix)
 
 
 @dataclass(frozen=True, slots=True)

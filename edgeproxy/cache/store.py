@@ -158,8 +158,9 @@ class Store:
         size = entry.size
         if size <= 0:
             raise ValueError(f"entry.size must be positive, got {size} for {entry.primary_key}")
-        if entry.primary_key.partition("://")[2] != entry.host + entry.path:
-            # The indexes read host and target from the key, matches() from the fields: they must agree.
+        if entry.primary_key.partition("://")[2].partition("?")[0] != entry.host + entry.path.partition("?")[0]:
+            # The indexes and the selectors' matches() read host and target from the key, entry.host too: they
+            # must agree. Only the query may differ: a site's query mode (sort, ignore) shapes the key's.
             raise ValueError(f"entry key {entry.primary_key!r} disagrees with host and path")
         if size > self.max_object_size or size > self._capacity:
             return self._refuse(TOO_LARGE)

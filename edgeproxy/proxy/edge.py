@@ -20,6 +20,7 @@ from edgeproxy.accesslog import AccessLog, LogRecord
 from edgeproxy.cache.cachestatus import CacheStatus
 from edgeproxy.cache.entry import Entry
 from edgeproxy.cache.policy import CachePolicy
+from edgeproxy.cache.purge import PurgeURL, Selector, normalize_url
 from edgeproxy.cache.store import Store
 from edgeproxy.config import Config, SiteConfig
 from edgeproxy.errors import OriginConnectError, OriginError, OriginTimeout, ProxyError
@@ -147,10 +148,23 @@ class Edge:
         self.access_log.close()
 
     # ---- cache ----
-    def purge(self, selector: object, soft: bool) -> int:
-        count = self.store.purge(selector, soft=soft, now=time.time())  # type: ignore[arg-type]
+    def purge(self, selector: Selector, soft: bool) -> int:
+        if isinstance(selector, PurgeURL):
+            selector = self.site_purge_url(selector)
+        count = self.store.purge(selector, soft=soft, now=time.time())
         self.counters.purge(type(selector).__name__.removeprefix("Purge").lower())
         return count
+
+    def site_purge_url(self, selector: PurgeURL) -> PurgeURL:
+        """The purge URL shaped by its site's query mode, as the exchange shapes the keys it stores.
+
+        The control grammar has no site table, so it normalizes in "keep" mode; a site with ``query = "sort"``
+        or ``"ignore"`` stores other keys (``?b=2&a=1`` is stored as ``?a=1&b=2``) and would never match.
+        """
+        host = selector.url.partition("://")[2].partition("/")[0]
+        site = self.site_for(host)
+        mode = "keep" if site is None else site.policy.query_mode
+        return selector if mode == "keep" else PurgeURL(normalize_url(selector.url, mode))
 
     # ---- exchanges ----
     def handle(self, client: ClientConnection, head: RequestHead) -> bool:
