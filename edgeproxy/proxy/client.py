@@ -78,12 +78,13 @@ class ClientConnection(asyncio.Protocol):
             return
         if self.task is None:
             self.serve()
-        elif self.body_waiter is not None:
-            if not self.body_waiter.done():
-                self.body_waiter.set_result(None)
-        else:
-            # The exchange isn't reading: hold further bytes in the kernel, not in memory.
-            self.transport.pause_reading()
+            return
+        # An exchange owns the connection: hold further bytes in the kernel, not in memory. Even when it waits for
+        # body bytes, one read is enough: libuv reads up to 32 times per wake-up while reading is on (megabytes of a
+        # fast upload), and ``_wait_body`` resumes reading when the exchange wants more.
+        self.transport.pause_reading()
+        if self.body_waiter is not None and not self.body_waiter.done():
+            self.body_waiter.set_result(None)
 
     def eof_received(self) -> bool:
         try:
