@@ -284,8 +284,9 @@ def is_hit(headers: dict[str, str]) -> bool:
 
 def warm(target: Target, scenario: Scenario) -> str:
     """Request until the target answers from cache; returns a note when it never does."""
-    if scenario.script != "plain.lua":
-        return ""
+    if scenario.script != "plain.lua":  # the script picks its own URLs: only check the target answers
+        status = fetch(target.port, scenario.path)[0]
+        return f"warm-up got status {status}" if status >= 400 else ""
     status, headers = 0, {}
     for _ in range(10):
         status, headers = fetch(target.port, scenario.path)
@@ -313,6 +314,8 @@ def parse_wrk(text: str) -> dict[str, float]:
     rps, requests = RPS_RE.search(text), REQUESTS_RE.search(text)
     if not rps or not requests:
         raise ValueError("unrecognised wrk output: " + text[-300:])
+    if not int(requests.group(1)):
+        raise ValueError("wrk completed no requests")
     out = {"rps": float(rps.group(1)), "requests": float(requests.group(1)), "errors": 0.0}
     for pct, value, unit in LATENCY_RE.findall(text):
         out[f"p{pct}_ms"] = float(value) * UNIT_MS[unit]
@@ -649,6 +652,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted: every server was stopped; no results written", file=sys.stderr)
         return 130
+    except StartError as exc:  # only the origin's failure is fatal; a target's becomes an n/a row
+        print(f"cannot run: {exc}", file=sys.stderr)
+        return 1
     done = results["scenarios"]
     results["scenarios"] = {s.name: done[s.name] for s in scenarios if s.name in done}  # asked-for order
     results["meta"] |= {  # type: ignore[operator]
