@@ -134,6 +134,8 @@ def _format_value(name: str, value: Any) -> str:
     leaf = name.rsplit(".", 1)[-1]
     if isinstance(value, float) and leaf.endswith("ratio"):
         return f"{value * 100:.1f}%"
+    if isinstance(value, float) and leaf.endswith("_at"):  # epoch seconds, e.g. last_purge_at
+        return time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(value))
     if isinstance(value, bool) or value is None:
         return json.dumps(value)
     if isinstance(value, int) and ("bytes" in leaf or leaf == "capacity"):
@@ -147,9 +149,20 @@ def _format_value(name: str, value: Any) -> str:
     return str(value)
 
 
+# Nested stats tables that are raw detail (the metrics counters, as /metrics exports them): ``--json`` only.
+DETAIL_TABLES = frozenset({"counters"})
+
+
 def render_table(fields: dict[str, Any]) -> str:
-    """Nested stats as an aligned two-column table; hit ratios (given or computed) as percentages."""
-    rows = _flatten({k: v for k, v in fields.items() if k not in protocol.REPLY_ENVELOPE})
+    """Nested stats as an aligned two-column table; hit ratios (given or computed) as percentages.
+
+    Each fact is printed once: a nested row whose last name is already a top-level row (``store.entries``
+    beside ``entries``) is left out, as are the ``DETAIL_TABLES``; ``--json`` keeps everything.
+    """
+    body = {k: v for k, v in fields.items() if k not in protocol.REPLY_ENVELOPE and k not in DETAIL_TABLES}
+    summary = {k for k, v in body.items() if not isinstance(v, dict)}
+    rows = [(name, value) for name, value in _flatten(body)
+            if "." not in name or name.rsplit(".", 1)[-1] not in summary]
     width = max((len(name) for name, _ in rows), default=0)
     return "\n".join(f"{name:<{width}}  {_format_value(name, value)}" for name, value in rows)
 
