@@ -3,7 +3,7 @@
 Requests are parsed with h11 (one fresh server connection per request, leftovers carried over), so chunked and
 pipelined requests arrive whole; responses are written as raw bytes, so a script can frame them any way it likes
 (Content-Length, chunked, close-delimited), delay or withhold them, or hang up. Everything is recorded: connections
-opened and still open, and every request with the connection it came on. Bodies are counted, and only their first
+opened and ended, and every request with the connection it came on. Bodies are counted, and only their first
 64 KiB kept, so a test can push hundreds of megabytes through without this process holding them.
 
 Not a general server: 127.0.0.1 only, every blocking call bounded by ``TIMEOUT``.
