@@ -196,10 +196,16 @@ class OriginConnection(asyncio.Protocol):
             else:
                 raise OriginProtocolError(f"unexpected {type(event).__name__} in body")
 
+    def stray_bytes(self) -> bool:
+        """Bytes arrived past the end of the response: its framing can't be trusted (a Content-Length shorter than
+        the body, or an origin answering twice), so the response must not be stored and the connection not reused.
+        Only what has arrived so far counts: bytes still in flight show up when the pool watches the idle
+        connection, which then closes it."""
+        return bool(self.conn.trailing_data[0])
+
     def reusable(self) -> bool:
         conn = self.conn
-        # Extra bytes after a complete response mean the framing can't be trusted: close, don't reuse.
-        return self.usable and conn.our_state is h11.DONE and conn.their_state is h11.DONE and not conn.trailing_data[0]
+        return self.usable and conn.our_state is h11.DONE and conn.their_state is h11.DONE and not self.stray_bytes()
 
     def close(self) -> None:
         if self.transport is not None:
