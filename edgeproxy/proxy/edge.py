@@ -164,8 +164,8 @@ class Edge:
         or ``"ignore"`` stores other keys (``?b=2&a=1`` is stored as ``?a=1&b=2``) and would never match.
         """
         host = selector.url.partition("://")[2].partition("/")[0]
-        site = self.site_for(host)
-        mode = "keep" if site is None else site.policy.query_mode
+        site = self.sites.match(host)
+        mode = "keep" if site is None else site.query
         return selector if mode == "keep" else PurgeURL(normalize_url(selector.url, mode))
 
     # ---- exchanges ----
