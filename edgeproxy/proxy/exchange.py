@@ -48,9 +48,7 @@ from edgeproxy.errors import (
     ExpectationFailed,
     Forbidden,
     LoopDetected,
-    OriginConnectError,
     OriginError,
-    OriginTimeout,
     ProxyError,
 )
 from edgeproxy.http.headers import get
@@ -189,8 +187,8 @@ def _edge_cors(ex: Exchange) -> bool:
         pre = policy.preflight(origin, get(headers, b"access-control-request-method") or b"",
                                get(headers, b"access-control-request-headers"))
         ex.cache = "pass"
-        fields = [*pre.headers, (b"content-length", b"0")] if pre.status != 204 else list(pre.headers)
-        write_answer(ex, pre.status, fields, b"", ex.edge.cache_status.plain(detail="preflight"))
+        # pre.headers carries its own framing (Content-Length: 0 on the 403, none on the 204).
+        write_answer(ex, pre.status, pre.headers, b"", ex.edge.cache_status.plain(detail="preflight"))
         ex.edge.log(ex)
         return True
     ex.cors = policy.response_fields(origin)
@@ -230,16 +228,23 @@ def _failed(ex: Exchange, decision: Decision, error: ProxyError) -> bool:
     if ex.status:  # the head is out: the body can't be mended, cut the connection
         client.transport.abort()
         return False
-    if isinstance(decision, Revalidate) and isinstance(error, OriginConnectError | OriginTimeout):
-        failure = "timeout" if isinstance(error, OriginTimeout) else "connect"
-        if counts_as_error(failure) and can_serve_stale_on_error(decision.entry, time.time(), ex.creq, ex.site.policy):
-            ex.cache = "stale"
-            age = current_age(decision.entry, time.time())
-            deliver(ex, decision.entry, age, edge.cache_status.forward("stale", detail="stale-if-error " + failure))
-            return True
+    if isinstance(decision, Revalidate) and isinstance(error, OriginError) and _stale_on_error(ex, decision, error):
+        return True
     ex.cache = "error"
     edge.write_error(client, error, ex)
     return not error.close and client.body_done
+
+
+def _stale_on_error(ex: Exchange, decision: Revalidate, error: OriginError) -> bool:
+    """stale-if-error for an origin failure. RFC 5861 §4 defines an error by the status the client would get: an
+    origin that can't be reached, times out or hangs up (our 502/503/504) counts as much as an origin 503."""
+    entry = decision.entry
+    if not counts_as_error(error.status) or not can_serve_stale_on_error(entry, time.time(), ex.creq, ex.site.policy):
+        return False
+    ex.cache = "stale"
+    cache_status = ex.edge.cache_status.forward("stale", detail="stale-if-error " + error.detail)
+    deliver(ex, entry, current_age(entry, time.time()), cache_status)
+    return True
 
 
 async def _from_origin(ex: Exchange, decision: Decision) -> bool:
@@ -403,8 +408,11 @@ async def relay(ex: Exchange, conn: OriginConnection, response: h11.Response, de
     ex.cache = "miss" if cacheable else "pass"
     close_delimited = length is None and not chunked
     client_fields = [f for f in fields if f[0] not in EDGE_CONSUMED]
+    # "stored" goes out before the body: claim it only when the length says the body fits the store; a body of
+    # unknown length may still outgrow max_object_size (it is stored all the same when it doesn't).
+    announce_stored = keep_copy and length is not None
     head = (serialize_head(status, client_fields, response.reason) + b"cache-status: "
-            + _cache_status(ex, decision, status, keep_copy) + b"\r\n" + ex.cors + framing
+            + _cache_status(ex, decision, status, announce_stored) + b"\r\n" + ex.cors + framing
             + connection_line(ex.head, close_delimited))
     client.transport.write(head + b"\r\n")
     ex.status = status
