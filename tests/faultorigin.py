@@ -21,6 +21,7 @@ import select
 import socket
 import struct
 import threading
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
@@ -295,6 +296,31 @@ class FaultOrigin:
         with self.lock:
             return b"".join(bytes(log[self.marks.get(conn_id, 0):]) for conn_id, log in self.logs.items())
 
+    def settle(self, timeout: float = 5.0) -> bool:
+        """Wait until the origin has taken in everything the kernel holds for it and recorded it: no connection
+        waiting to be accepted, no unread bytes or unread close on an open connection, every byte received part of
+        a recorded request. Whatever the proxy wrote before answering its client is then in the log, whichever
+        thread reads it. True if that happened within ``timeout``."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if not self._pending() and self._all_recorded():
+                return True
+            time.sleep(0.005)
+        return False
+
+    def _pending(self) -> bool:
+        with self.lock:
+            socks = [self.listener, *self.open]
+        try:
+            return bool(select.select(socks, [], [], 0)[0])
+        except (OSError, ValueError):
+            return True  # a socket closed under us: look again
+
+    def _all_recorded(self) -> bool:
+        received = len(self.received())
+        with self.lock:
+            return sum(len(r.raw) for r in self.requests) >= received
+
     def requests_for(self, target: str) -> list[Request]:
         with self.lock:
             return [r for r in self.requests if r.target == target.encode()]
@@ -330,9 +356,11 @@ class FaultOrigin:
             while not self.stopping.is_set():
                 req = Request(conn_id)
                 complete = read_request(reader, req)
-                if req.raw:
-                    with self.lock:
+                with self.lock:  # one step, so a reader of the log sees a cut-off request and its close together
+                    if req.raw:
                         self.requests.append(req)
+                    if not complete:
+                        self.closed.add(conn_id)
                 if not complete:
                     return
                 fault = self.faults.get(req.target.split(b"?")[0], Fault())

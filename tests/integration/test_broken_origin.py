@@ -84,8 +84,10 @@ def proxy(origin: FaultOrigin, tmp_path_factory: pytest.TempPathFactory) -> Iter
 
 
 @pytest.fixture(autouse=True)
-def clean_origin(origin: FaultOrigin) -> None:
+def clean_origin(origin: FaultOrigin) -> Iterator[None]:
     origin.reset()
+    yield
+    assert origin.settle(), "the origin was still receiving a request after the test"
 
 
 def send_get(port: int, target: str, host: str = "test.local") -> socket.socket:

@@ -21,7 +21,7 @@ import itertools
 import select
 import socket
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 
 import pytest
 
@@ -125,8 +125,10 @@ def proxy(origin: FaultOrigin, tmp_path_factory: pytest.TempPathFactory) -> Iter
 
 
 @pytest.fixture(autouse=True)
-def clean_origin(origin: FaultOrigin) -> None:
+def clean_origin(origin: FaultOrigin) -> Iterator[None]:
     origin.reset()
+    yield
+    assert origin.settle(), "the origin was still receiving a request after the test"
 
 
 def probe(port: int, data: bytes, write_size: int = 0) -> tuple[bytes, bool]:
@@ -176,8 +178,10 @@ def test_probe_is_refused_and_closed(proxy: Proc, origin: FaultOrigin, data: byt
 
 
 def assert_nothing_forwarded(proxy: Proc, origin: FaultOrigin) -> None:
-    """Every byte the origin received since the probe is a sentinel request sent after it: the origin reads on its
-    own threads, and the sentinel's round trip gives whatever the probe made the proxy send time to be recorded."""
+    """Once the origin has settled (read and recorded all the kernel holds for it), the only request it received
+    is a sentinel sent after the probe, which also shows the proxy still forwards."""
+    assert origin.settle()
+    assert origin.received() == b""
     target = b"/sentinel?%d" % next(SENTINELS)  # a new URL each time: the cache must not answer it
     answer, _ = probe(proxy.port, b"GET " + target + b" HTTP/1.1\r\n" + HOST + b"connection: close\r\n\r\n")
     assert [r.status for r in parse_responses(answer)] == [200]
@@ -202,8 +206,9 @@ def test_refused_body_forwards_nothing(proxy: Proc, origin: FaultOrigin, data: b
 def test_refused_body_never_completes_a_request(proxy: Proc, origin: FaultOrigin, data: bytes, status: int) -> None:
     """What streaming can promise today: the origin never receives a whole request, and its connection closes."""
     assert_refused(proxy, data, status)
-    _wait_for(lambda: all(origin.is_closed(r.conn) for r in origin.requests), "origin connections must close")
+    assert origin.settle()
     assert [r for r in origin.requests if r.complete] == []
+    assert all(origin.is_closed(r.conn) for r in origin.requests), "the origin connection must be closed"
 
 
 @pytest.mark.parametrize("write_size", [0, 100])
@@ -236,12 +241,3 @@ def test_proxy_still_serves_after_the_probes(proxy: Proc, origin: FaultOrigin) -
     answer, _ = probe(proxy.port, b"GET /after HTTP/1.1\r\n" + HOST + b"connection: close\r\n\r\n")
     assert [(r.status, r.body) for r in parse_responses(answer)] == [(200, b"ok /after")]
     assert len(origin.requests_for("/after")) == 1
-
-
-def _wait_for(condition: Callable[[], bool], message: str, timeout: float = TIMEOUT) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return
-        time.sleep(0.02)
-    raise AssertionError(message)
