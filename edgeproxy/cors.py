@@ -446,6 +446,17 @@ def strip_origin_cors(headers: Headers) -> Headers:
     return out
 
 
+def keep_origin_cors(answer: Headers, stored: Headers) -> Headers:
+    """Origin mode: a response made from a stored one (a 304, 412 or 416 for the client's own conditionals or
+    Range) keeps the origin's CORS fields, so a script can read its status (cors.md pitfall 12); RFC 9110 §15.4.5
+    would let a 304 drop them. Returns ``answer`` itself when it has ACAO already or ``stored`` has none (always,
+    in edge mode: stored copies carry no CORS fields there)."""
+    if any(k == b"access-control-allow-origin" for k, _ in answer):
+        return answer
+    extra = [(k, v) for k, v in stored if k.startswith(_CORS_PREFIX) or k == _TIMING]
+    return [*answer, *extra] if extra else answer
+
+
 def origin_mode_vary(request_has_origin: bool, headers: Headers) -> tuple[bytes, ...]:
     """Origin mode: extra Vary members for the cache's matching tuple (never sent on the wire).
 

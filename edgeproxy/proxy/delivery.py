@@ -5,13 +5,16 @@ Rules kept here:
   Cache-Status, the edge-mode CORS fields and, when needed, Connection; then the body. One write; two for large
   bodies (> COPY_LIMIT), where concatenating would copy the body.
 - Client conditionals and Range are judged against the entry first (cache/conditional.py): 304, 412, 206, 416.
-- No header is parsed here: everything per response is appended as prepared bytes.
+- No header is parsed here: everything per response is appended as prepared bytes. The one scan is on the rarer
+  path that builds a new head anyway (an answer to the client's conditionals or Range): an origin-mode copy's
+  CORS fields are carried over to it (``cors.keep_origin_cors``).
 """
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from edgeproxy import cors
 from edgeproxy.cache.conditional import respond_from_entry
 from edgeproxy.cache.entry import Entry
 from edgeproxy.http.headers import Headers
@@ -50,7 +53,7 @@ def deliver(ex: Exchange, entry: Entry, age: float, cache_status: bytes) -> None
         ex.status, ex.sent = entry.status, len(body)
     else:
         body = b"" if head_only else answer.body
-        write(serialize_head(answer.status, answer.headers) + tail + body)
+        write(serialize_head(answer.status, cors.keep_origin_cors(answer.headers, entry.headers)) + tail + body)
         ex.status, ex.sent = answer.status, len(body)
     ex.edge.store.touch(entry)
 
