@@ -29,6 +29,7 @@ EVIL = "https://evil.example"  # refused by every origin and policy here
 ALLOWED_AT_ORIGIN = frozenset({A, B, C})
 DEFAULT_ACAO = "https://app.example"  # what /specific answers a plain request with
 CACHEABLE = ("cache-control", "public, max-age=300")
+ETAG = ("etag", '"o1"')
 
 EDGE_CORS = {
     "mode": "edge",
@@ -48,14 +49,15 @@ def _specific(seen: Seen) -> Reply:
     """A specific ACAO and never a Vary: echoes allowed Origins, a default app origin to plain requests."""
     origin = seen.header("origin")
     acao = DEFAULT_ACAO if origin is None else (origin if origin in ALLOWED_AT_ORIGIN else None)
-    return Reply(headers=[CACHEABLE, *([("access-control-allow-origin", acao)] if acao else [])], body=b"specific")
+    return Reply(headers=[CACHEABLE, ETAG, *([("access-control-allow-origin", acao)] if acao else [])],
+                 body=b"specific")
 
 
 def _curl_first(seen: Seen) -> Reply:
     """No ACAO (and no Vary) without Origin; ACAO and Vary: Origin for an allowed CORS request."""
     origin = seen.header("origin")
     cors = [("access-control-allow-origin", origin), ("vary", "Origin")] if origin in ALLOWED_AT_ORIGIN else []
-    return Reply(headers=[CACHEABLE, *cors], body=b"curl-first")
+    return Reply(headers=[CACHEABLE, ETAG, *cors], body=b"curl-first")
 
 
 def _edge_object(seen: Seen) -> Reply:
@@ -152,6 +154,21 @@ def test_origin_mode_each_origin_gets_its_own_acao(client: HTTPClient, origin: S
         assert fetches(origin, target) == len(set(sequence))
     if path == "/cors/star":  # static: one copy for everyone
         assert all("hit" in (r.header("cache-status") or "") for r in answers[1:])
+
+
+@pytest.mark.parametrize("path", ["/specific", "/curl-first"])
+def test_origin_mode_304_keeps_the_origins_cors_fields(client: HTTPClient, path: str) -> None:
+    """A 304 made from a stored copy still says who may read it (cors.md pitfall 12): RFC 9110 §15.4.5 would let
+    it drop ACAO, but a script that sent its own If-None-Match reads the 304 itself."""
+    target = f"{path}?conditional"
+    for o in (C, A, B, None, A):
+        get(client, "script.test", target, o)  # one stored copy per Origin
+        resp = get(client, "script.test", target, o, if_none_match='"o1"')
+        want = _expected(path, o)
+        assert resp.status == 304, resp
+        assert resp.header_all("access-control-allow-origin") == ([want] if want else []), (o, resp)
+        if want is not None:
+            assert "origin" in vary(resp), resp
 
 
 # ---- edge mode ----
