@@ -12,6 +12,7 @@ Pure: no sockets, no clock.
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import re
 import tomllib
@@ -350,6 +351,8 @@ def _check(config: Config) -> None:
         raise ConfigError("server.tls_listen", "tls_listen, tls_cert and tls_key go together", config.file)
     if c.max_object_size > c.size:
         raise ConfigError("cache.max_object_size", "larger than cache.size", config.file)
+    if s.parser == "httptools" and importlib.util.find_spec("httptools") is None:
+        raise ConfigError("server.parser", 'httptools is not installed: pip install "edgeproxy[fast]"', config.file)
     if not s.listen and not s.tls_listen:
         raise ConfigError("server.listen", "no listener: give at least one HOST:PORT", config.file)
 

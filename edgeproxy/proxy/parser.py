@@ -245,7 +245,7 @@ class H11Parser:
             target=event.target,
             headers=headers,
             http_version=event.http_version,
-            keep_alive=conn.their_state is not h11.MUST_CLOSE and _keep_alive(headers, event.http_version),
+            keep_alive=conn.their_state is not h11.MUST_CLOSE and keep_alive(headers, event.http_version),
             expect_continue=conn.they_are_waiting_for_100_continue,
             has_body=chunked or bool(length),
         )
@@ -265,7 +265,8 @@ class H11Parser:
         return self.conn is None or self.conn.their_state in (h11.DONE, h11.MUST_CLOSE, h11.CLOSED)
 
 
-def _keep_alive(headers: Headers, version: bytes) -> bool:
+def keep_alive(headers: Headers, version: bytes) -> bool:
+    """Whether the client asked to keep the connection open (RFC 9112 §9.3)."""
     tokens = [p.strip().lower() for k, v in headers if k == b"connection" for p in v.split(b",")]
     if version == b"1.0":
         return b"keep-alive" in tokens
@@ -276,4 +277,8 @@ BACKENDS: dict[str, type] = {"h11": H11Parser}
 
 
 def make_parser(name: str, limits: Limits) -> RequestParser:
+    if name == "httptools" and name not in BACKENDS:
+        from edgeproxy.proxy.parser_httptools import HttptoolsParser  # optional: edgeproxy[fast]
+
+        BACKENDS[name] = HttptoolsParser
     return BACKENDS[name](limits)

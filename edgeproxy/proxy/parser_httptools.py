@@ -1,0 +1,193 @@
+"""The fast backend of the parser seam: httptools (llhttp) parses request heads; bodies are framed here.
+
+Rules kept here:
+- Same contract and same strictness as the h11 backend: every head goes through ``HeadGatherer`` and
+  ``check_fields`` first (parser.py), so whatever llhttp would tolerate is refused before it is parsed.
+- httptools only parses heads: a fresh ``HttpRequestParser`` per head (~1.3 µs measured, parse included) is fed
+  exactly the head bytes, so no byte of a body or of a pipelined request is ever interpreted by llhttp.
+- Bodies: a Content-Length body is sliced here (counting bytes is all its framing needs); a chunked body is handed
+  to h11's chunked reader through a synthetic head, and h11's ``trailing_data`` returns what follows it. Chunked
+  request bodies are rare; correctness there matters more than speed.
+- Events and errors are exactly those of the h11 backend (``RequestHead``, ``bytes``, ``END``, ``NEED_DATA``,
+  ``CLOSED``; ``ClientError`` subclasses).
+Available with ``pip install edgeproxy[fast]``.
+"""
+
+from __future__ import annotations
+
+import h11
+import httptools
+
+from edgeproxy.errors import BadRequest, BodyTooLarge
+from edgeproxy.http.headers import Headers
+from edgeproxy.proxy.parser import (
+    CLOSED,
+    END,
+    NEED_DATA,
+    Event,
+    HeadGatherer,
+    Limits,
+    RequestHead,
+    check_fields,
+    keep_alive,
+)
+
+_CHUNKED_HEAD = b"POST / HTTP/1.1\r\nhost: x\r\ntransfer-encoding: chunked\r\n\r\n"
+# States of one request cycle.
+_HEAD, _LENGTH, _CHUNKED, _DONE = 0, 1, 2, 3
+
+
+class _Head:
+    """httptools callbacks collecting one head."""
+
+    __slots__ = ("url", "headers", "complete")
+
+    def __init__(self) -> None:
+        self.url = b""
+        self.headers: Headers = []
+        self.complete = False
+
+    def on_url(self, url: bytes) -> None:
+        self.url += url
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self.headers.append((name.lower(), value.strip(b" \t")))
+
+    def on_headers_complete(self) -> None:
+        self.complete = True
+
+
+class HttptoolsParser:
+    __slots__ = ("limits", "gather", "buf", "state", "remaining", "chunked", "closed", "received", "pending")
+
+    def __init__(self, limits: Limits) -> None:
+        self.limits = limits
+        self.gather = HeadGatherer(limits)
+        self.buf = b""  # bytes after the current head not yet handed out (Content-Length bodies, what follows)
+        self.state = _HEAD
+        self.remaining = 0
+        self.chunked: h11.Connection | None = None
+        self.closed = False
+        self.received = 0
+        self.pending: RequestHead | None = None
+
+    def feed(self, data: bytes) -> None:
+        if not data:
+            self.closed = True
+            if self.chunked is not None:
+                self.chunked.receive_data(b"")
+            return
+        state = self.state
+        if state == _HEAD:
+            complete = self.gather.feed(data)
+            if complete is not None:
+                self._parse_head(complete)
+        elif state == _CHUNKED:
+            assert self.chunked is not None
+            self.chunked.receive_data(data)
+        else:
+            self.buf += data
+
+    def _parse_head(self, data: bytes) -> None:
+        end = data.index(b"\r\n\r\n") + 4
+        collector = _Head()
+        parser = httptools.HttpRequestParser(collector)
+        try:
+            parser.feed_data(data[:end])
+        except httptools.HttpParserUpgrade:
+            pass  # Upgrade/CONNECT heads parse fine; the exchange decides what to do with them
+        except httptools.HttpParserError as e:
+            raise BadRequest(f"malformed request: {e}") from None
+        if not collector.complete:
+            raise BadRequest("incomplete request head")
+        version = parser.get_http_version().encode()
+        headers = collector.headers
+        chunked, length = check_fields(headers, version, self.limits)
+        rest = data[end:]
+        self.received = 0
+        if chunked:
+            self.state = _CHUNKED
+            self.chunked = h11.Connection(h11.SERVER)
+            self.chunked.receive_data(_CHUNKED_HEAD + rest)
+            self.chunked.next_event()  # the synthetic Request
+        elif length:
+            self.state, self.remaining, self.buf = _LENGTH, length, rest
+        else:
+            self.state, self.buf = _DONE, rest
+            self.remaining = -1  # END not yet handed out
+        expect = any(k == b"expect" and v.lower() == b"100-continue" for k, v in headers)
+        self.pending = RequestHead(
+            method=parser.get_method(), target=collector.url, headers=headers, http_version=version,
+            keep_alive=keep_alive(headers, version), expect_continue=expect and version == b"1.1" and (
+                chunked or bool(length)), has_body=chunked or bool(length))
+
+    def next_event(self) -> Event:
+        head = self.pending
+        if head is not None:
+            self.pending = None
+            return head
+        state = self.state
+        if state == _LENGTH:
+            return self._length_body()
+        if state == _CHUNKED:
+            return self._chunked_body()
+        if state == _DONE:
+            if self.remaining == -1:
+                self.remaining = 0
+                return END
+            return NEED_DATA
+        if self.closed:
+            if self.gather.buf:
+                raise BadRequest("connection closed inside a request head")
+            return CLOSED
+        return NEED_DATA
+
+    def _length_body(self) -> Event:
+        buf = self.buf
+        if not buf:
+            if self.closed:
+                raise BadRequest("connection closed inside the request body")
+            return NEED_DATA
+        take = min(self.remaining, len(buf))
+        chunk, self.buf = buf[:take], buf[take:]
+        self.remaining -= take
+        if self.remaining == 0:
+            self.state, self.remaining = _DONE, -1
+        return chunk
+
+    def _chunked_body(self) -> Event:
+        conn = self.chunked
+        assert conn is not None
+        try:
+            event = conn.next_event()
+        except h11.RemoteProtocolError as e:
+            raise BadRequest(f"invalid chunked body: {e}") from None
+        if type(event) is h11.Data:
+            self.received += len(event.data)
+            if self.received > self.limits.max_body:
+                raise BodyTooLarge()
+            return bytes(event.data)
+        if type(event) is h11.EndOfMessage:
+            self.buf, closed = conn.trailing_data
+            self.closed = self.closed or closed
+            self.chunked = None
+            self.state, self.remaining = _DONE, 0
+            return END
+        if event is h11.NEED_DATA:
+            if self.closed:
+                raise BadRequest("connection closed inside the request body")
+            return NEED_DATA
+        raise BadRequest(f"unexpected {type(event).__name__} in a chunked body")
+
+    def cycle_done(self) -> None:
+        """The response is written: the next head starts with what is already buffered."""
+        leftover = self.buf
+        if self.chunked is not None:  # the body was never read to its end: the connection will close
+            leftover = b""
+        self.buf, self.state, self.remaining, self.chunked = b"", _HEAD, 0, None
+        self.gather = HeadGatherer(self.limits)
+        if leftover:
+            self.feed(leftover)
+
+    def body_complete(self) -> bool:
+        return self.state in (_HEAD, _DONE)
