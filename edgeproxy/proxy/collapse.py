@@ -6,7 +6,7 @@ Rules kept here:
   response carrying Set-Cookie or ``private`` is never handed to a waiter.
 - When the leader's response turned out unstorable, the key is remembered as uncacheable for ``hit_for_miss``
   seconds (Varnish's hit-for-miss): during that time misses for it go to the origin in parallel instead of queueing
-  behind each other.
+  behind each other. A fetch that failed (no complete response) starts no such window.
 - One background revalidation per key at a time (stale-while-revalidate).
 """
 
@@ -24,30 +24,29 @@ class Collapser:
         self.uncacheable: dict[str, float] = {}
         self.revalidating: set[str] = set()
 
-    def leader(self, key: str) -> asyncio.Future[None] | None:
-        """The future to wait on when another fetch for ``key`` is in flight, else None (caller leads)."""
-        fut = self.inflight.get(key)
-        if fut is not None:
-            return fut
-        until = self.uncacheable.get(key)
-        if until is not None:
-            if until > time.monotonic():
-                return None
-            del self.uncacheable[key]
-        return None
-
     def lead(self, key: str) -> bool:
-        """Register the caller as the leader for ``key``; False when collapsing is off for it (hit-for-miss)."""
-        if key in self.uncacheable or key in self.inflight:
+        """Register the caller as the leader for ``key``; False when another fetch leads or the key is hit-for-miss."""
+        if key in self.inflight or self._hit_for_miss(key):
             return False
         self.inflight[key] = asyncio.get_running_loop().create_future()
         return True
 
-    def done(self, key: str, stored: bool) -> None:
+    def _hit_for_miss(self, key: str) -> bool:
+        until = self.uncacheable.get(key)
+        if until is None:
+            return False
+        if until > time.monotonic():
+            return True
+        del self.uncacheable[key]  # the window is over: the next miss leads and finds out again
+        return False
+
+    def done(self, key: str, uncacheable: bool) -> None:
+        """The leader's fetch ended. Only a response judged unstorable starts hit-for-miss: a failed fetch (origin
+        down, truncated body, client gone) says nothing about the next one, which should be shared again."""
         fut = self.inflight.pop(key, None)
         if fut is not None and not fut.done():
             fut.set_result(None)
-        if not stored:
+        if uncacheable:
             self.uncacheable[key] = time.monotonic() + self.hit_for_miss
             if len(self.uncacheable) > 100_000:  # bounded: forget the oldest half
                 for k in list(self.uncacheable)[:50_000]:

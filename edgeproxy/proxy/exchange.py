@@ -94,6 +94,7 @@ class Exchange:
     cache: str = "-"  # the metrics/log label: hit, stale, miss, revalidated, pass, collapsed, error
     origin_ms: float = 0.0
     stored: bool = False
+    uncacheable: bool = False  # the origin's complete answer is one we won't store (hit-for-miss)
 
 
 # ---- the synchronous part ----
@@ -269,7 +270,7 @@ async def _from_origin(ex: Exchange, decision: Decision) -> bool:
         return await _fetch(ex, decision, cacheable)
     finally:
         if leading:
-            collapser.done(ex.key, ex.stored)
+            collapser.done(ex.key, ex.uncacheable)
 
 
 async def _fetch(ex: Exchange, decision: Decision, cacheable: bool) -> bool:
@@ -404,6 +405,7 @@ async def relay(ex: Exchange, conn: OriginConnection, response: h11.Response, de
         reason = "too-large"
     if cacheable and reason is not None:
         edge.store.count_not_stored(reason)
+        ex.uncacheable = True
     keep_copy = reason is None
     ex.cache = "miss" if cacheable else "pass"
     close_delimited = length is None and not chunked
@@ -428,6 +430,7 @@ async def relay(ex: Exchange, conn: OriginConnection, response: h11.Response, de
             size += len(chunk)
             if size > limit:
                 parts = None
+                ex.uncacheable = True
                 edge.store.count_not_stored("too-large")
             else:
                 parts.append(chunk)

@@ -38,6 +38,7 @@ KIB = 1024
 MAX_OBJECT = 256 * KIB
 MAX_VARIANTS = 3
 STALE = 1.2  # seconds: enough for max-age=1 to lapse
+HIT_FOR_MISS = 1.0
 
 
 # ---- helpers ----
@@ -145,7 +146,8 @@ def edge(origin: ScriptOrigin, tmp_path_factory: pytest.TempPathFactory) -> Iter
              {"hosts": [IGNORE_HOST], "origin": origin.url, "ignore_request_cache_control": True},
              {"hosts": [COOKIE_HOST], "origin": origin.url, "store_set_cookie": True}]
     proxy = start_proxy(origin.url, tmp_path_factory.mktemp("edge"), site=sites, log={"access": False},
-                        cache={"max_object_size": MAX_OBJECT, "max_variants": MAX_VARIANTS},
+                        cache={"max_object_size": MAX_OBJECT, "max_variants": MAX_VARIANTS,
+                               "hit_for_miss_ttl": HIT_FOR_MISS},
                         origin={"read_timeout": "1.5s"})
     yield proxy
     proxy.stop()
@@ -489,3 +491,119 @@ def test_edge_fields_are_consumed(edge: Proc, origin: ScriptOrigin) -> None:
         assert {got.header(k) for k in ("cdn-cache-control", "cache-tag", "surrogate-key")} == {None}
     assert status_of(got).startswith("edgeproxy; hit")
     assert len(origin.seen("/targeted")) == 1
+
+
+# ---- more paths through revalidation ----
+
+def test_stale_while_revalidate_with_a_304(edge: Proc, origin: ScriptOrigin) -> None:
+    origin.routes["/swr304"] = validating(cacheable(b"kept", "max-age=1, stale-while-revalidate=30", '"w1"'), '"w1"',
+                                          [("cache-control", "max-age=60"), ("x-checked", "yes")])
+    fetch(edge, "/swr304")
+    time.sleep(STALE)
+    assert fetch(edge, "/swr304").body == b"kept"
+    assert origin.wait_for(lambda: len(origin.seen("/swr304")) == 2)
+    deadline = time.monotonic() + 3
+    while (got := fetch(edge, "/swr304")).header("x-checked") is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert got.body == b"kept" and got.header("x-checked") == "yes" and status_of(got).startswith("edgeproxy; hit")
+    assert len(origin.seen("/swr304")) == 2
+
+
+@pytest.mark.parametrize("name, headers, status, body", [
+    ("inm", {"if-none-match": '"s1"'}, 304, b""),
+    ("range", {"range": "bytes=0-1"}, 206, b"01"),
+    ("only-if-cached", {"cache-control": "only-if-cached"}, 504, None),
+    ("max-stale", {"cache-control": "max-stale=60"}, 200, b"0123456789"),
+])
+def test_requests_on_a_stale_entry(edge: Proc, origin: ScriptOrigin, name: str, headers: dict[str, str], status: int,
+                                   body: bytes | None) -> None:
+    path = "/stale-" + name
+    origin.routes[path] = validating(cacheable(b"0123456789", "max-age=1", '"s1"'), '"s1"',
+                                     [("cache-control", "max-age=60")])
+    fetch(edge, path)
+    time.sleep(STALE)
+    got = fetch(edge, path, headers)
+    assert got.status == status and (body is None or got.body == body)
+    calls = 1 if status == 504 or "max-stale" in str(headers) else 2
+    assert len(origin.seen(path)) == calls
+    if calls == 2:
+        assert origin.seen(path)[1].header("if-none-match") == '"s1"' and origin.seen(path)[1].header("range") is None
+
+
+def test_large_hit_body_is_identical(edge: Proc, origin: ScriptOrigin) -> None:
+    body = bytes(range(256)) * 800  # 200 KiB: the hit path writes head and body separately
+    origin.routes["/large"] = cacheable(body)
+    assert fetch(edge, "/large").body == body
+    hit = fetch(edge, "/large")
+    assert hit.body == body and status_of(hit).startswith("edgeproxy; hit")
+
+
+def test_request_no_store_passes_and_stores_nothing(edge: Proc, origin: ScriptOrigin) -> None:
+    origin.routes["/nostore"] = cacheable(b"n")
+    got = fetch(edge, "/nostore", {"cache-control": "no-store"})
+    assert got.body == b"n" and "stored" not in status_of(got)
+    assert "fwd=uri-miss" in status_of(fetch(edge, "/nostore"))
+    assert len(origin.seen("/nostore")) == 2
+
+
+def test_location_of_a_post_is_invalidated(edge: Proc, origin: ScriptOrigin) -> None:
+    stored = validating(cacheable(b"item", etag='"l1"'), '"l1"')
+    origin.routes["/items/1"] = stored
+    origin.routes["/items"] = Reply(201, [("location", "/items/1")], b"created")
+    fetch(edge, "/items/1")
+    assert unsafe(edge.port, "POST", "/items", b"new").status == 201
+    got = fetch(edge, "/items/1")
+    assert "fwd=stale; fwd-status=304" in status_of(got)
+    assert len(origin.seen("/items/1")) == 2
+
+
+def test_collapsed_waiters_with_another_variant_go_to_the_origin(edge: Proc, origin: ScriptOrigin) -> None:
+    origin.routes["/vslow"] = lambda seen: Reply(
+        headers=[("cache-control", "max-age=60"), ("vary", "accept-language")],
+        body=(seen.header("accept-language") or "-").encode(), delay=0.3)
+    results: dict[str, list[Response]] = {}
+
+    def run(lang: str) -> None:
+        results[lang] = concurrently(edge, "/vslow", 10, {"accept-language": lang})
+
+    threads = [threading.Thread(target=run, args=(lang,)) for lang in ("en", "fr")]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(20)
+    for lang in ("en", "fr"):
+        assert {a.body for a in results[lang]} == {lang.encode()}
+
+
+def test_collapsing_revalidations(edge: Proc, origin: ScriptOrigin) -> None:
+    not_modified = validating(cacheable(b"v", "max-age=1", '"c9"'), '"c9"', [("cache-control", "max-age=60")])
+    origin.routes["/reval"] = lambda seen: Reply(**{**vars(not_modified(seen)), "delay": 0.3})
+    fetch(edge, "/reval")
+    time.sleep(STALE)
+    answers = concurrently(edge, "/reval", 30)
+    assert {(a.status, a.body) for a in answers} == {(200, b"v")}
+    assert len(origin.seen("/reval")) == 2
+
+
+def test_a_failed_fetch_does_not_stop_collapsing(edge: Proc, origin: ScriptOrigin) -> None:
+    """A fetch that failed says nothing about cacheability: the next burst still shares one fetch."""
+    origin.routes["/flaky"] = Reply(hangup=True)
+    assert fetch(edge, "/flaky").status == 502
+    failed = len(origin.seen("/flaky"))
+    origin.routes["/flaky"] = Reply(headers=[("cache-control", "max-age=60")], body=b"up", delay=0.3)
+    answers = concurrently(edge, "/flaky", 30)
+    assert {(a.status, a.body) for a in answers} == {(200, b"up")}
+    assert len(origin.seen("/flaky")) == failed + 1
+
+
+def test_hit_for_miss_lasts_hit_for_miss_ttl(edge: Proc, origin: ScriptOrigin) -> None:
+    """After an unstorable answer, misses go to the origin in parallel for ``hit_for_miss_ttl``, then collapse again."""
+    origin.routes["/hfm"] = Reply(headers=[("cache-control", "private")], body=b"mine", delay=0.3)
+    fetch(edge, "/hfm")
+    concurrently(edge, "/hfm", 10)
+    assert len(origin.seen("/hfm")) == 11
+    time.sleep(HIT_FOR_MISS + 0.2)
+    origin.routes["/hfm"] = Reply(headers=[("cache-control", "max-age=60")], body=b"shared", delay=0.3)
+    answers = concurrently(edge, "/hfm", 30)
+    assert {a.body for a in answers} == {b"shared"}
+    assert len(origin.seen("/hfm")) == 12
