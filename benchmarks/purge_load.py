@@ -245,7 +245,8 @@ def main(argv: list[str] | None = None) -> int:
     out = {"meta": {"entries": args.entries, "seconds": args.seconds, "connections": args.connections,
                     "interval_s": args.interval, "rounds": args.rounds, "python": platform.python_version(),
                     "machine": platform.machine(), "cpus": os.cpu_count(), "took_s": round(time.monotonic() - started),
-                    "final_entries": stats.get("entries"), "final_purges": stats.get("purges")},
+                    "final_entries": stats.get("entries"), "final_purges": stats.get("purges"),
+                    "loadavg_end": os.getloadavg()},
            "scenarios": results}
     args.output.parent.mkdir(exist_ok=True)
     args.output.write_text(json.dumps(out, indent=2) + "\n")

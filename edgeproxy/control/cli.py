@@ -121,6 +121,8 @@ def _flatten(obj: dict[str, Any], prefix: str = "") -> list[tuple[str, Any]]:
 
 
 _BYTE_UNITS = ("B", "KiB", "MiB", "GiB", "TiB")
+# Numbers that name something rather than count it: no thousands separators.
+IDENTIFIERS = frozenset({"pid", "uid", "gid", "v"})
 
 
 def _human_bytes(n: int) -> str:
@@ -138,6 +140,8 @@ def _format_value(name: str, value: Any) -> str:
         return time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(value))
     if isinstance(value, bool) or value is None:
         return json.dumps(value)
+    if leaf in IDENTIFIERS:
+        return str(value)
     if isinstance(value, int) and ("bytes" in leaf or leaf == "capacity"):
         return f"{value:,} ({_human_bytes(value)})"
     if isinstance(value, int):
