@@ -1,7 +1,7 @@
 """Hostile requests over raw sockets: each probe gets its answer, the connection closes, and nothing reaches the origin.
 
-Category: faults (hardening.md, "Hostile requests"). One proxy process and one recording origin
-(``tests.faultorigin``) serve the whole module; the origin's log is cleared before each test, so "nothing
+Category: faults (hardening.md, "Hostile requests"). One proxy process per parser backend and one recording
+origin (``tests.faultorigin``) serve the whole module; the origin's log is cleared before each test, so "nothing
 forwarded" is an assertion on every byte the origin received. Each probe is bounded by a short timeout.
 
 What h11 0.16 alone accepts, and the proxy must refuse: CL together with TE (h11 frames by TE), TE on HTTP/1.0,
@@ -17,6 +17,7 @@ does, although RFC 9110 §8.6 would allow folding them into one value.
 
 from __future__ import annotations
 
+import importlib.util
 import itertools
 import select
 import socket
@@ -33,6 +34,8 @@ HOST = b"host: test.local\r\n"
 SMUGGLED = b"GET /smuggled HTTP/1.1\r\n" + HOST + b"\r\n"
 CHUNKED_BODY = b"5\r\nhello\r\n0\r\n\r\n"
 SENTINELS = itertools.count()
+PARSERS = ["h11", pytest.param("httptools", marks=pytest.mark.skipif(
+    importlib.util.find_spec("httptools") is None, reason="httptools is not installed"))]
 
 
 def post(*fields: bytes, body: bytes = b"", line: bytes = b"POST /p HTTP/1.1", host: bytes = HOST) -> bytes:
@@ -117,9 +120,11 @@ def origin() -> Iterator[FaultOrigin]:
     o.stop()
 
 
-@pytest.fixture(scope="module")
-def proxy(origin: FaultOrigin, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Proc]:
-    p = start_proxy(origin.url, tmp_path_factory.mktemp("smuggling"))
+@pytest.fixture(scope="module", params=PARSERS)
+def proxy(request: pytest.FixtureRequest, origin: FaultOrigin,
+          tmp_path_factory: pytest.TempPathFactory) -> Iterator[Proc]:
+    """One proxy per parser backend: the seam must make every backend equally strict."""
+    p = start_proxy(origin.url, tmp_path_factory.mktemp("smuggling"), server={"parser": request.param})
     yield p
     p.stop()
 
