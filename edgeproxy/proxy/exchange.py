@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING
 import h11
 
 from edgeproxy import cors
+from edgeproxy.cache.entry import ENTRY_OVERHEAD
 from edgeproxy.cache.freshness import current_age, ttl
 from edgeproxy.cache.key import CacheRequest, primary_key
 from edgeproxy.cache.policy import (
@@ -68,6 +69,8 @@ IDEMPOTENT: frozenset[bytes] = frozenset({b"GET", b"HEAD", b"OPTIONS", b"PUT", b
 NO_BODY_STATUS: frozenset[int] = frozenset({204, 304})
 CLIENT_CONDITIONALS: frozenset[bytes] = frozenset(
     {b"if-none-match", b"if-modified-since", b"if-match", b"if-unmodified-since", b"if-range", b"range"})
+# The stored head may exceed the relayed fields by a Content-Length and a Date line (storability.stored_headers).
+STORED_HEAD_EXTRA = 64
 # Fields addressed to this cache (RFC 9213 targeted fields, purge tags): consumed here, not sent on.
 EDGE_CONSUMED: frozenset[bytes] = frozenset(
     {b"surrogate-key", b"cache-tag", b"surrogate-control", b"cdn-cache-control", b"edgeproxy-cache-control"})
@@ -401,7 +404,8 @@ async def relay(ex: Exchange, conn: OriginConnection, response: h11.Response, de
     framing, length, chunked = client_framing(ex, status, origin_headers)
     fields = response_fields(ex, origin_headers)
     reason = storable(ex.creq, status, origin_headers, site.policy) if cacheable else "pass"
-    if reason is None and length is not None and length > edge.store.max_object_size:
+    limit = body_room(ex, status, fields) if reason is None else 0  # only a kept copy needs it
+    if reason is None and length is not None and length > limit:
         reason = "too-large"
     if cacheable and reason is not None:
         edge.store.count_not_stored(reason)
@@ -419,7 +423,7 @@ async def relay(ex: Exchange, conn: OriginConnection, response: h11.Response, de
     client.transport.write(head + b"\r\n")
     ex.status = status
     parts: list[bytes] | None = [] if keep_copy else None
-    size, limit = 0, edge.store.max_object_size
+    size = 0
     write = client.transport.write
     async for chunk in conn.body(edge.config.origin.read_timeout):
         if client.closed:
@@ -443,6 +447,15 @@ async def relay(ex: Exchange, conn: OriginConnection, response: h11.Response, de
     if ex.head.method not in SAFE_METHODS:
         _invalidate(ex, status, origin_headers)
     return not close_delimited
+
+
+def body_room(ex: Exchange, status: int, fields: list[tuple[bytes, bytes]]) -> int:
+    """The largest body the store will take with these fields. It charges head + body + ENTRY_OVERHEAD against
+    max_object_size and capacity (cache/store.py); judging by the body alone would announce "stored" for a body
+    of exactly max_object_size that the store then refuses."""
+    store = ex.edge.store
+    head = len(serialize_head(status, fields)) + STORED_HEAD_EXTRA
+    return min(store.max_object_size, store.capacity) - ENTRY_OVERHEAD - head
 
 
 def response_fields(ex: Exchange, origin_headers: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:

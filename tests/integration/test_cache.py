@@ -315,6 +315,21 @@ def test_body_over_max_object_size_streams_through_and_is_not_stored(edge: Proc,
         assert status_of(got) == "edgeproxy; fwd=uri-miss; fwd-status=200", "a body not stored must not say stored"
 
 
+@pytest.mark.parametrize("framing", ["length", "chunked"])
+@pytest.mark.parametrize("size, stored", [(MAX_OBJECT - 4 * KIB, True), (MAX_OBJECT, False)])
+def test_stored_is_announced_only_when_stored(edge: Proc, origin: ScriptOrigin, size: int, stored: bool,
+                                              framing: str) -> None:
+    """The store charges head + body + per-entry overhead: a body of exactly max_object_size does not fit."""
+    path = f"/edge-of-size-{size}-{framing}"
+    origin.routes[path] = Reply(headers=[("cache-control", "max-age=60")], stream=size, framing=framing)
+    first = fetch(edge, path)
+    assert len(first.body) == size
+    assert status_of(first).endswith("; stored") == (stored and framing == "length")
+    second = fetch(edge, path)
+    assert status_of(second).startswith("edgeproxy; hit") == stored
+    assert len(origin.seen(path)) == (1 if stored else 2)
+
+
 @pytest.mark.parametrize("path, first, status", [
     ("/own-502", Reply(hangup=True), 502),
     ("/own-504", Reply(stall=True), 504),
