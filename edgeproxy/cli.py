@@ -34,6 +34,8 @@ def _config_for_serve(args: argparse.Namespace) -> Config:
         config = dataclasses.replace(config, sites=(site,))
     if args.parser:
         config = dataclasses.replace(config, server=dataclasses.replace(config.server, parser=args.parser))
+    if args.workers:
+        config = dataclasses.replace(config, server=dataclasses.replace(config.server, workers=args.workers))
     return config
 
 
@@ -92,6 +94,13 @@ def cmd_demo_origin(args: argparse.Namespace) -> int:
     return 0
 
 
+def _workers_flag(value: str) -> int:
+    try:
+        return config_from_dict({"server": {"workers": value if value == "auto" else int(value)}}).server.workers
+    except (ValueError, ConfigError) as e:
+        raise argparse.ArgumentTypeError(str(getattr(e, "reason", e))) from None
+
+
 def _setup_logging(level: str) -> None:
     logging.basicConfig(level=level.upper(), stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -108,6 +117,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help=f"listen address (repeatable; default {DEFAULT_LISTEN})")
     serve.add_argument("--origin", metavar="URL", help="origin URL for the one-site case, e.g. http://127.0.0.1:9000")
     serve.add_argument("--parser", choices=("h11", "httptools"), help="client-side HTTP parser backend")
+    serve.add_argument("--workers", metavar="N", type=_workers_flag,
+                       help="worker processes, or 'auto' for one per CPU (overrides [server] workers)")
     serve.set_defaults(func=cmd_serve)
     check = sub.add_parser("check-config", help="validate a config file and print the effective config")
     check.add_argument("file", metavar="FILE")

@@ -1,9 +1,10 @@
 """The supervisor: ``[server] workers = N`` (N > 1) worker processes behind one control socket.
 
 Owns: the listening sockets (bound here, or taken from socket activation, and inherited by every worker),
-starting workers (multiprocessing "spawn": a fresh interpreter, so no event loop, lock or half-written buffer is
-copied by fork), restarting one that dies, a private channel per worker (a socketpair speaking the control
-protocol's NDJSON lines), the control socket, the metrics listener, sd_notify and the watchdog.
+starting workers (``edgeproxy.workers.worker_main`` under multiprocessing "spawn": a fresh interpreter, so no
+event loop, lock or half-written buffer is copied by fork), restarting one that dies, a private channel per
+worker (a socketpair speaking the control protocol's NDJSON lines), the control socket, the metrics listener,
+sd_notify and the watchdog.
 
 Never: serves a client request or holds a cache. Each worker runs a ``Server`` with its own ``Edge`` and an LRU
 of ``cache.size / N``: the memory bound stays what the operator configured, at the price of N separate caches
@@ -38,7 +39,6 @@ import multiprocessing
 import os
 import signal
 import socket
-import sys
 import time
 from multiprocessing.process import BaseProcess
 from types import SimpleNamespace
@@ -50,7 +50,8 @@ from edgeproxy.cache.store import StoreStats
 from edgeproxy.config import Config, ConfigError
 from edgeproxy.control import protocol
 from edgeproxy.control.server import ControlServer, default_socket_path
-from edgeproxy.server import Listener, Server, load_for_reload, status_line, summarize
+from edgeproxy.server import Listener, load_for_reload, status_line, summarize
+from edgeproxy.workers import CHANNEL_LIMIT, worker_main
 
 log = logging.getLogger("edgeproxy.supervisor")
 
@@ -63,8 +64,7 @@ STOP_GRACE = 5 * SECONDS  # beyond drain_timeout, before SIGKILL
 STABLE_AFTER = 10 * SECONDS  # a worker that lived this long starts its backoff afresh
 BACKOFF = (0.1, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0)
 BACKLOG = 4096
-CHANNEL_LIMIT = 16 * 1024 * 1024
-_SUPERVISOR_ENV = ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID")
+WORKER_FIGURES = ("entries", "hits", "misses", "open_connections")  # per worker in the stats breakdown
 
 
 class WorkerGone(Exception):
@@ -119,6 +119,14 @@ def purge_fields(command: protocol.PurgeCommand) -> dict[str, Any]:
         if value is not None:
             fields[name] = sorted(value) if name == "tags" else value
     return fields
+
+
+def _worker_row(w: Worker) -> dict[str, Any]:
+    """One worker in the ``stats`` breakdown, from its latest snapshot."""
+    snap = w.snapshot or {}
+    requests = sum(snap["counters"]["requests"].values()) if snap else 0
+    return {"pid": w.process.pid if w.process else None, "ready": w.ready, "restarts": w.restarts,
+            "requests": requests, **{k: snap.get(k, 0) for k in WORKER_FIGURES}}
 
 
 def bind_listeners(config: Config) -> list[Listener]:
@@ -291,11 +299,7 @@ class Supervisor:
 
     def summary(self) -> dict[str, Any]:
         counters, store = self.totals()
-        per_worker = {
-            str(w.index): {"pid": w.process.pid if w.process else None, "ready": w.ready, "restarts": w.restarts,
-                           "requests": sum(w.snapshot["counters"]["requests"].values()) if w.snapshot else 0,
-                           "entries": w.snapshot["entries"] if w.snapshot else 0}
-            for w in self.workers}
+        per_worker = {str(w.index): _worker_row(w) for w in self.workers}
         return {**summarize(counters, store, self.started, time.time()), "pid": os.getpid(), "workers": per_worker}
 
     def _metrics_view(self) -> Any:
@@ -377,47 +381,3 @@ async def supervise(config: Config, config_path: str | None) -> int:
     await supervisor.stopping.wait()
     await supervisor.stop()
     return 0
-
-
-# ---- the worker process ----
-
-def worker_main(config: Config, config_path: str | None, listeners: list[Listener], channel: socket.socket,
-                index: int, shards: int) -> None:
-    """A worker process's entry point (the multiprocessing target)."""
-    for name in _SUPERVISOR_ENV:  # systemd talks to the supervisor only
-        os.environ.pop(name, None)
-    logging.basicConfig(level=config.log.level.upper(), stream=sys.stderr,
-                        format=f"%(asctime)s %(levelname)s %(name)s[worker {index}]: %(message)s")
-    import uvloop
-
-    sys.exit(uvloop.run(_run_worker(config, config_path, listeners, channel, shards)))
-
-
-async def _run_worker(config: Config, config_path: str | None, listeners: list[Listener], channel: socket.socket,
-                      shards: int) -> int:
-    server = Server(config, config_path, inherited=listeners, shards=shards)
-    try:
-        await server.start()
-    except OSError as e:
-        log.error("worker cannot start: %s", e)
-        return 1
-    reader, writer = await asyncio.open_unix_connection(sock=channel, limit=CHANNEL_LIMIT)
-    channel_task = asyncio.get_running_loop().create_task(_serve_channel(server, reader, writer))
-    await server.run_until_stopped()
-    channel_task.cancel()
-    return 0
-
-
-async def _serve_channel(server: Server, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-    while line := await reader.readline():
-        writer.write(await _answer(server, line.rstrip(b"\n")))
-    log.error("supervisor gone: stopping")
-    server.stopping.set()
-
-
-async def _answer(server: Server, line: bytes) -> bytes:
-    try:
-        command = protocol.parse_request(line)
-        return protocol.encode_reply({**protocol.reply_echo(command), **await server.handle_command(command)})
-    except Exception as exc:  # the supervisor relays the message; the worker keeps serving
-        return protocol.encode_error(str(exc))
