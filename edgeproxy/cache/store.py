@@ -84,7 +84,7 @@ class Storage(Protocol):
 
     # timeit, 100k entries, 2-core dev box: get 0.09 us, touch 0.09 us (see the module docstring).
     def get(self, primary_key: str) -> list[Entry]: ...
-    def touch(self, entry: Entry) -> None: ...
+    def touch(self, entry: Entry) -> bool: ...
     def put(self, entry: Entry, since: int | None = None) -> bool: ...
     def remove(self, entry: Entry) -> bool: ...
     def purge(self, selector: Selector, soft: bool = False, now: float = 0.0) -> int: ...
@@ -139,16 +139,17 @@ class Store:
         self._misses += 1
         return []
 
-    def touch(self, entry: Entry) -> None:
-        """Mark ``entry`` most recently used; a no-op if it was evicted or purged meanwhile."""
+    def touch(self, entry: Entry) -> bool:
+        """Mark ``entry`` most recently used; False (and nothing done) if it was evicted or purged meanwhile."""
         try:
             self._lru.move_to_end(entry)
         except KeyError:
-            return
+            return False
         variants = self._map[entry.primary_key]
         if variants[-1] is not entry:
             variants.remove(entry)
             variants.append(entry)
+        return True
 
     # -- storing ---------------------------------------------------------------------------------
 

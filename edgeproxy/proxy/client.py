@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from edgeproxy.errors import BadRequest, ClientError, ProxyError, RequestTimeout
 from edgeproxy.netutil import set_nodelay
+from edgeproxy.proxy.hot import single_head
 from edgeproxy.proxy.parser import CLOSED, END, NEED_DATA, RequestHead
 
 if TYPE_CHECKING:
@@ -33,7 +34,7 @@ IDLE, HEAD, BODY, BUSY = 0, 1, 2, 3
 class ClientConnection(asyncio.Protocol):
     __slots__ = (
         "edge", "scheme", "parser", "transport", "peer", "task", "closed", "write_paused", "drain_waiter",
-        "body_waiter", "deadline", "phase", "continue_due", "requests", "body_done",
+        "body_waiter", "deadline", "phase", "continue_due", "requests", "body_done", "candidate",
     )
 
     def __init__(self, edge: Edge, scheme: str = "http") -> None:
@@ -52,6 +53,7 @@ class ClientConnection(asyncio.Protocol):
         self.continue_due = False
         self.requests = 0
         self.body_done = True
+        self.candidate: bytes | None = None  # this read, when it is exactly one head (see proxy/hot.py)
 
     # ---- asyncio.Protocol ----
     def connection_made(self, transport: Any) -> None:
@@ -68,6 +70,11 @@ class ClientConnection(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         if self.closed:
             return
+        memo = self.edge.memo
+        if memo is not None and self.task is None and self.parser.idle:
+            if memo.answer(self, data):
+                return
+            self.candidate = data if single_head(data) else None
         if self.phase == IDLE:
             self.phase = HEAD
             self.deadline = self.edge.loop.time() + self.edge.config.server.header_timeout
@@ -127,7 +134,9 @@ class ClientConnection(asyncio.Protocol):
                     self.body_done = not event.has_body
                     if not event.has_body:
                         parser.next_event()  # the END of an empty body
-                    if not self.edge.handle(self, event):
+                    handled = self.edge.handle(self, event)
+                    self.candidate = None  # the read it came in is used up
+                    if not handled:
                         return  # an exchange task took over
                     continue
             except ClientError as e:
@@ -159,6 +168,15 @@ class ClientConnection(asyncio.Protocol):
         self.phase = IDLE
         self.deadline = self.edge.loop.time() + self.edge.config.server.keepalive_timeout
         return True
+
+    def response_done_fast(self, keep_alive: bool) -> None:
+        """``response_done`` for an answer from the head memo: the parser never saw the bytes."""
+        if not keep_alive:
+            self.transport.close()
+            self.closed = True
+            return
+        self.phase = IDLE
+        self.deadline = self.edge.loop.time() + self.edge.config.server.keepalive_timeout
 
     def exchange_done(self, keep_alive: bool) -> None:
         """Called by an exchange task when its response is complete."""

@@ -19,6 +19,7 @@ from edgeproxy.cache.conditional import respond_from_entry
 from edgeproxy.cache.entry import Entry
 from edgeproxy.http.headers import Headers
 from edgeproxy.http.wire import serialize_head
+from edgeproxy.proxy.hot import memoizable
 from edgeproxy.proxy.parser import RequestHead
 
 if TYPE_CHECKING:
@@ -44,6 +45,9 @@ def deliver(ex: Exchange, entry: Entry, age: float, cache_status: bytes) -> None
             + b"\r\n")
     write = ex.client.transport.write
     if answer is None:
+        client = ex.client
+        if client.candidate is not None and memoizable(ex.head) and ex.edge.memo is not None and ex.cache == "hit":
+            ex.edge.memo.remember(client.candidate, ex.head, entry, ex.cors + connection_line(ex.head) + b"\r\n")
         body = b"" if head_only else entry.body
         if len(body) > COPY_LIMIT:
             write(entry.head + tail)

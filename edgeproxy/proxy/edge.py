@@ -29,6 +29,7 @@ from edgeproxy.http.wire import serialize_head
 from edgeproxy.metrics import ProxyCounters
 from edgeproxy.proxy import forwarding
 from edgeproxy.proxy.collapse import Collapser
+from edgeproxy.proxy.hot import HeadMemo
 from edgeproxy.proxy.origin import OriginAddress, OriginPool
 from edgeproxy.proxy.parser import Limits, RequestHead, RequestParser, make_parser
 from edgeproxy.sites import SiteTable, normalize_host
@@ -93,6 +94,7 @@ class Edge:
         self.sites = SiteTable.build(config.sites)
         self.runtimes = {id(site): site_runtime(site, config) for site in config.sites}
         self.hosts: dict[tuple[bytes, str], tuple[str, SiteRuntime]] = {}
+        self.memo = HeadMemo(self) if s.head_memo else None
         self.cache_status = CacheStatus(s.name.encode())
         self.via = forwarding.via_token(s.name)
         self.limits = Limits(max_uri=s.max_uri, max_header_bytes=s.max_header_bytes, max_headers=s.max_headers,

@@ -58,6 +58,7 @@ from edgeproxy.proxy import forwarding
 from edgeproxy.proxy.delivery import connection_line, deliver, write_answer
 from edgeproxy.proxy.origin import OriginClosed, OriginConnection
 from edgeproxy.proxy.parser import RequestHead
+from edgeproxy.sites import normalize_host
 
 if TYPE_CHECKING:
     from edgeproxy.proxy.client import ClientConnection
@@ -148,7 +149,8 @@ def _prepare(edge: Edge, client: ClientConnection, head: RequestHead, started: f
     if target[:1] != b"/":
         target, authority = _origin_form(target)
         if authority is not None:
-            if host_field is not None and host_field.lower() != authority.lower():
+            if host_field is not None and normalize_host(host_field, client.scheme) != normalize_host(
+                    authority, client.scheme):
                 raise BadRequest("absolute-form target disagrees with Host")
             host_field = authority
     if host_field is None:

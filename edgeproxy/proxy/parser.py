@@ -69,6 +69,8 @@ class Limits:
 
 
 class RequestParser(Protocol):
+    idle: bool  # at the start of a request cycle with nothing buffered
+
     def feed(self, data: bytes) -> None: ...
     def next_event(self) -> Event: ...
     def cycle_done(self) -> None: ...
@@ -263,6 +265,11 @@ class H11Parser:
 
     def body_complete(self) -> bool:
         return self.conn is None or self.conn.their_state in (h11.DONE, h11.MUST_CLOSE, h11.CLOSED)
+
+    @property
+    def idle(self) -> bool:
+        """At the start of a request cycle with nothing buffered."""
+        return self.conn is None and self.gather is not None and not self.gather.buf
 
 
 def keep_alive(headers: Headers, version: bytes) -> bool:

@@ -191,3 +191,8 @@ class HttptoolsParser:
 
     def body_complete(self) -> bool:
         return self.state in (_HEAD, _DONE)
+
+    @property
+    def idle(self) -> bool:
+        """At the start of a request cycle with nothing buffered."""
+        return self.state == _HEAD and not self.gather.buf and self.pending is None
