@@ -119,7 +119,10 @@ def warm(shared_proxy: Proc, origin: ScriptOrigin) -> Iterator[tuple[Proc, HTTPC
     route_all(origin)
     with HTTPClient(shared_proxy.port, TIMEOUT) as client:
         for obj in OBJECTS:
-            assert "stored" in (get(client, obj).header("cache-status") or ""), obj
+            response = get(client, obj)
+            assert "stored" in (response.header("cache-status") or ""), obj
+            # The tags are for this edge: kept with the entry, never shown to clients.
+            assert response.header("surrogate-key") is None and response.header("cache-tag") is None
         for obj in OBJECTS:
             assert (get(client, obj).header("cache-status") or "").startswith("edgeproxy; hit"), obj
         yield shared_proxy, client
