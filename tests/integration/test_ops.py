@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import signal
 import socket
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -18,7 +20,7 @@ import pytest
 
 from edgeproxy.control.client import ControlClient, ControlError
 from tests.scriptorigin import Reply, ScriptOrigin
-from tests.support import HTTPClient, Proc, Response, proxy_config, start_proxy, to_toml
+from tests.support import HTTPClient, Proc, Response, env, free_port, proxy_config, start_proxy, to_toml
 
 SLOW_REQUESTS = 20
 SLOW_MS = 1500
@@ -193,3 +195,36 @@ def test_sd_notify_sequence(tmp_path: Path, demo_origin: Proc, notify_socket: tu
         assert proxy.proc.wait(15) == 0, proxy.log()
     finally:
         proxy.stop()
+
+
+# ---- socket activation ----
+
+# What systemd does for a .socket unit: the listening socket at fd 3, LISTEN_PID naming the process that execs.
+ACTIVATE = """
+import os, socket, sys
+sock = socket.create_server(("127.0.0.1", int(sys.argv[1])))
+if sock.fileno() != 3:
+    os.dup2(sock.fileno(), 3)
+os.set_inheritable(3, True)
+os.environ.update(LISTEN_FDS="1", LISTEN_FDNAMES="http", LISTEN_PID=str(os.getpid()))
+os.execv(sys.executable, [sys.executable, *sys.argv[2:]])
+"""
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_socket_activation_serves_the_passed_socket(tmp_path: Path, demo_origin: Proc, workers: int) -> None:
+    activated, configured = free_port(), free_port()
+    config = proxy_config(demo_origin.url, configured, tmp_path, server={"workers": workers})
+    (tmp_path / "edgeproxy.toml").write_text(to_toml(config))
+    with open(tmp_path / "proxy.log", "wb") as log:
+        proc = subprocess.Popen([sys.executable, "-c", ACTIVATE, str(activated), "-m", "edgeproxy", "serve",
+                                 "--config", str(tmp_path / "edgeproxy.toml")],
+                                env=env(), stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    proxy = Proc(proc, activated, tmp_path, tmp_path / "proxy.log", {"control": str(tmp_path / "control.sock")})
+    try:
+        wait_ready(proxy)
+        with HTTPClient(activated) as client:
+            assert client.request("GET", "/bytes/10").status == 200
+        assert refused(configured)  # the [server] listen address is not bound under activation
+    finally:
+        assert proxy.stop() == 0, proxy.log()
