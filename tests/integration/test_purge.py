@@ -243,7 +243,12 @@ def test_purge_during_a_miss_is_not_undone(proxy_factory: Callable[..., Proc], r
         origin.routes[SLOW[1]] = cacheable(lambda _seen: [("surrogate-key", "slow")], delay=0.5)
         proxy = proxy_factory(origin.url)
         result: list[Response] = []
-        fetch = threading.Thread(target=lambda: result.append(get(HTTPClient(proxy.port, TIMEOUT), SLOW)))
+
+        def fetch_slowly() -> None:
+            with HTTPClient(proxy.port, TIMEOUT) as slow_client:
+                result.append(get(slow_client, SLOW))
+
+        fetch = threading.Thread(target=fetch_slowly)
         fetch.start()
         assert origin.wait_for(lambda: len(origin.seen(SLOW[1])) == 1)
         reply = control(proxy, cmd="purge", **request_fields)
