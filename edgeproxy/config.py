@@ -184,6 +184,7 @@ class ServerConfig:
     max_connections_per_ip: int = 2000
     max_pipeline: int = 16
     head_memo: bool = True
+    request_buffer: int = 1 * MIB
 
 
 @dataclass(frozen=True)
@@ -255,6 +256,7 @@ SERVER_KEYS: dict[str, Callable[[Any], Any]] = {
     "min_body_rate": parse_size, "max_uri": parse_size, "max_header_bytes": parse_size,
     "max_headers": _int(1, 10000), "max_body": parse_size, "max_connections": _int(1, 10**7),
     "max_connections_per_ip": _int(1, 10**7), "max_pipeline": _int(1, 1024), "head_memo": _bool,
+    "request_buffer": parse_size,
 }
 ORIGIN_KEYS: dict[str, Callable[[Any], Any]] = {
     "connect_timeout": parse_duration, "read_timeout": parse_duration, "idle_timeout": parse_duration,

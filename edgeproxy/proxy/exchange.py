@@ -329,20 +329,27 @@ async def _revalidated(ex: Exchange, decision: Revalidate, conn: OriginConnectio
 
 
 async def send_request(ex: Exchange, fields: list[tuple[bytes, bytes]]) -> tuple[OriginConnection, h11.Response]:
-    """Acquire an origin connection, send the request (streaming its body) and read the response head.
+    """Acquire an origin connection, send the request and read the response head.
 
-    A pooled connection that turns out closed is retried once on a new one, for idempotent requests without a body
-    (RFC 9110 §9.2.2): a body already streamed can't be replayed.
+    A request body is read up to ``[server] request_buffer`` before anything goes to the origin (like nginx's
+    proxy_request_buffering): a body that turns out malformed gets its 400 with nothing forwarded, a slow uploader
+    doesn't hold an origin connection, and a fully buffered request can be replayed. A larger body is streamed
+    on after the buffered part.
+    A pooled connection that turns out closed is retried once on a new one, for idempotent requests whose body (if
+    any) is fully buffered (RFC 9110 §9.2.2): a body already streamed can't be replayed.
     """
     edge, head = ex.edge, ex.head
     address = ex.site.address
-    retry = head.method in IDEMPOTENT and not head.has_body
+    buffered, complete = await _buffer_request_body(ex) if head.has_body else ([], True)
+    retry = head.method in IDEMPOTENT and complete
     for attempt in (1, 2):
         conn = await edge.pool.acquire(address, fresh=attempt == 2)
         t0 = time.monotonic()
         try:
             conn.send_head(head.method, ex.target, fields)
-            if head.has_body:
+            for chunk in buffered:
+                await conn.send_body(chunk)
+            if not complete:
                 await _stream_request_body(ex, conn)
             conn.send_end()
             response = await conn.response_head(edge.config.origin.read_timeout)
@@ -359,9 +366,23 @@ async def send_request(ex: Exchange, fields: list[tuple[bytes, bytes]]) -> tuple
     raise AssertionError("unreachable")
 
 
+async def _buffer_request_body(ex: Exchange) -> tuple[list[bytes], bool]:
+    """Up to ``request_buffer`` bytes of the request body; True when that is the whole body."""
+    client, limit = ex.client, ex.edge.config.server.request_buffer
+    client.continue_due = ex.head.expect_continue
+    chunks: list[bytes] = []
+    size = 0
+    while size <= limit:
+        chunk = await client.read_body()
+        if chunk is None:
+            return chunks, True
+        chunks.append(chunk)
+        size += len(chunk)
+    return chunks, False
+
+
 async def _stream_request_body(ex: Exchange, conn: OriginConnection) -> None:
     client = ex.client
-    client.continue_due = ex.head.expect_continue
     while True:
         chunk = await client.read_body()
         if chunk is None:
@@ -444,6 +465,12 @@ async def relay(ex: Exchange, conn: OriginConnection, response: h11.Response, de
             await client.drain()
     if chunked:
         write(b"0\r\n\r\n")
+    if parts is not None and (conn.stray_bytes() or not _self_delimited(origin_headers)):
+        # Bytes past the declared end, or a body only the closing connection delimits: its completeness can't be
+        # proven, so it is delivered but never stored (hardening.md, broken origins).
+        parts = None
+        ex.uncacheable = True
+        edge.store.count_not_stored("framing")
     if parts is not None:
         ex.stored = store_response(ex, status, fields, b"".join(parts), request_time, generation)
     if ex.head.method not in SAFE_METHODS:
@@ -458,6 +485,10 @@ def body_room(ex: Exchange, status: int, fields: list[tuple[bytes, bytes]]) -> i
     store = ex.edge.store
     head = len(serialize_head(status, fields)) + STORED_HEAD_EXTRA
     return min(store.max_object_size, store.capacity) - ENTRY_OVERHEAD - head
+
+
+def _self_delimited(headers: list[tuple[bytes, bytes]]) -> bool:
+    return get(headers, b"content-length") is not None or get(headers, b"transfer-encoding") is not None
 
 
 def response_fields(ex: Exchange, origin_headers: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:

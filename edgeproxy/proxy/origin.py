@@ -78,6 +78,7 @@ class OriginConnection(asyncio.Protocol):
         self.lost = False
         self.last_used = 0.0
         self.reused = False
+        self.received = 0  # response bytes since the request was sent
         self.can_write = True
         self.write_waiter: asyncio.Future[None] | None = None
 
@@ -92,10 +93,11 @@ class OriginConnection(asyncio.Protocol):
             self.close()
             return
         self.conn.receive_data(data)
+        self.received += len(data)
+        # One read at a time: libuv reads up to 32 times per wake-up while reading is on, megabytes of a fast
+        # origin's body before the reader runs. ``_wait_data`` resumes reading when the next event is wanted.
+        self.transport.pause_reading()
         self._wake()
-        if self.waiter is None:
-            # Nobody is reading: stop the socket so bodies don't pile up in memory (back-pressure).
-            self.transport.pause_reading()
 
     def eof_received(self) -> bool | None:
         self.conn.receive_data(b"")
@@ -131,6 +133,7 @@ class OriginConnection(asyncio.Protocol):
         return not self.lost and self.transport is not None and not self.transport.is_closing()
 
     def send_head(self, method: bytes, target: bytes, headers: Headers) -> None:
+        self.received = 0
         try:
             self.transport.write(self.conn.send(h11.Request(method=method, target=target, headers=headers)))
         except h11.LocalProtocolError as e:
@@ -152,6 +155,9 @@ class OriginConnection(asyncio.Protocol):
             try:
                 event = self.conn.next_event()
             except h11.RemoteProtocolError as e:
+                if not self.received:  # with no byte received, the only possible error is the close
+                    # Closed after reading our request, before answering: a stale pooled connection.
+                    raise OriginClosed("origin closed the connection before answering") from None
                 raise OriginProtocolError(f"invalid response from origin: {e}") from None
             if event is not h11.NEED_DATA:
                 return event

@@ -219,9 +219,6 @@ def test_large_response_streams_with_flat_memory(own_proxy: Callable[..., Proc],
     assert growth_mib < 100, f"proxy peak RSS grew by {growth_mib:.0f} MiB for a {size // MIB} MiB body"
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "origin.py OriginConnection.data_received: reading is only paused when no one waits, and libuv reads up to 32 "
-    "times per wake-up, so each stream holds megabytes of origin body (4 streams: ~+80 MiB)"))
 def test_concurrent_large_responses_hold_little_each(own_proxy: Callable[..., Proc], origin: ScriptOrigin) -> None:
     proxy = own_proxy()
     size, streams = 100 * MIB, 4
@@ -458,13 +455,8 @@ def test_origin_stall_is_504(edge: Proc, origin: ScriptOrigin) -> None:
     assert origin.wait_for(lambda: stalled in origin.closed), "the stalled origin connection must be closed"
 
 
-RETRY_BUG = ("origin.py: an origin closing a reused connection after reading the request surfaces as h11's "
-             "RemoteProtocolError (ConnectionClosed in SEND_RESPONSE), not OriginClosed, so the retry never happens")
-
-
 @pytest.mark.parametrize("quiet_close, method, body, status, attempts", [
-    pytest.param(False, "GET", b"", 200, 2, id="reused-then-closed-GET-retried",
-                 marks=pytest.mark.xfail(strict=True, reason=RETRY_BUG)),
+    pytest.param(False, "GET", b"", 200, 2, id="reused-then-closed-GET-retried"),
     pytest.param(False, "POST", b"data", 502, 1, id="reused-then-closed-POST-not-retried"),
     pytest.param(True, "POST", b"data", 200, 1, id="closed-while-idle-POST-new-connection"),
 ])
