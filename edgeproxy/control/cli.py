@@ -160,13 +160,14 @@ DETAIL_TABLES = frozenset({"counters"})
 def render_table(fields: dict[str, Any]) -> str:
     """Nested stats as an aligned two-column table; hit ratios (given or computed) as percentages.
 
-    Each fact is printed once: a nested row whose last name is already a top-level row (``store.entries``
-    beside ``entries``) is left out, as are the ``DETAIL_TABLES``; ``--json`` keeps everything.
+    Each fact is printed once: a row one table down that repeats a top-level row (``store.entries`` beside
+    ``entries``) is left out, as are the ``DETAIL_TABLES``; breakdowns deeper down (``workers.0.entries``) stay.
+    ``--json`` keeps everything.
     """
     body = {k: v for k, v in fields.items() if k not in protocol.REPLY_ENVELOPE and k not in DETAIL_TABLES}
     summary = {k for k, v in body.items() if not isinstance(v, dict)}
     rows = [(name, value) for name, value in _flatten(body)
-            if "." not in name or name.rsplit(".", 1)[-1] not in summary]
+            if name.count(".") != 1 or name.rsplit(".", 1)[-1] not in summary]
     width = max((len(name) for name, _ in rows), default=0)
     return "\n".join(f"{name:<{width}}  {_format_value(name, value)}" for name, value in rows)
 
