@@ -188,19 +188,27 @@ def test_url_purge_covers_head(warm: tuple[Proc, HTTPClient], soft: bool) -> Non
     assert "fwd=" in status and not status.startswith("edgeproxy; hit"), status
 
 
-def test_soft_purge_then_origin_down_serves_stale(proxy_factory: Callable[..., Proc]) -> None:
-    with ScriptOrigin() as origin:
+@pytest.mark.parametrize("down", ["hangs-up", "stopped"])
+def test_soft_purge_then_origin_down_serves_stale(proxy_factory: Callable[..., Proc], down: str) -> None:
+    origin = ScriptOrigin()
+    try:
         route_all(origin)
         proxy = proxy_factory(origin.url)
         with HTTPClient(proxy.port, TIMEOUT) as client:
             assert "stored" in (get(client, A_PNG).header("cache-status") or "")
             assert control(proxy, cmd="purge", kind="tag", tags=["blue"], soft=True)["purged"] == 1
-            origin.routes["/pictures/1.png"] = Reply(hangup=True)
+            if down == "stopped":
+                origin.close()  # connections refused from now on
+            else:
+                origin.routes[A_PNG[1]] = Reply(hangup=True)
             response = get(client, A_PNG)
+    finally:
+        origin.close()
     assert response.status == 200 and response.body == b"/pictures/1.png -\n"
     status = response.header("cache-status") or ""
     assert status.startswith("edgeproxy; fwd=stale;") and "stale-if-error" in status, status
-    assert len(origin.seen(A_PNG[1])) == 2 and origin.seen(A_PNG[1])[1].header("if-none-match") is not None
+    # Whatever reached the origin after the purge was a conditional request for the stale copy.
+    assert all(s.header("if-none-match") is not None for s in origin.seen(A_PNG[1])[1:])
 
 
 @pytest.mark.parametrize(
