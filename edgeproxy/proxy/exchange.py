@@ -465,7 +465,7 @@ async def relay(ex: Exchange, conn: OriginConnection, response: h11.Response, de
             await client.drain()
     if chunked:
         write(b"0\r\n\r\n")
-    if parts is not None and (conn.stray_bytes() or not _self_delimited(origin_headers)):
+    if parts is not None and (conn.stray_bytes() or not _self_delimited(status, origin_headers)):
         # Bytes past the declared end, or a body only the closing connection delimits: its completeness can't be
         # proven, so it is delivered but never stored (hardening.md, broken origins).
         parts = None
@@ -487,8 +487,10 @@ def body_room(ex: Exchange, status: int, fields: list[tuple[bytes, bytes]]) -> i
     return min(store.max_object_size, store.capacity) - ENTRY_OVERHEAD - head
 
 
-def _self_delimited(headers: list[tuple[bytes, bytes]]) -> bool:
-    return get(headers, b"content-length") is not None or get(headers, b"transfer-encoding") is not None
+def _self_delimited(status: int, headers: list[tuple[bytes, bytes]]) -> bool:
+    """Whether the response's own framing ends its body: a 204 or 304 has none to end (RFC 9112 §6.3)."""
+    return status in NO_BODY_STATUS or get(headers, b"content-length") is not None or get(
+        headers, b"transfer-encoding") is not None
 
 
 def response_fields(ex: Exchange, origin_headers: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:

@@ -315,6 +315,15 @@ def test_body_over_max_object_size_streams_through_and_is_not_stored(edge: Proc,
         assert status_of(got) == "edgeproxy; fwd=uri-miss; fwd-status=200", "a body not stored must not say stored"
 
 
+def test_a_204_is_stored(edge: Proc, origin: ScriptOrigin) -> None:
+    """No body, no Content-Length: a 204's framing is its status, not an unprovable close-delimited body."""
+    origin.routes["/empty"] = Reply(204, [("cache-control", "max-age=60")], framing="none")
+    assert fetch(edge, "/empty").status == 204
+    hit = fetch(edge, "/empty")
+    assert hit.status == 204 and status_of(hit).startswith("edgeproxy; hit")
+    assert len(origin.seen("/empty")) == 1
+
+
 @pytest.mark.parametrize("framing", ["length", "chunked"])
 @pytest.mark.parametrize("size, stored", [(MAX_OBJECT - 4 * KIB, True), (MAX_OBJECT, False)])
 def test_stored_is_announced_only_when_stored(edge: Proc, origin: ScriptOrigin, size: int, stored: bool,
