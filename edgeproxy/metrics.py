@@ -42,7 +42,7 @@ class ProxyCounters:
     """One worker's counters. ``open_connections`` is adjusted directly (``+= 1`` / ``-= 1``)."""
 
     __slots__ = (
-        "requests", "responses", "response_bytes", "origin_requests", "origin_errors",
+        "requests", "responses", "response_bytes", "origin_requests", "origin_errors", "memo_hits",
         "latency_buckets", "latency_sum", "open_connections", "purges",
     )
 
@@ -50,6 +50,7 @@ class ProxyCounters:
         self.requests: dict[str, int] = dict.fromkeys(CACHE_KINDS, 0)
         self.responses: dict[str, int] = dict.fromkeys(STATUS_CLASSES.values(), 0)
         self.response_bytes = 0
+        self.memo_hits = 0  # hits answered by the head memo (proxy/hot.py), also counted in requests["hit"]
         self.origin_requests = 0
         self.origin_errors: dict[str, int] = dict.fromkeys(ORIGIN_ERROR_KINDS, 0)
         # One slot per bound plus the +Inf overflow slot.
@@ -87,6 +88,7 @@ class ProxyCounters:
             "requests": dict(self.requests),
             "responses": dict(self.responses),
             "response_bytes": self.response_bytes,
+            "memo_hits": self.memo_hits,
             "origin_requests": self.origin_requests,
             "origin_errors": dict(self.origin_errors),
             "origin_latency": {"buckets": list(self.latency_buckets), "sum": self.latency_sum},
@@ -136,6 +138,8 @@ _LABELLED = (
 _SCALARS = (
     ("proxy", "response_bytes", CounterMetricFamily, "edgeproxy_response_bytes_total",
      "Bytes written to clients, heads and bodies."),
+    ("proxy", "memo_hits", CounterMetricFamily, "edgeproxy_head_memo_hits_total",
+     "Hits answered from the head memo without parsing the request again (included in requests)."),
     ("proxy", "origin_requests", CounterMetricFamily, "edgeproxy_origin_requests_total",
      "Requests sent to origins, failed ones included."),
     ("proxy", "open_connections", GaugeMetricFamily, "edgeproxy_open_connections", "Open client connections."),

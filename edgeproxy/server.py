@@ -94,7 +94,8 @@ def summarize(counters: Mapping[str, Any], store: Mapping[str, Any], started: fl
         "stale_serves": requests.get("stale", 0), "revalidations": requests.get("revalidated", 0),
         "collapsed": requests.get("collapsed", 0), "evictions": store["evictions"],
         "purges": sum(counters["purges"].values()), "origin_errors": sum(counters["origin_errors"].values()),
-        "open_connections": counters["open_connections"], "uptime": round(now - started, 1),
+        "open_connections": counters["open_connections"], "head_memo_hits": counters.get("memo_hits", 0),
+        "uptime": round(now - started, 1),
         "counters": dict(counters), "store": dict(store),
     }
 

@@ -220,7 +220,12 @@ def parse_responses(data: bytes, head_requests: int = 0) -> list[Response]:
     conn.receive_data(b"")
     current: Response | None = None
     while True:
-        event = conn.next_event()
+        try:
+            event = conn.next_event()
+        except h11.RemoteProtocolError:
+            if current is None:
+                break  # the connection closed cleanly between responses
+            raise
         if isinstance(event, h11.Response):
             current = Response(event.status_code, [(k.decode(), v.decode("latin-1")) for k, v in event.headers], b"")
         elif isinstance(event, h11.Data) and current is not None:

@@ -85,6 +85,7 @@ class HeadMemo:
             write(body)
         else:
             write(head + body)
+        edge.counters.memo_hits += 1
         if edge.access_log.enabled:  # counts too
             edge.log_exchange(client, found.head, entry.status, len(body), "hit", 0.0, time.monotonic())
         else:

@@ -166,6 +166,7 @@ def test_render_exposes_every_family_with_its_values():
         "edgeproxy_requests": "counter", "edgeproxy_responses": "counter", "edgeproxy_origin_errors": "counter",
         "edgeproxy_purges": "counter", "edgeproxy_origin_latency_seconds": "histogram",
         "edgeproxy_response_bytes": "counter", "edgeproxy_origin_requests": "counter",
+        "edgeproxy_head_memo_hits": "counter",
         "edgeproxy_open_connections": "gauge", "edgeproxy_cache_entries": "gauge", "edgeproxy_cache_bytes": "gauge",
         "edgeproxy_cache_capacity_bytes": "gauge", "edgeproxy_cache_hits": "counter",
         "edgeproxy_cache_misses": "counter", "edgeproxy_cache_evictions": "counter",
