@@ -465,9 +465,11 @@ async def relay(ex: Exchange, conn: OriginConnection, response: h11.Response, de
             await client.drain()
     if chunked:
         write(b"0\r\n\r\n")
-    if parts is not None and (conn.stray_bytes() or not _self_delimited(status, origin_headers)):
-        # Bytes past the declared end, or a body only the closing connection delimits: its completeness can't be
-        # proven, so it is delivered but never stored (hardening.md, broken origins).
+    if parts is not None and (conn.answered_twice() or not _self_delimited(status, origin_headers)):
+        # A second response glued after this one (a desynchronized origin), or a body only the closing connection
+        # delimits (truncation undetectable): delivered but never stored (hardening.md, broken origins). Mere
+        # excess bytes past Content-Length don't disqualify the message: RFC 9112 §6.3 frames it by its length,
+        # as nginx, Varnish and Squid do; the connection is not reused either way.
         parts = None
         ex.uncacheable = True
         edge.store.count_not_stored("framing")

@@ -209,6 +209,11 @@ class OriginConnection(asyncio.Protocol):
         connection, which then closes it."""
         return bool(self.conn.trailing_data[0])
 
+    def answered_twice(self) -> bool:
+        """The bytes past the end of the response start another response: the origin and we disagree on where
+        its message ended (response splitting, a desynchronized connection), so the response can't be trusted."""
+        return self.conn.trailing_data[0].lstrip(b"\r\n").startswith(b"HTTP/")
+
     def reusable(self) -> bool:
         conn = self.conn
         return self.usable and conn.our_state is h11.DONE and conn.their_state is h11.DONE and not self.stray_bytes()
