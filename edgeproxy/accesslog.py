@@ -14,10 +14,10 @@ origin_ms=1.2 total_ms=1.5``
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 from dataclasses import dataclass
-from typing import IO
 
 FLUSH_INTERVAL = 0.5
 
@@ -68,13 +68,19 @@ FORMATS = {"combined": format_combined, "json": format_json}
 
 
 class AccessLog:
-    """Buffered writer to stderr ("-") or a file; the shell calls ``flush`` on a timer."""
+    """Buffered writer to stderr ("-") or a file; the shell calls ``flush`` on a timer.
+
+    The file is opened with O_APPEND and written with one ``os.write`` per batch of whole lines (at most
+    ``WRITE_LIMIT`` bytes): with several workers appending to one file, lines never interleave mid-line.
+    """
+
+    WRITE_LIMIT = 64 * 1024
 
     def __init__(self, target: str | None, fmt: str = "combined") -> None:
         self.target = target
         self.format = FORMATS[fmt]
         self.lines: list[str] = []
-        self.stream: IO[str] | None = None
+        self.fd: int | None = None
         self.reopen()
 
     @property
@@ -83,30 +89,44 @@ class AccessLog:
 
     def reopen(self) -> None:
         self.flush()
-        if self.stream is not None and self.stream is not sys.stderr:
-            self.stream.close()
-        if self.target is None:
-            self.stream = None
-        elif self.target == "-":
-            self.stream = sys.stderr
-        else:
-            self.stream = open(self.target, "a", encoding="utf-8", buffering=1 << 16)  # noqa: SIM115
+        self._close_fd()
+        if self.target == "-":
+            self.fd = sys.stderr.fileno()
+        elif self.target is not None:
+            self.fd = os.open(self.target, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o640)
 
     def log(self, record: LogRecord) -> None:
-        if self.stream is not None:
+        if self.fd is not None:
             self.lines.append(self.format(record))
 
     def flush(self) -> None:
-        if self.lines and self.stream is not None:
-            lines, self.lines = self.lines, []
-            try:
-                self.stream.write("".join(lines))
-                self.stream.flush()
-            except OSError:
-                pass  # a full disk must not stop the proxy
+        if not self.lines or self.fd is None:
+            return
+        lines, self.lines = self.lines, []
+        batch: list[bytes] = []
+        size = 0
+        try:
+            for line in lines:
+                data = line.encode("utf-8", "replace")
+                if size + len(data) > self.WRITE_LIMIT and batch:
+                    self._write(b"".join(batch))
+                    batch, size = [], 0
+                batch.append(data)
+                size += len(data)
+            self._write(b"".join(batch))
+        except OSError:
+            pass  # a full disk must not stop the proxy
+
+    def _write(self, data: bytes) -> None:
+        assert self.fd is not None
+        while data:
+            data = data[os.write(self.fd, data):]
+
+    def _close_fd(self) -> None:
+        if self.fd is not None and self.fd != sys.stderr.fileno():
+            os.close(self.fd)
+        self.fd = None
 
     def close(self) -> None:
         self.flush()
-        if self.stream is not None and self.stream is not sys.stderr:
-            self.stream.close()
-        self.stream = None
+        self._close_fd()

@@ -282,7 +282,7 @@ SITE_KEYS: dict[str, Callable[[Any], Any]] = {
 # Keys a reload cannot apply: they shape sockets and processes made at start-up.
 RESTART_KEYS: frozenset[str] = frozenset({
     "server.listen", "server.tls_listen", "server.workers", "server.parser", "server.control_socket",
-    "server.control_group", "metrics.listen", "cache.size",
+    "server.control_group", "server.control_uids", "server.control_gids", "metrics.listen", "cache.size",
 })
 
 
@@ -369,6 +369,15 @@ def load_config(path: str) -> Config:
     except tomllib.TOMLDecodeError as e:
         raise ConfigError("-", f"not valid TOML: {e}", path) from None
     return config_from_dict(data, path)
+
+
+def keep_restart_keys(old: Config, new: Config) -> Config:
+    """``new`` with every RESTART_KEYS value taken from ``old`` (what a reload applies)."""
+    kept: dict[str, dict[str, Any]] = {}
+    for dotted in RESTART_KEYS:
+        section, key = dotted.split(".")
+        kept.setdefault(section, {})[key] = getattr(getattr(old, section), key)
+    return replace(new, **{section: replace(getattr(new, section), **values) for section, values in kept.items()})
 
 
 def restart_keys_changed(old: Config, new: Config) -> list[str]:

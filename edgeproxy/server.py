@@ -31,7 +31,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from edgeproxy import systemd
-from edgeproxy.config import Config, ConfigError, load_config, restart_keys_changed
+from edgeproxy.config import Config, ConfigError, keep_restart_keys, load_config, restart_keys_changed
 from edgeproxy.control import protocol
 from edgeproxy.control.server import ControlServer, default_socket_path
 from edgeproxy.proxy.client import IDLE, ClientConnection
@@ -70,16 +70,9 @@ def load_for_reload(old: Config, path: str) -> tuple[Config, list[str]]:
     kept = restart_keys_changed(old, new)
     if kept:
         log.warning("reload: these keys need a restart and keep their old values: %s", ", ".join(kept))
-        new = _keep_restart_keys(old, new)
+        new = keep_restart_keys(old, new)
     logging.getLogger().setLevel(new.log.level.upper())
     return new, kept
-
-
-def _keep_restart_keys(old: Config, new: Config) -> Config:
-    server = dataclasses.replace(new.server, **{k: getattr(old.server, k) for k in (
-        "listen", "tls_listen", "workers", "parser", "control_socket", "control_group")})
-    cache = dataclasses.replace(new.cache, size=old.cache.size)
-    return dataclasses.replace(new, server=server, cache=cache, metrics=old.metrics)
 
 
 def summarize(counters: Mapping[str, Any], store: Mapping[str, Any], started: float, now: float) -> dict[str, Any]:

@@ -263,6 +263,8 @@ class HTTPClient:
         self.sock.sendall(head.encode("latin-1") + body)
         conn = h11.Connection(h11.CLIENT)
         conn.send(h11.Request(method=method, target=target, headers=items))
+        if body:
+            conn.send(h11.Data(data=body))
         conn.send(h11.EndOfMessage())
         resp: Response | None = None
         deadline = time.monotonic() + self.timeout

@@ -100,6 +100,8 @@ class OriginConnection(asyncio.Protocol):
         self._wake()
 
     def eof_received(self) -> bool | None:
+        if self.conn.our_state is h11.IDLE:
+            self.lost = True  # an idle pooled connection the origin closed: never hand it out again
         self.conn.receive_data(b"")
         self._wake()
         return None
@@ -135,9 +137,16 @@ class OriginConnection(asyncio.Protocol):
     def send_head(self, method: bytes, target: bytes, headers: Headers) -> None:
         self.received = 0
         try:
-            self.transport.write(self.conn.send(h11.Request(method=method, target=target, headers=headers)))
+            data = self.conn.send(h11.Request(method=method, target=target, headers=headers))
         except h11.LocalProtocolError as e:
             raise OriginProtocolError(f"cannot send request: {e}") from None
+        try:
+            self.transport.write(data)
+        except RuntimeError:
+            # The origin closed this pooled connection an instant ago (uvloop refuses writes on a closed
+            # handle before connection_lost runs): a stale connection, retried like one.
+            self.lost = True
+            raise OriginClosed("origin closed the connection before the request was sent") from None
 
     async def send_body(self, chunk: bytes) -> None:
         if chunk:
