@@ -9,6 +9,10 @@ Rules kept here:
 - Deadlines are a field checked by one sweeper per process (``Edge.sweep``), not a timer per request: a head must
   arrive whole within ``header_timeout`` of its first byte (slowloris), an idle keep-alive connection closes after
   ``keepalive_timeout``, a body read waits at most ``body_timeout``.
+- A request body must also keep up ``min_body_rate`` bytes/s over each ``RATE_WINDOW`` of waiting for it (the
+  slow-POST attack: a few bytes every ``body_timeout`` would otherwise hold a connection and an exchange for
+  hours). Only time spent waiting for the client counts: while the exchange is busy elsewhere (reading is paused,
+  e.g. a slow origin taking the upload), the window stands still. Either deadline answers 408 and closes.
 """
 
 from __future__ import annotations
@@ -29,12 +33,15 @@ CONTINUE_100 = b"HTTP/1.1 100 Continue\r\n\r\n"
 
 # What a deadline means when it passes.
 IDLE, HEAD, BODY, BUSY = 0, 1, 2, 3
+# Long enough that a TCP retransmission or a brief radio stall doesn't cut an honest upload.
+RATE_WINDOW = 5.0
 
 
 class ClientConnection(asyncio.Protocol):
     __slots__ = (
         "edge", "scheme", "parser", "transport", "peer", "task", "closed", "write_paused", "drain_waiter",
-        "body_waiter", "deadline", "phase", "continue_due", "requests", "body_done", "candidate",
+        "body_waiter", "deadline", "phase", "continue_due", "requests", "body_done", "candidate", "body_error",
+        "body_deadline", "rate_mark", "rate_bytes", "waited_until",
     )
 
     def __init__(self, edge: Edge, scheme: str = "http") -> None:
@@ -54,6 +61,11 @@ class ClientConnection(asyncio.Protocol):
         self.requests = 0
         self.body_done = True
         self.candidate: bytes | None = None  # this read, when it is exactly one head (see proxy/hot.py)
+        self.body_error: ClientError | None = None  # set by the sweeper: the next body read raises it
+        self.body_deadline = INF  # body_timeout: the next piece must come by then
+        self.rate_mark = INF  # start of the current min_body_rate window (INF: no body read yet)
+        self.rate_bytes = 0  # body bytes received in that window
+        self.waited_until = 0.0  # when the last wait for body bytes ended
 
     # ---- asyncio.Protocol ----
     def connection_made(self, transport: Any) -> None:
@@ -90,6 +102,8 @@ class ClientConnection(asyncio.Protocol):
         # body bytes, one read is enough: libuv reads up to 32 times per wake-up while reading is on (megabytes of a
         # fast upload), and ``_wait_body`` resumes reading when the exchange wants more.
         self.transport.pause_reading()
+        if self.phase == BODY:
+            self.rate_bytes += len(data)
         if self.body_waiter is not None and not self.body_waiter.done():
             self.body_waiter.set_result(None)
 
@@ -132,6 +146,7 @@ class ClientConnection(asyncio.Protocol):
                     self.phase = BUSY
                     self.deadline = INF
                     self.body_done = not event.has_body
+                    self.rate_mark = INF
                     if not event.has_body:
                         parser.next_event()  # the END of an empty body
                     handled = self.edge.handle(self, event)
@@ -218,9 +233,15 @@ class ClientConnection(asyncio.Protocol):
 
     async def _wait_body(self) -> None:
         loop = asyncio.get_running_loop()
+        now = loop.time()
+        if self.rate_mark == INF:
+            self.rate_mark, self.rate_bytes = now, 0
+        else:
+            self.rate_mark += now - self.waited_until  # time the exchange spent elsewhere isn't the client's
         self.body_waiter = loop.create_future()
         self.phase = BODY
-        self.deadline = loop.time() + self.edge.config.server.body_timeout
+        self.body_deadline = now + self.edge.config.server.body_timeout
+        self.deadline = min(self.body_deadline, self.rate_mark + RATE_WINDOW)
         self.transport.resume_reading()
         try:
             await self.body_waiter
@@ -228,18 +249,32 @@ class ClientConnection(asyncio.Protocol):
             self.body_waiter = None
             self.phase = BUSY
             self.deadline = INF
+            self.waited_until = loop.time()
+        if self.body_error is not None:
+            raise self.body_error
         if self.closed:
             raise BadRequest("client closed the connection inside the request body")
+
+    def _body_expired(self, now: float) -> None:
+        """The body deadline or the end of a rate window: 408 (written by the exchange), or a new window."""
+        assert self.body_waiter is not None
+        if now >= self.body_deadline:
+            self.body_error = RequestTimeout("request body timeout")
+        elif self.rate_bytes < self.edge.config.server.min_body_rate * (now - self.rate_mark):
+            self.body_error = RequestTimeout("request body slower than min_body_rate")
+        else:
+            self.rate_mark, self.rate_bytes = now, 0
+            self.deadline = min(self.body_deadline, now + RATE_WINDOW)
+            return
+        if not self.body_waiter.done():
+            self.body_waiter.set_result(None)
 
     def expire(self, now: float) -> None:
         """Called by the sweeper when ``deadline`` has passed."""
         if self.closed:
             return
         if self.phase == BODY and self.body_waiter is not None:
-            self.closed = True
-            self.transport.close()
-            if not self.body_waiter.done():
-                self.body_waiter.set_result(None)
+            self._body_expired(now)
         elif self.phase == HEAD and self.task is None:
             self.fail(RequestTimeout())
         else:
