@@ -1,12 +1,13 @@
 """The core proxy over real sockets: a scripted origin, the proxy as a subprocess, raw clients (category: basic).
 
-What is checked: keep-alive and pipelining, streaming without buffering (the proxy's RSS), re-framing between
-chunked, Content-Length and close-delimited bodies, which fields cross (hop-by-hop, Via, X-Forwarded-*), the
-answers the edge gives itself (400, 405, 408, 413, 414, 417, 421, 431, 502, 504, 505, 508, 100 Continue), its
-timeouts, and what happens to origin connections when a client aborts or an origin closes a pooled connection.
+What is checked: keep-alive and pipelining, streaming without buffering (the proxy's RSS), re-framing between chunked,
+Content-Length and close-delimited bodies, which fields cross (hop-by-hop, Via, X-Forwarded-*), the answers the edge
+gives itself (400, 405, 408, 413, 414, 417, 421, 431, 502, 504, 505, 508, 100 Continue), its timeouts, and what happens
+to origin connections when a client aborts or an origin closes a pooled connection.
 
-Most tests share one proxy (``edge``) in front of one scripted origin; tests that measure the proxy's memory get
-their own. Every wait is bounded; the file runs in well under a minute.
+Most tests share one proxy (``edge``, one per client parser backend: the protocol answers must not depend on it) in
+front of one scripted origin; tests that measure the proxy's memory get their own. Every wait is bounded; the file runs
+in well under a minute.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ import h11
 import pytest
 
 from edgeproxy.control.client import ControlClient
+from tests.integration.test_smuggling import PARSERS
 from tests.scriptorigin import Reply, ScriptOrigin, echo
 from tests.support import Proc, Response, free_port, start_proxy
 
@@ -153,13 +155,15 @@ def fresh_script(origin: ScriptOrigin) -> None:
     origin.reset()
 
 
-@pytest.fixture(scope="module")
-def edge(origin: ScriptOrigin, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Proc]:
+@pytest.fixture(scope="module", params=PARSERS)
+def edge(request: pytest.FixtureRequest, origin: ScriptOrigin,
+         tmp_path_factory: pytest.TempPathFactory) -> Iterator[Proc]:
     """The shared proxy: short timeouts, one site for two names, one site whose origin port is closed."""
     sites = [{"hosts": [HOST, "only.example"], "origin": origin.url},
              {"hosts": ["dead.example"], "origin": f"http://127.0.0.1:{free_port()}"}]
     proxy = start_proxy(origin.url, tmp_path_factory.mktemp("edge"), site=sites,
-                        server={"header_timeout": "1s", "keepalive_timeout": "1s"}, origin={"read_timeout": "1s"})
+                        server={"header_timeout": "1s", "keepalive_timeout": "1s", "parser": request.param},
+                        origin={"read_timeout": "1s"})
     yield proxy
     proxy.stop()
 

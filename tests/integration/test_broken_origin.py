@@ -1,14 +1,14 @@
 """Broken origins: every fault gets a defined answer, the proxy keeps serving, and no broken connection is reused.
 
-Category: faults (hardening.md, "Broken origins"). One proxy process (``[origin] read_timeout`` = 1 s) in front of
-the fault origin (``tests.faultorigin``) serves the module; each fault has its own path, every other request a URL
-of its own, so the cache never answers for a test by accident.
+Category: faults (hardening.md, "Broken origins"). One proxy process per client parser backend (``[origin]
+read_timeout`` = 1 s) in front of the fault origin (``tests.faultorigin``) serves the module; each fault has its own
+path, every other request a URL of its own, so the cache never answers for a test by accident.
 
-Defined answers: 502 or 504 when the fault shows before any response byte went out; once the head is out, the
-client connection is aborted so a truncated body can't pass for a complete one; a complete response followed by
-stray bytes is delivered, and the connection it came on is closed. After each fault a second request for the same
-URL must reach the origin again: with the cache on, that is the check that nothing broken was stored (the fault
-origin marks every answer ``public, max-age=300``).
+Defined answers: 502 or 504 when the fault shows before any response byte went out; once the head is out, the client
+connection is aborted so a truncated body can't pass for a complete one; a complete response followed by stray bytes is
+delivered, and the connection it came on is closed. After each fault a second request for the same URL must reach the
+origin again: with the cache on, that is the check that nothing broken was stored (the fault origin marks every answer
+``public, max-age=300``).
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ import h11
 import pytest
 
 from tests.faultorigin import SENT_SIZE, FaultOrigin
+from tests.integration.test_smuggling import PARSERS
 from tests.support import Proc, free_port, start_proxy
 
 TIMEOUT = 8.0
@@ -66,10 +67,11 @@ def origin() -> Iterator[FaultOrigin]:
     o.stop()
 
 
-@pytest.fixture(scope="module")
-def proxy(origin: FaultOrigin, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Proc]:
+@pytest.fixture(scope="module", params=PARSERS)
+def proxy(request: pytest.FixtureRequest, origin: FaultOrigin,
+          tmp_path_factory: pytest.TempPathFactory) -> Iterator[Proc]:
     down = f"http://127.0.0.1:{free_port()}"  # nothing listens there: connections are refused
-    p = start_proxy(origin.url, tmp_path_factory.mktemp("broken-origin"),
+    p = start_proxy(origin.url, tmp_path_factory.mktemp("broken-origin"), server={"parser": request.param},
                     origin={"read_timeout": READ_TIMEOUT, "connect_timeout": 2.0},
                     site=[{"hosts": [DOWN_HOST], "origin": down}, {"hosts": ["*"], "origin": origin.url}])
     yield p
