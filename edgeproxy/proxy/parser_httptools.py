@@ -115,11 +115,13 @@ class HttptoolsParser:
         else:
             self.state, self.buf = _DONE, rest
             self.remaining = -1  # END not yet handed out
-        expect = any(k == b"expect" and v.lower() == b"100-continue" for k, v in headers)
+        has_body = chunked or bool(length)
+        # Expect only matters with a body: most requests (bodiless GETs) skip the scan of their fields.
+        expect = has_body and version == b"1.1" and any(
+            k == b"expect" and v.lower() == b"100-continue" for k, v in headers)
         self.pending = RequestHead(
             method=parser.get_method(), target=collector.url, headers=headers, http_version=version,
-            keep_alive=keep_alive(headers, version), expect_continue=expect and version == b"1.1" and (
-                chunked or bool(length)), has_body=chunked or bool(length))
+            keep_alive=keep_alive(headers, version), expect_continue=expect, has_body=has_body)
 
     def next_event(self) -> Event:
         head = self.pending
