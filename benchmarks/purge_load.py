@@ -1,9 +1,9 @@
 """What a burst of purges costs the hit path: wrk on one hit URL while a thread purges over the control socket.
 
 Rules kept here:
-- Processes and pinning as in run.py (whose ``Fleet``, ``parse_wrk`` and CPU sets it reuses): edgeproxy alone on
-  core 0; wrk, the demo origin and this script (the purging thread) on core 1. Everything on 127.0.0.1 ports
-  picked free at run time, every process stopped in ``finally``.
+- Processes and pinning as in run.py (``procs.Fleet`` and ``procs.Purger``, ``report.parse_wrk``, the CPU
+  sets): edgeproxy alone on core 0; wrk, the demo origin and this script (the purging thread) on core 1.
+  Everything on 127.0.0.1 ports picked free at run time, every process stopped in ``finally``.
 - Population: ``--entries`` URLs ``/bytes/1024?i=NNNN`` (zero-padded), so the prefix ``/bytes/1024?i=3`` is
   exactly 10 % of them; wrk's URL ``/bytes/1024`` is matched by none of the purges, so it stays a hit and what
   moves is the time the event loop spends purging instead of serving.
@@ -28,9 +28,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -38,7 +36,8 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # standalone runs: make the repository's package importable
 
-from benchmarks.run import CLIENT_CPUS, PYTHON, SERVER_CPUS, Fleet, StartError, free_port, parse_wrk  # noqa: E402
+from benchmarks.procs import CLIENT_CPUS, PYTHON, SERVER_CPUS, Burst, Fleet, Purger, StartError, free_port  # noqa: E402
+from benchmarks.report import parse_wrk  # noqa: E402
 from edgeproxy.control.client import ControlClient  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
@@ -85,8 +84,6 @@ def warm(port: int, paths: list[str]) -> int:
 
 # --- bursts: a function from the purge number to the request -----------------------------------------------
 
-Burst = Callable[[int], dict[str, object]]
-
 
 def prefix_burst(entries: int, soft: bool) -> Burst:
     width = len(str(entries - 1))
@@ -97,33 +94,6 @@ def prefix_burst(entries: int, soft: bool) -> Burst:
 
 def url_burst(port: int, paths: list[str]) -> Burst:
     return lambda n: {"cmd": "purge", "kind": "url", "url": f"http://127.0.0.1:{port}{paths[n % len(paths)]}"}
-
-
-class Purger(threading.Thread):
-    """One purge every ``interval`` on one control connection until ``halt``; records each round trip."""
-
-    def __init__(self, sock: str, burst: Burst, interval: float) -> None:
-        super().__init__(daemon=True)
-        self.sock, self.burst, self.interval = sock, burst, interval
-        self.halt = threading.Event()
-        self.latencies_ms: list[float] = []
-        self.purged = 0
-        self.errors: list[str] = []
-
-    def run(self) -> None:
-        with ControlClient(self.sock, timeout=10) as client:
-            tick = time.monotonic()
-            while not self.halt.is_set():
-                request = self.burst(len(self.latencies_ms))
-                started = time.perf_counter()
-                reply = client.request(request)
-                self.latencies_ms.append((time.perf_counter() - started) * 1000)
-                if reply["ok"]:
-                    self.purged += int(reply["purged"])
-                else:
-                    self.errors.append(str(reply["error"]))
-                tick = max(tick + self.interval, time.monotonic())
-                self.halt.wait(tick - time.monotonic())
 
 
 def run_wrk(port: int, seconds: int, connections: int) -> dict[str, float]:
@@ -167,7 +137,7 @@ def one_run(port: int, sock: str, burst: Burst | None, args: argparse.Namespace)
             purger.join(15)
     run = Run(wrk["rps"], wrk.get("p99_ms", 0.0), wrk["errors"])
     if purger is not None:
-        run.latencies_ms, run.purged, run.purge_errors = purger.latencies_ms, purger.purged, purger.errors
+        run.latencies_ms, run.purged, run.purge_errors = purger.log.latencies_ms, purger.log.purged, purger.log.errors
     return run
 
 

@@ -1,0 +1,293 @@
+"""Processes for the benchmarks: starting servers, reading /proc, and purging over the control socket.
+
+Rules kept here:
+- Owns process lifetimes: every server runs in its own session (process group) with PR_SET_PDEATHSIG,
+  and ``Fleet.stop_all`` (called from ``finally``) stops them all: SIGTERM to the group, SIGKILL after 5 s.
+- Everything listens on 127.0.0.1 ports picked free at run time.
+- ``TARGETS`` is the table of what can be measured: nginx, edgeproxy per parser with the head memo on (the
+  default config) or off, and the bounds. A target's ``workers`` is the profile's unless the table fixes it
+  (``-1w`` targets are the one-worker reference inside the workers-2 profile).
+- CPU is utime+stime summed over a process's whole tree (nginx master + workers, edgeproxy's supervisor +
+  workers); RSS likewise, from ``/proc/PID/status``.
+- ``Purger`` sends purges itself, one request line per ``interval`` on one persistent control connection
+  (the CLI's Python start-up would cap the rate near 5/s), and records every round trip it sees.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import os
+import pwd
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # standalone runs: make the repository's package importable
+
+from edgeproxy.control.client import ControlClient, ControlError  # noqa: E402
+
+HERE = Path(__file__).resolve().parent
+SERVER_CPUS, CLIENT_CPUS, ALL_CPUS = "0", "1", "0,1"
+TICK = os.sysconf("SC_CLK_TCK")
+PYTHON = sys.executable
+START_TIMEOUT = 20.0
+
+
+class StartError(RuntimeError):
+    """A server did not come up; the message says why (its last log lines)."""
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _die_with_parent() -> None:
+    # If the orchestrator is SIGKILLed, its servers get SIGTERM instead of lingering; survives exec.
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
+class Fleet:
+    """The processes this run started; ``stop_all`` is what ``finally`` calls."""
+
+    def __init__(self, workdir: Path) -> None:
+        self.workdir = workdir
+        self.procs: list[subprocess.Popen[bytes]] = []
+        self.env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]))
+
+    def start(self, name: str, argv: list[str], cpus: str, port: int) -> subprocess.Popen[bytes]:
+        log = self.workdir / f"{name}.log"
+        with log.open("wb") as out:
+            proc = subprocess.Popen(
+                ["taskset", "-c", cpus, *argv], stdout=out, stderr=subprocess.STDOUT, cwd=ROOT,
+                env=self.env, start_new_session=True, preexec_fn=_die_with_parent,
+            )
+        self.procs.append(proc)
+        deadline = time.monotonic() + START_TIMEOUT
+        while time.monotonic() < deadline:
+            if proc.poll() is not None:
+                break
+            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=0.2):
+                return proc
+            time.sleep(0.05)
+        self.stop(proc)
+        tail = log.read_text(errors="replace").strip().splitlines()[-3:]
+        raise StartError(f"{name} did not accept on port {port}: " + (" | ".join(tail) or "no output"))
+
+    def stop(self, proc: subprocess.Popen[bytes]) -> None:
+        for sig, wait in ((signal.SIGTERM, 5.0), (signal.SIGKILL, 5.0)):
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, sig)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(wait)
+                break
+        if proc in self.procs:
+            self.procs.remove(proc)
+
+    def stop_all(self) -> None:
+        for proc in reversed(list(self.procs)):
+            self.stop(proc)
+
+
+# ---- /proc -----------------------------------------------------------------------------------------
+
+
+def process_tree(root: int) -> list[int]:
+    parents: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            with contextlib.suppress(OSError, IndexError, ValueError):
+                ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+                parents.setdefault(ppid, []).append(int(entry.name))
+    tree, todo = [], [root]
+    while todo:
+        pid = todo.pop()
+        tree.append(pid)
+        todo.extend(parents.get(pid, ()))
+    return tree
+
+
+def cpu_ticks(root: int) -> int:
+    total = 0
+    for pid in process_tree(root):
+        with contextlib.suppress(OSError, IndexError):
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            total += int(fields[11]) + int(fields[12])  # utime, stime (fields 14 and 15 of stat)
+    return total
+
+
+def command_lines(root: int) -> list[str]:
+    """The command line of every process in the tree, the root first."""
+    out = []
+    for pid in process_tree(root):
+        with contextlib.suppress(OSError):
+            out.append(Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace"))
+    return out
+
+
+def status_kib(root: int, key: str) -> int:
+    """A ``/proc/PID/status`` figure (``VmHWM:``, ``VmRSS:``) summed over the process tree, in KiB."""
+    total = 0
+    for pid in process_tree(root):
+        with contextlib.suppress(OSError):
+            for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+                if line.startswith(key):
+                    total += int(line.split()[1])
+    return total
+
+
+# ---- targets ---------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Spec:
+    kind: str  # "nginx" | "edgeproxy" | "bound"
+    parser: str = ""
+    memo: bool = True
+    workers: int | None = None  # None: the profile's
+
+
+TARGETS: dict[str, Spec] = {
+    "nginx": Spec("nginx"),
+    "edgeproxy-h11": Spec("edgeproxy", "h11"),
+    "edgeproxy-h11-nomemo": Spec("edgeproxy", "h11", memo=False),
+    "edgeproxy-httptools": Spec("edgeproxy", "httptools"),
+    "edgeproxy-httptools-nomemo": Spec("edgeproxy", "httptools", memo=False),
+    "edgeproxy-h11-1w": Spec("edgeproxy", "h11", workers=1),
+    "edgeproxy-httptools-1w": Spec("edgeproxy", "httptools", workers=1),
+    "bound-h11": Spec("bound", "h11"),
+    "bound-httptools": Spec("bound", "httptools"),
+}
+
+
+@dataclass
+class Target:
+    name: str
+    port: int = 0
+    proc: subprocess.Popen[bytes] | None = None
+    control: Path | None = None
+    workers: int = 1
+    unavailable: str = ""
+    log: Path | None = None
+
+    def last_log_line(self) -> str:
+        """The server's last words, for notes: the tmp dir and its logs are gone after the run."""
+        with contextlib.suppress(OSError):
+            lines = [x for x in self.log.read_text(errors="replace").splitlines() if x.strip()]  # type: ignore[union-attr]
+            return f" (log: {lines[-1].strip()[:160]})" if lines else ""
+        return ""
+
+
+EDGEPROXY_TOML = """[server]
+listen = ["127.0.0.1:{port}"]
+parser = "{parser}"
+workers = {workers}
+head_memo = {memo}
+control_socket = "{control}"
+
+[cache]
+size = "{cache_mib}MiB"
+max_object_size = "8MiB"
+
+[log]
+access = false
+
+[[site]]
+hosts = ["*"]
+origin = "http://127.0.0.1:{origin_port}"
+"""
+
+
+def nginx_argv(workdir: Path, port: int, origin_port: int, workers: int, cache_mib: int) -> list[str]:
+    prefix = workdir / f"nginx-{port}"
+    (prefix / "cache").mkdir(parents=True)
+    values = {
+        # Workers run as the invoking user so they can write the cache dir (the directive is ignored,
+        # with a warning, when nginx is not started as root).
+        "USER": pwd.getpwuid(os.geteuid()).pw_name,
+        "WORKERS": str(workers), "DIR": str(prefix), "PORT": str(port),
+        "ORIGIN_PORT": str(origin_port), "CACHE_SIZE": f"{cache_mib}m",
+    }
+    text = (HERE / "nginx.conf.template").read_text()
+    for key, value in values.items():
+        text = text.replace(f"@{key}@", value)
+    (prefix / "nginx.conf").write_text(text)
+    return [shutil.which("nginx") or "/usr/sbin/nginx", "-p", str(prefix), "-c", "nginx.conf", "-g", "daemon off;"]
+
+
+def target_argv(fleet: Fleet, target: Target, spec: Spec, origin_port: int, cache_mib: int) -> list[str]:
+    if spec.kind == "nginx":
+        return nginx_argv(fleet.workdir, target.port, origin_port, target.workers, cache_mib)
+    if spec.kind == "bound":
+        return [PYTHON, "-m", "benchmarks.bound", "--parser", spec.parser, "--listen", f"127.0.0.1:{target.port}"]
+    config = fleet.workdir / f"{target.name}-{target.port}.toml"
+    target.control = fleet.workdir / f"{target.name}-{target.port}.sock"
+    config.write_text(EDGEPROXY_TOML.format(
+        port=target.port, parser=spec.parser, workers=target.workers, memo=str(spec.memo).lower(),
+        control=target.control, cache_mib=cache_mib, origin_port=origin_port))
+    return [PYTHON, "-m", "edgeproxy", "serve", "--config", str(config)]
+
+
+def start_target(fleet: Fleet, name: str, origin_port: int, workers: int, cpus: str, cache_mib: int) -> Target:
+    """Start one target; a failure becomes ``unavailable`` (an n/a row with the reason), never an exception."""
+    spec = TARGETS[name]
+    target = Target(name, free_port(), workers=spec.workers or workers)
+    target.log = fleet.workdir / f"{name}-{target.port}.log"
+    try:
+        target.proc = fleet.start(f"{name}-{target.port}", target_argv(fleet, target, spec, origin_port, cache_mib),
+                                  cpus, target.port)
+    except StartError as exc:
+        target.unavailable = str(exc)
+    return target
+
+
+# ---- purges ----------------------------------------------------------------------------------------
+
+Burst = Callable[[int], dict[str, object]]  # purge number -> control request fields
+
+
+@dataclass
+class PurgeLog:
+    latencies_ms: list[float] = field(default_factory=list)
+    purged: int = 0
+    errors: list[str] = field(default_factory=list)
+
+
+class Purger(threading.Thread):
+    """One purge every ``interval`` on one control connection until ``halt``; records each round trip."""
+
+    def __init__(self, sock: str, burst: Burst, interval: float) -> None:
+        super().__init__(daemon=True)
+        self.sock, self.burst, self.interval = sock, burst, interval
+        self.halt = threading.Event()
+        self.log = PurgeLog()
+
+    def run(self) -> None:
+        log = self.log
+        try:
+            with ControlClient(self.sock, timeout=10) as client:
+                tick = time.monotonic()
+                while not self.halt.is_set():
+                    request = self.burst(len(log.latencies_ms))
+                    started = time.perf_counter()
+                    reply = client.request(request)
+                    log.latencies_ms.append((time.perf_counter() - started) * 1000)
+                    if reply["ok"]:
+                        log.purged += int(reply.get("purged", 0))
+                    else:
+                        log.errors.append(str(reply["error"]))
+                    tick = max(tick + self.interval, time.monotonic())
+                    self.halt.wait(tick - time.monotonic())
+        except ControlError as exc:  # the row says so; the wrk run it accompanied still counts as a hit run
+            log.errors.append(str(exc))

@@ -1,0 +1,310 @@
+"""Turning wrk runs into numbers: wrk output parsing, per-cell summaries, ratios, the issue's goals, and the
+Markdown / PNG outputs.
+
+Rules kept here:
+- No processes, no sockets: everything here reads what run.py measured (``Cell``s) or the result dict.
+- Ratios compare medians from the same run only: ``vs nginx``; ``vs bound``, the bound with the target's own
+  parser (h11 -> bound-h11, httptools -> bound-httptools); in purge-burst ``vs no purge``, the same process
+  without purges; in workers-2 ``vs 1 worker``, the ``-1w`` target started beside it.
+- ``goals`` restates the issue's targets as (what, measured, goal, met) rows; a goal whose numbers are missing
+  is reported as not measured, never as met.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import platform
+import re
+import statistics
+import subprocess
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from benchmarks.procs import ALL_CPUS, CLIENT_CPUS, ROOT, SERVER_CPUS, TARGETS, TICK
+
+if TYPE_CHECKING:
+    from benchmarks.run import Cell, Profile, Scenario
+
+Results = dict[str, Any]
+
+# ---- wrk -------------------------------------------------------------------------------------------
+
+UNIT_MS = {"us": 1e-3, "ms": 1.0, "s": 1e3, "m": 60e3, "h": 3600e3}
+LATENCY_RE = re.compile(r"^\s+(50|99)%\s+([\d.]+)(us|ms|s|m|h)\s*$", re.M)
+REQUESTS_RE = re.compile(r"^\s+(\d+) requests in", re.M)
+RPS_RE = re.compile(r"^Requests/sec:\s+([\d.]+)", re.M)
+SOCKET_ERRORS_RE = re.compile(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)")
+NON2XX_RE = re.compile(r"Non-2xx or 3xx responses: (\d+)")
+HITS_RE = re.compile(r"^HITS (\d+) TOTAL (\d+)", re.M)
+
+
+def parse_wrk(text: str) -> dict[str, float]:
+    """wrk --latency output -> rps, requests, p50_ms, p99_ms, errors (and hits/responses from zipf.lua)."""
+    rps, requests = RPS_RE.search(text), REQUESTS_RE.search(text)
+    if not rps or not requests:
+        raise ValueError("unrecognised wrk output: " + text[-300:])
+    if not int(requests.group(1)):
+        raise ValueError("wrk completed no requests")
+    out = {"rps": float(rps.group(1)), "requests": float(requests.group(1)), "errors": 0.0}
+    for pct, value, unit in LATENCY_RE.findall(text):
+        out[f"p{pct}_ms"] = float(value) * UNIT_MS[unit]
+    for match in (SOCKET_ERRORS_RE.search(text), NON2XX_RE.search(text)):
+        if match:
+            out["errors"] += sum(float(g) for g in match.groups())
+    if hits := HITS_RE.search(text):
+        out["hits"], out["responses"] = float(hits.group(1)), float(hits.group(2))
+    return out
+
+
+# ---- summaries and ratios --------------------------------------------------------------------------
+
+
+def _percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+def purge_summary(latencies: list[float], errors: list[str], seconds: float) -> dict[str, object]:
+    return {"purges": len(latencies), "purges_per_s": len(latencies) / seconds, "purge_errors": errors[:3],
+            "purge_ms": {"p50": statistics.median(latencies), "p99": _percentile(latencies, 0.99),
+                         "max": max(latencies)}}
+
+
+def summarise(cell: Cell, seconds: int) -> dict[str, object]:
+    out: dict[str, object] = {"notes": cell.notes}
+    if not cell.runs:
+        return out
+    runs = cell.runs
+    rps = [r["rps"] for r in runs]
+    requests = sum(r["requests"] for r in runs)
+    out |= {
+        "rps_median": statistics.median(rps), "rps_min": min(rps), "rps_max": max(rps), "rps_runs": rps,
+        "p50_ms": statistics.median(r.get("p50_ms", float("nan")) for r in runs),
+        "p99_ms": statistics.median(r.get("p99_ms", float("nan")) for r in runs),
+        "cpu_us_per_req": cell.cpu_ticks / TICK * 1e6 / requests if requests else None,
+        "peak_rss_mib": round(cell.peak_rss_kib / 1024, 1), "requests": requests,
+        "errors": sum(r["errors"] for r in runs),
+    }
+    if responses := sum(r.get("responses", 0.0) for r in runs):
+        out["hit_ratio"] = sum(r.get("hits", 0.0) for r in runs) / responses
+    if cell.purges.latencies_ms:
+        out |= purge_summary(cell.purges.latencies_ms, cell.purges.errors, seconds * len(runs))
+    elif cell.purge:
+        out["notes"] = [*cell.notes, "no purge answered: " + "; ".join(cell.purges.errors[:2])]
+    return out
+
+
+def reference(name: str) -> dict[str, str]:
+    """The rows a target's row is divided by: ratio key -> reference target name."""
+    refs = {"vs_nginx": "nginx"}
+    spec = TARGETS.get(name.split("+")[0])
+    if spec is not None and spec.kind == "edgeproxy":
+        refs["vs_bound"] = f"bound-{spec.parser}"
+    if name.endswith("+purge"):
+        refs["vs_no_purge"] = name.removesuffix("+purge")
+    if f"{name}-1w" in TARGETS:
+        refs["vs_1_worker"] = f"{name}-1w"
+    return refs
+
+
+def add_ratios(rows: dict[str, dict[str, Any]]) -> None:
+    for name, row in rows.items():
+        for key, ref_name in reference(name).items():
+            ref = rows.get(ref_name, {}).get("rps_median")
+            if ref and "rps_median" in row and ref_name != name:
+                row[key] = row["rps_median"] / ref
+
+
+def scenario_result(scenario: Scenario, cells: dict[str, Cell], profile: Profile, rounds: int,
+                    seconds: int) -> dict[str, object]:
+    rows = {name: summarise(cell, seconds) for name, cell in cells.items()}
+    add_ratios(rows)
+    return {
+        "path": scenario.path, "connections": scenario.connections, "script": scenario.script,
+        "rounds": rounds, "seconds": seconds, "server_cpus": profile.cpus, "cache_mib": profile.cache_mib,
+        "workers": profile.workers, "targets": rows,
+    }
+
+
+# ---- the issue's goals -----------------------------------------------------------------------------
+
+
+def _get(scenarios: Results, scenario: str, target: str, key: str = "rps_median") -> float | None:
+    value = scenarios.get(scenario, {}).get("targets", {}).get(target, {}).get(key)
+    return float(value) if isinstance(value, int | float) else None
+
+
+def _div(a: float | None, b: float | None) -> float | None:
+    return a / b if a is not None and b else None
+
+
+def goals(scenarios: Results) -> list[dict[str, object]]:
+    """Each of the issue's targets: the measured figure, the goal and whether it is met."""
+    g = lambda s, t, k="rps_median": _get(scenarios, s, t, k)  # noqa: E731
+    memory = scenarios.get("memory", {}).get("targets", {}).get("edgeproxy-h11", {})
+    rows = [
+        ("hit-1k h11, memo off, vs bound-h11",
+         _div(g("hit-1k", "edgeproxy-h11-nomemo"), g("hit-1k", "bound-h11")), 0.85),
+        ("hit-1k h11, memo on, vs bound-h11", _div(g("hit-1k", "edgeproxy-h11"), g("hit-1k", "bound-h11")), 0.85),
+        ("hit-1k h11 p99 / nginx p99 (at most)", _div(g("hit-1k", "edgeproxy-h11", "p99_ms"),
+                                                      g("hit-1k", "nginx", "p99_ms")), -3.0),
+        ("hit-1k httptools, memo on, vs nginx", _div(g("hit-1k", "edgeproxy-httptools"), g("hit-1k", "nginx")), 1.0),
+        ("hit-1k httptools, memo off, vs nginx",
+         _div(g("hit-1k", "edgeproxy-httptools-nomemo"), g("hit-1k", "nginx")), 1.0),
+        ("hit-64k httptools vs nginx", _div(g("hit-64k", "edgeproxy-httptools"), g("hit-64k", "nginx")), 0.8),
+        ("miss-1k / hit-1k, h11 process", _div(g("miss-1k", "edgeproxy-h11"), g("hit-1k", "edgeproxy-h11")), 0.5),
+        ("miss-1k / hit-1k, httptools process",
+         _div(g("miss-1k", "edgeproxy-httptools"), g("hit-1k", "edgeproxy-httptools")), 0.5),
+        ("workers-2 h11 at -c256 vs 1 worker", g("workers-2", "edgeproxy-h11", "vs_1_worker"), 1.6),
+        ("workers-2 httptools at -c256 vs 1 worker", g("workers-2", "edgeproxy-httptools", "vs_1_worker"), 1.6),
+        ("memory: RSS MiB after filling 256 MiB (at most)", memory.get("rss_mib"), -float(memory.get("goal_mib", 0))),
+    ]
+    # A negative goal is an upper bound ("at most"); a positive one a lower bound.
+    return [{"goal": what, "measured": value, "target": abs(goal),
+             "met": None if value is None else (value <= -goal if goal < 0 else value >= goal)}
+            for what, value, goal in rows]
+
+
+# ---- Markdown --------------------------------------------------------------------------------------
+
+COLUMNS = ("target", "req/s median", "min-max", "p50 ms", "p99 ms", "CPU µs/req", "peak RSS MiB",
+           "vs nginx", "vs bound", "other ratio", "hit %", "notes")
+OTHER_RATIOS = {"vs_no_purge": "vs no purge", "vs_1_worker": "vs 1 worker"}
+
+
+def _fmt(value: object, spec: str) -> str:
+    return "-" if value is None or value != value else format(value, spec)  # value != value: NaN
+
+
+def _notes(row: dict[str, Any]) -> str:
+    notes = list(row["notes"])
+    if "purges" in row:
+        ms = row["purge_ms"]
+        errors = f", errors: {row['purge_errors']}" if row["purge_errors"] else ""
+        notes.insert(0, f"{row['purges_per_s']:.0f} purges/s, round trip p50 {ms['p50']:.2f} / p99 {ms['p99']:.2f}"
+                        f" / max {ms['max']:.1f} ms{errors}")
+    return "; ".join(n.replace("|", "/") for n in notes)
+
+
+def _row(target: str, row: dict[str, Any]) -> str:
+    if "rps_median" not in row:
+        return f"| {target} | n/a |" + " |" * (len(COLUMNS) - 3) + f" {_notes(row)} |"
+    other = next(((label, row[key]) for key, label in OTHER_RATIOS.items() if key in row), None)
+    cells = [
+        target, _fmt(row["rps_median"], ",.0f"), f"{row['rps_min']:,.0f}-{row['rps_max']:,.0f}",
+        _fmt(row["p50_ms"], ".2f"), _fmt(row["p99_ms"], ".2f"), _fmt(row["cpu_us_per_req"], ".1f"),
+        _fmt(row["peak_rss_mib"], ".0f"), _fmt(row.get("vs_nginx"), ".2f"), _fmt(row.get("vs_bound"), ".2f"),
+        f"{other[1]:.2f} {other[0]}" if other else "-",
+        _fmt(row["hit_ratio"] * 100 if "hit_ratio" in row else None, ".1f"), _notes(row),
+    ]
+    return "| " + " | ".join(cells) + " |"
+
+
+def memory_markdown(name: str, sc: Results) -> list[str]:
+    lines = [f"### {name}: fill a {sc['cache_mib']} MiB cache with {sc['sizes']} objects "
+             f"({sc['overfill']} x its size requested)", "",
+             "| target | requests | fill s | RSS MiB | peak RSS MiB | goal MiB | met | entries | stored MiB | notes |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    for target, row in sc["targets"].items():
+        stored = _fmt(row["bytes"] / 2**20 if "bytes" in row else None, ".0f")
+        lines.append(f"| {target} | {row.get('requests', '-')} | {row.get('fill_seconds', '-')} | "
+                     f"{row.get('rss_mib', 'n/a')} | {row.get('peak_rss_mib', '-')} | {row.get('goal_mib', '-')} | "
+                     f"{'yes' if row.get('met') else 'no'} | {row.get('entries', '-')} | {stored} | "
+                     f"{'; '.join(row['notes'])} |")
+    return [*lines, ""]
+
+
+def goals_markdown(rows: list[dict[str, Any]]) -> list[str]:
+    lines = ["### the issue's targets", "", "| target | measured | goal | met |", "|---|---|---|---|"]
+    for r in rows:
+        met = "not measured" if r["met"] is None else ("yes" if r["met"] else "**no**")
+        lines.append(f"| {r['goal']} | {_fmt(r['measured'], '.2f')} | {r['target']:g} | {met} |")
+    return [*lines, ""]
+
+
+def markdown(results: Results) -> str:
+    lines: list[str] = []
+    for name, sc in results["scenarios"].items():
+        if sc.get("kind") == "memory":
+            lines += memory_markdown(name, sc)
+            continue
+        lines += [
+            f"### {name}: GET {sc['path']} -c{sc['connections']}, {sc['rounds']} x {sc['seconds']} s, "
+            f"servers on CPU {sc['server_cpus']}, cache {sc['cache_mib']} MiB, workers {sc['workers']}",
+            "", "| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS),
+            *(_row(target, row) for target, row in sc["targets"].items()), "",
+        ]
+    return "\n".join(lines + goals_markdown(results.get("goals", [])))
+
+
+# ---- the chart -------------------------------------------------------------------------------------
+
+COLORS = {"nginx": "#2a9d8f", "edgeproxy-h11": "#e76f51", "edgeproxy-httptools": "#f4a261",
+          "bound-h11": "#264653", "bound-httptools": "#8d99ae"}
+
+
+def _color(target: str) -> str:
+    base = target.split("+")[0].removesuffix("-nomemo").removesuffix("-1w")
+    return COLORS.get(base, "grey")
+
+
+def chart(results: Results, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    shown = {n: sc for n, sc in results["scenarios"].items() if "connections" in sc}
+    if not shown:
+        return
+    cols = min(3, len(shown))
+    rows = -(-len(shown) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(5.5 * cols, 4.2 * rows), squeeze=False)
+    for ax, (name, sc) in zip(axes.flat, shown.items(), strict=False):
+        bars = [(t, r) for t, r in sc["targets"].items() if "rps_median" in r]
+        med = [r["rps_median"] for _, r in bars]
+        spread = [[m - r["rps_min"] for m, (_, r) in zip(med, bars, strict=True)],
+                  [r["rps_max"] - m for m, (_, r) in zip(med, bars, strict=True)]]
+        ax.bar(range(len(bars)), med, yerr=spread, capsize=3, color=[_color(t) for t, _ in bars],
+               hatch=None, edgecolor="black", linewidth=0.3)
+        for x, (t, _) in enumerate(bars):  # memo off and "+purge" bars are hatched: the same server, one change
+            if "nomemo" in t or t.endswith("+purge") or t.endswith("-1w"):
+                ax.patches[x].set_hatch("//")
+        ax.set_xticks(range(len(bars)), [t for t, _ in bars], rotation=30, ha="right", fontsize=7)
+        ax.set_title(f"{name} (-c{sc['connections']}, workers {sc['workers']})", fontsize=10)
+        ax.set_ylabel("req/s (median, min-max)", fontsize=8)
+        for x, m in enumerate(med):
+            ax.annotate(f"{m / 1000:.1f}k", (x, m), ha="center", va="bottom", fontsize=7)
+    for ax in list(axes.flat)[len(shown):]:
+        ax.axis("off")
+    fig.suptitle(f"edgeproxy benchmarks: {results['meta']['name']} (hatched: memo off / purging / 1 worker)",
+                 fontsize=11)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+# ---- metadata --------------------------------------------------------------------------------------
+
+
+def _version(argv: list[str]) -> str:
+    with contextlib.suppress(OSError, subprocess.SubprocessError, IndexError):
+        done = subprocess.run(argv, capture_output=True, text=True, timeout=10, check=False)
+        return (done.stdout + done.stderr).strip().splitlines()[0]
+    return "unknown"
+
+
+def meta(name: str, argv: list[str]) -> dict[str, object]:
+    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                if line.startswith("model name")), platform.processor())
+    return {
+        "name": name, "argv": argv, "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "git": _version(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"]),
+        "python": platform.python_version(), "nginx": _version(["nginx", "-v"]),
+        "wrk": _version(["wrk", "--version"]), "cpu": cpu, "cpus": os.cpu_count(),
+        # Other work on the machine shows up here first: compare with loadavg_end.
+        "loadavg_start": os.getloadavg(),
+        "pinning": {"servers": SERVER_CPUS, "wrk_and_origin": CLIENT_CPUS, "workers-2 servers": ALL_CPUS},
+    }
