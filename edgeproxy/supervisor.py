@@ -147,6 +147,7 @@ class Supervisor:
         self.config_path = config_path
         self.loop = asyncio.get_running_loop()
         self.workers = [Worker(i) for i in range(config.server.workers)]
+        self.purges: dict[str, int] = {}  # purge commands by kind: each worker counts its share of one command
         self.listeners: list[Listener] = []
         self.control: ControlServer | None = None
         self.metrics_server: asyncio.AbstractServer | None = None
@@ -291,6 +292,7 @@ class Supervisor:
         """Counters and store stats summed over the ready workers' latest snapshots."""
         snaps = [w.snapshot for w in self.workers if w.ready and w.snapshot is not None]
         counters = metrics.merge([metrics.ProxyCounters().to_dict(), *(s["counters"] for s in snaps)])
+        counters["purges"] = dict(self.purges)  # commands, not the sum of the workers' shares
         stores = [dict(s["store"]) for s in snaps]
         last_purge = max((s.pop("last_purge_at") or 0.0 for s in stores), default=0.0)
         store = metrics.merge([dataclasses.asdict(StoreStats(0, 0, 0)), *stores])
@@ -314,6 +316,7 @@ class Supervisor:
         match command:
             case protocol.PurgeCommand():
                 replies = await self._broadcast(purge_fields(command))
+                self.purges[command.kind] = self.purges.get(command.kind, 0) + 1
                 return {"purged": sum(r.get("purged", 0) for r in replies), "workers": len(replies)}
             case protocol.StatsCommand():
                 await self._collect(COMMAND_TIMEOUT)

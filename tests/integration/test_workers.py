@@ -70,6 +70,7 @@ def test_killed_worker_is_restarted_and_purge_reaches_every_worker(workers_proxy
     spread(workers_proxy, "/bytes/100", lambda rows: all(r["entries"] == 1 for r in rows.values()))
     reply = control(workers_proxy, {"cmd": "purge", "kind": "url", "url": "http://test.local/bytes/100"})
     assert (reply["ok"], reply["purged"], reply["workers"]) == (True, WORKERS, WORKERS)
+    assert control(workers_proxy, {"cmd": "stats"})["purges"] == 1  # one command, however many workers applied it
     before = per_worker(workers_proxy)
     assert [r["entries"] for r in before.values()] == [0] * WORKERS
     responses = spread(workers_proxy, "/bytes/100",
