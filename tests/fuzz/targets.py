@@ -1,0 +1,201 @@
+"""Fuzz targets over the untrusted-input paths: each takes arbitrary bytes and may raise only its domain's error.
+
+Rules kept here:
+- A target is a plain function ``bytes -> None``; a crash is any exception outside the one its parser promises
+  (``ClientError`` for the request path, ``ConfigError`` for config, ``ProtocolError`` for the control channel,
+  nothing at all for Cache-Control), or a broken invariant asserted here. The same targets run under atheris
+  (``tests/fuzz/run.py``, ``scripts/fuzz``) and, a few thousand seeded inputs each, in the normal suite
+  (``tests/unit/test_fuzz_smoke.py``).
+- Structured inputs (how a request is split across reads, a TOML-ish config tree) are drawn from the bytes with
+  ``Draw``, so the fuzzer's mutations stay meaningful and every input replays exactly.
+- No sockets, no clock, no threads: the pure core and the parser seam only.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from collections.abc import Callable
+from typing import Any
+
+from edgeproxy.config import CACHE_KEYS, ORIGIN_KEYS, SERVER_KEYS, SITE_KEYS, ConfigError, config_from_dict
+from edgeproxy.control.protocol import ProtocolError, parse_request
+from edgeproxy.errors import ClientError
+from edgeproxy.http import cachecontrol
+from edgeproxy.proxy.parser import CLOSED, END, NEED_DATA, H11Parser, Limits, RequestHead, RequestParser
+
+SMALL = Limits(max_uri=256, max_header_bytes=1024, max_headers=16, max_body=4096)
+MAX_EVENTS = 200  # per read: a parser that keeps producing events without input is a bug
+
+
+class Draw:
+    """Structured choices read from fuzz bytes; once the bytes run out every choice is the first option."""
+
+    __slots__ = ("data", "pos")
+
+    def __init__(self, data: bytes) -> None:
+        self.data, self.pos = data, 0
+
+    def byte(self) -> int:
+        if self.pos >= len(self.data):
+            return 0
+        self.pos += 1
+        return self.data[self.pos - 1]
+
+    def pick(self, options: list[Any] | tuple[Any, ...]) -> Any:
+        return options[self.byte() % len(options)]
+
+    def blob(self, limit: int = 24) -> bytes:
+        n = self.byte() % (limit + 1)
+        out, self.pos = self.data[self.pos:self.pos + n], self.pos + n
+        return out
+
+    def rest(self) -> bytes:
+        out, self.pos = self.data[self.pos:], len(self.data)
+        return out
+
+
+# ---- the request path ----
+
+def _backends() -> list[Callable[[Limits], RequestParser]]:
+    found: list[Callable[[Limits], RequestParser]] = [H11Parser]
+    if importlib.util.find_spec("httptools") is not None:
+        from edgeproxy.proxy.parser_httptools import HttptoolsParser
+
+        found.append(HttptoolsParser)
+    return found
+
+
+BACKENDS = _backends()
+
+
+def _drive(parser: RequestParser, reads: list[bytes]) -> None:
+    """Feed the reads as a connection would, taking events and finishing cycles the way the shell does."""
+    for data in reads:
+        parser.feed(data)
+        for _ in range(MAX_EVENTS):
+            event = parser.next_event()
+            if event is NEED_DATA or event is CLOSED:
+                break
+            if event is END:
+                parser.cycle_done()
+            elif not isinstance(event, RequestHead | bytes):
+                raise AssertionError(f"unexpected event {event!r}")
+        else:
+            raise AssertionError("no NEED_DATA after MAX_EVENTS events")
+
+
+def request_path(data: bytes) -> None:
+    """Both parser backends over arbitrary bytes split into reads (the first byte picks the split), then EOF."""
+    draw = Draw(data[:1])
+    step = 1 + draw.byte() % 64 if data[:1] and data[0] >= 128 else len(data) or 1
+    body = data[1:]
+    reads = [body[i:i + step] for i in range(0, len(body), step)] + [b""]
+    for backend in BACKENDS:
+        try:
+            _drive(backend(SMALL), reads)
+        except ClientError:
+            pass
+
+
+# ---- Cache-Control ----
+
+def cache_control(data: bytes) -> None:
+    """The directive parser never raises, and what it returns is well-typed."""
+    headers = [(b"cache-control", line) for line in data.split(b"\n")[:4]]
+    directives = cachecontrol.parse(headers)
+    for name, value in directives.items():
+        assert isinstance(name, str) and (value is None or isinstance(value, str)), (name, value)
+        seconds = cachecontrol.seconds(directives, name)
+        assert seconds is None or 0 <= seconds <= cachecontrol.DELTA_MAX, seconds
+        cachecontrol.field_names(value)
+    targeted = [(b"cdn-cache-control", data), (b"surrogate-control", data), *headers]
+    effective, _ = cachecontrol.effective(targeted)
+    assert all(isinstance(k, str) for k in effective)
+
+
+# ---- config ----
+
+_SECTIONS: dict[str, list[str]] = {"server": sorted(SERVER_KEYS), "origin": sorted(ORIGIN_KEYS),
+                                   "cache": sorted(CACHE_KEYS), "log": ["access", "format", "level"],
+                                   "metrics": ["listen"], "bogus": ["x"]}
+_SCALARS: list[Any] = [0, 1, -1, 7, 2**31, 2**70, 0.5, -0.0, float("inf"), float("nan"), True, False, "", "-",
+                       "10s", "1.5m", "0s", "64MiB", "1KiB", "3 GB", "127.0.0.1:8080", "[::1]:80", ":80",
+                       "host:99999", "http://127.0.0.1:9000", "https://x", "*", "*.example.com", "auto", "h11",
+                       "httptools", "json", "edge", "origin", "sort", "x-forwarded-host", "Bad Name", "\x00"]
+_CORS_KEYS = ["mode", "allow_origins", "allow_methods", "allow_headers", "expose_headers", "allow_credentials",
+              "max_age", "vary", "bogus"]
+
+
+def _value(draw: Draw, depth: int = 0) -> Any:
+    kind = draw.byte() % 8
+    if kind == 6 and depth < 2:
+        return [_value(draw, depth + 1) for _ in range(draw.byte() % 4)]
+    if kind == 7:
+        return draw.blob().decode("latin-1")
+    return draw.pick(_SCALARS)
+
+
+def _table(draw: Draw, keys: list[str]) -> dict[str, Any]:
+    return {draw.pick(keys): _value(draw) for _ in range(draw.byte() % 5)}
+
+
+def _site(draw: Draw) -> Any:
+    if draw.byte() % 16 == 0:
+        return _value(draw)  # not a table at all
+    site = _table(draw, [*sorted(SITE_KEYS), "bogus"])
+    if draw.byte() % 3 == 0:
+        site["cors"] = _table(draw, _CORS_KEYS)
+    return site
+
+
+def config(data: bytes) -> None:
+    """``config_from_dict`` over TOML-shaped trees drawn from the bytes raises only ``ConfigError``."""
+    draw = Draw(data)
+    tree: dict[str, Any] = {}
+    for _ in range(draw.byte() % 5):
+        name = draw.pick(list(_SECTIONS))
+        tree[name] = _table(draw, _SECTIONS[name]) if draw.byte() % 16 else _value(draw)
+    if draw.byte() % 4:
+        tree["site"] = [_site(draw) for _ in range(draw.byte() % 3)]
+    try:
+        config_from_dict(tree, "<fuzz>")
+    except ConfigError:
+        pass
+
+
+# ---- control protocol ----
+
+_CONTROL_PREFIXES = [b"", b'{"v":1,"cmd":"purge","kind":"', b'{"v":1,"cmd":"', b'{"v":1,', b'{"v":1,"cmd":"purge",']
+
+
+def control(data: bytes) -> None:
+    """``parse_request`` over one line raises only ``ProtocolError``; the first byte may prepend a valid start."""
+    draw = Draw(data[:1])
+    try:
+        parse_request(draw.pick(_CONTROL_PREFIXES) + data[1:], max_line=4096)
+    except ProtocolError:
+        pass
+
+
+TARGETS: dict[str, Callable[[bytes], None]] = {
+    "request_path": request_path,
+    "cache_control": cache_control,
+    "config": config,
+    "control": control,
+}
+
+# Starting points: valid inputs the fuzzers mutate (and the smoke test perturbs).
+SEEDS: dict[str, list[bytes]] = {
+    "request_path": [
+        b"\x00GET / HTTP/1.1\r\nhost: a\r\n\r\nGET /2 HTTP/1.1\r\nhost: a\r\n\r\n",
+        b"\x85POST /p HTTP/1.1\r\nhost: a\r\ncontent-length: 5\r\nexpect: 100-continue\r\n\r\nhello",
+        b"\x90POST /p HTTP/1.1\r\nhost: a\r\ntransfer-encoding: chunked\r\n\r\n5;x=y\r\nhello\r\n0\r\nt: 1\r\n\r\n",
+        b"\x00GET http://a/b?c HTTP/1.0\r\nconnection: keep-alive\r\n\r\n",
+    ],
+    "cache_control": [b'public, max-age=60, s-maxage="120", no-cache="set-cookie, x-a"\nprivate',
+                      b"max-age=10, edgeproxy;max-age=5, no-store;edgeproxy, stale-while-revalidate=30"],
+    "config": [bytes(range(64)), b"\x04\x00\x03\x05\x07\x08\x09\x01\x02\x03\x04\x05\x06\x07" * 4],
+    "control": [b'\x00{"v":1,"cmd":"purge","kind":"url","url":"http://a/b","soft":true}',
+                b'\x00{"v":1,"cmd":"purge","kind":"tag","tags":["a","b"]}',
+                b'\x00{"v":1,"cmd":"purge","kind":"regex","pattern":"^/a(b"}', b'\x02stats"}'],
+}
