@@ -4,9 +4,12 @@ Rules kept here:
 - Owns two bare uvloop ``asyncio.Protocol`` servers that parse each request (with h11 or httptools)
   and answer with a prepared response in one ``transport.write``. No cache lookup, no header
   copying, no clock: whatever edgeproxy's hit path costs above this is our own overhead.
-- The response is selected by the last path segment (``/bytes/1024``, ``/nostore/65536?i=7``): the
-  sizes 1 KiB, 64 KiB and 1 MiB are prepared at start-up; any other path gets a prepared 404. The
-  same URLs therefore work against nginx, edgeproxy and the bound.
+- The response is selected by the path without its query (``/bytes/1024``, ``/nostore/65536?i=7``): the
+  sizes 1 KiB, 64 KiB and 1 MiB, cacheable (``/bytes``) or ``no-store`` (``/nostore``), are prepared at
+  start-up; any other path gets a prepared 404. The same URLs therefore work against nginx, edgeproxy and
+  the bound.
+- ``--origin``: the same server is the benchmarks' fast origin (miss pass-through must measure the proxy,
+  not the demo origin's h11 request cycle); its answers then carry no ``Age`` and no ``Cache-Status``.
 - Keep-alive and pipelining are honoured: several requests in one read get their answers in order,
   a request split across reads waits for the rest, ``Connection: close`` closes after the answer.
 - Deliberate departures: the ``Date`` and ``Age`` fields are frozen at start-up (a real hit
@@ -25,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import itertools
 import signal
 from collections.abc import Callable
 from email.utils import formatdate
@@ -41,35 +45,35 @@ SIZES: tuple[int, ...] = (1024, 64 * 1024, 1024 * 1024)
 Request = tuple[bytes, bool]  # (target, keep_alive)
 
 
-def prepared_responses() -> tuple[dict[bytes, bytes], bytes]:
-    """Whole responses (head + body) by size segment, and the 404; headers shaped like a cache hit."""
+CACHE_CONTROL = {b"bytes": b"public, max-age=3600", b"nostore": b"no-store"}
+# As a target the bound answers like a cache hit; as the benchmarks' fast origin it must not claim one.
+HIT_FIELDS = [(b"age", b"1"), (b"cache-status", b"bound; hit")]
+
+
+def prepared_responses(origin: bool = False) -> tuple[dict[bytes, bytes], bytes]:
+    """Whole responses (head + body) by path (``/bytes/N``, ``/nostore/N``), and the 404."""
     date = formatdate(usegmt=True).encode()
     out: dict[bytes, bytes] = {}
-    for size in SIZES:
+    for (kind, cache_control), size in itertools.product(CACHE_CONTROL.items(), SIZES):
         head = serialize_head(
             200,
             [
                 (b"content-type", b"application/octet-stream"),
                 (b"content-length", b"%d" % size),
-                (b"cache-control", b"public, max-age=3600"),
+                (b"cache-control", cache_control),
                 (b"etag", b'"bound-%d"' % size),
                 (b"last-modified", b"Mon, 01 Jan 2024 00:00:00 GMT"),
                 (b"date", date),
-                (b"age", b"1"),
-                (b"cache-status", b"bound; hit"),
+                *([] if origin else HIT_FIELDS),
             ],
         )
-        out[b"%d" % size] = head + b"\r\n" + b"x" * size
+        out[b"/%s/%d" % (kind, size)] = head + b"\r\n" + b"x" * size
     not_found = serialize_head(404, [(b"content-length", b"0"), (b"date", date)]) + b"\r\n"
     return out, not_found
 
 
-RESPONSES, NOT_FOUND = prepared_responses()
-
-
-def select(target: bytes) -> bytes:
-    path = target.split(b"?", 1)[0]
-    return RESPONSES.get(path.rsplit(b"/", 1)[-1], NOT_FOUND)
+def select(table: tuple[dict[bytes, bytes], bytes], target: bytes) -> bytes:
+    return table[0].get(target.split(b"?", 1)[0], table[1])
 
 
 class H11Parser:
@@ -133,8 +137,9 @@ BAD_REQUEST = b"HTTP/1.1 400 Bad Request\r\ncontent-length: 0\r\nconnection: clo
 
 
 class BoundProtocol(asyncio.Protocol):
-    def __init__(self, parser: str) -> None:
+    def __init__(self, parser: str, table: tuple[dict[bytes, bytes], bytes]) -> None:
         self.parser = PARSERS[parser]()
+        self.table = table
         self.transport: asyncio.Transport | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -154,21 +159,22 @@ class BoundProtocol(asyncio.Protocol):
             return
         if len(requests) == 1:
             target, keep = requests[0]
-            transport.write(select(target))
+            transport.write(select(self.table, target))
         else:
             # Pipelined: answer all in order, still in one write.
             keep = all(k for _, k in requests)
-            transport.write(b"".join(select(t) for t, _ in requests))
+            transport.write(b"".join(select(self.table, t) for t, _ in requests))
         if not keep:
             transport.close()
 
 
-async def serve(parser: str, host: str, port: int) -> None:
+async def serve(parser: str, host: str, port: int, origin: bool) -> None:
     loop = asyncio.get_running_loop()
     stop = loop.create_future()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set_result, None)
-    server = await loop.create_server(lambda: BoundProtocol(parser), host, port, backlog=4096)
+    table = prepared_responses(origin)
+    server = await loop.create_server(lambda: BoundProtocol(parser, table), host, port, backlog=4096)
     async with server:
         await stop
 
@@ -177,9 +183,10 @@ def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(prog="python -m benchmarks.bound", description=__doc__.split("\n")[0])
     ap.add_argument("--parser", choices=sorted(PARSERS), default="h11")
     ap.add_argument("--listen", default="127.0.0.1:8081", help="HOST:PORT")
+    ap.add_argument("--origin", action="store_true", help="answer as an origin: no Age, no Cache-Status")
     args = ap.parse_args(argv)
     host, _, port = args.listen.rpartition(":")
-    uvloop.run(serve(args.parser, host, int(port)))
+    uvloop.run(serve(args.parser, host, int(port), args.origin))
 
 
 if __name__ == "__main__":
