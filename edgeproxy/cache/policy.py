@@ -70,7 +70,7 @@ class StaleHit:
 @dataclass(frozen=True, slots=True)
 class Revalidate:
     entry: Entry
-    headers_to_add: Headers  # If-None-Match / If-Modified-Since from the stored validators
+    headers_to_add: Headers  # If-None-Match / If-Modified-Since from the stored validators (may be empty)
     detail: str = "stale"  # "stale" or "request" (the request asked for validation)
 
 
@@ -189,8 +189,9 @@ def lookup(
             return stale
     if "only-if-cached" in rcc:
         return OnlyIfCachedMiss()
-    validators = conditional_headers(entry)
-    return Revalidate(entry, validators, reason) if validators else Miss(reason)
+    # Without validators the fetch is unconditional, but it is still a Revalidate: the stale entry stays at hand
+    # for stale-if-error (RFC 5861 §4 applies whether or not the origin can validate).
+    return Revalidate(entry, conditional_headers(entry), reason)
 
 
 def counts_as_error(failure: str | int) -> bool:

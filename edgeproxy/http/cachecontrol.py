@@ -153,8 +153,9 @@ def _surrogate_members(headers: Headers, name: bytes) -> list[tuple[str, str | N
         for member in v.decode("latin-1").split(","):
             member, _, device = member.partition(";")
             directive, eq, argument = member.strip().partition("=")
-            if directive:
-                out.append((directive.strip().lower(), argument.strip() if eq else None, device.strip() or None))
+            if not directive or directive != directive.rstrip() or argument != argument.lstrip():
+                continue  # whitespace around "=" is not the grammar: dropped, as Cache-Control members are
+            out.append((directive.lower(), argument if eq else None, device.strip() or None))
     return out
 
 

@@ -1,5 +1,6 @@
 import ast
 import pathlib
+from dataclasses import dataclass
 
 import pytest
 
@@ -38,6 +39,15 @@ def stored(cc: bytes, *extra, request_headers=(), age: bytes | None = None):
 
 
 ETAG = (b"etag", b'"v1"')
+
+
+@dataclass(frozen=True)
+class Refetch:
+    """Expected: a Revalidate without validators (an unconditional fetch that keeps the stale entry for
+    stale-if-error)."""
+
+    detail: str
+
 INM = [(b"if-none-match", b'"v1"')]
 
 
@@ -46,30 +56,30 @@ INM = [(b"if-none-match", b'"v1"')]
     [
         # freshness
         ((b"max-age=100",), [], 10, CachePolicy(), Hit),
-        ((b"max-age=100",), [], 100, CachePolicy(), Miss("stale")),
+        ((b"max-age=100",), [], 100, CachePolicy(), Refetch("stale")),
         ((b"max-age=100", ETAG), [], 100, CachePolicy(), Revalidate),
         ((b"max-age=100, no-cache", ETAG), [], 1, CachePolicy(), Revalidate),
         ((b"max-age=100, stale-while-revalidate=50",), [], 120, CachePolicy(), StaleHit(None, 120.0, True)),
-        ((b"max-age=100, stale-while-revalidate=50",), [], 151, CachePolicy(), Miss("stale")),
-        ((b"max-age=100, must-revalidate, stale-while-revalidate=50",), [], 120, CachePolicy(), Miss("stale")),
-        ((b"s-maxage=100, stale-while-revalidate=50",), [], 120, CachePolicy(), Miss("stale")),
+        ((b"max-age=100, stale-while-revalidate=50",), [], 151, CachePolicy(), Refetch("stale")),
+        ((b"max-age=100, must-revalidate, stale-while-revalidate=50",), [], 120, CachePolicy(), Refetch("stale")),
+        ((b"s-maxage=100, stale-while-revalidate=50",), [], 120, CachePolicy(), Refetch("stale")),
         # request directives
-        ((b"max-age=100",), [(b"cache-control", b"no-cache")], 1, CachePolicy(), Miss("request")),
+        ((b"max-age=100",), [(b"cache-control", b"no-cache")], 1, CachePolicy(), Refetch("request")),
         ((b"max-age=100", ETAG), [(b"cache-control", b"no-cache")], 1, CachePolicy(), Revalidate),
         ((b"max-age=100", ETAG), [(b"pragma", b"no-cache")], 1, CachePolicy(), Revalidate),
         ((b"max-age=100",), [(b"pragma", b"no-cache"), (b"cache-control", b"max-stale")], 1, CachePolicy(), Hit),
         ((b"max-age=100",), [(b"pragma", b"x-extension")], 1, CachePolicy(), Hit),
         ((b"max-age=100",), [(b"cache-control", b"no-cache")], 1, IGNORE, Hit),
-        ((b"max-age=100",), [(b"cache-control", b"max-age=0")], 1, CachePolicy(), Miss("request")),
+        ((b"max-age=100",), [(b"cache-control", b"max-age=0")], 1, CachePolicy(), Refetch("request")),
         ((b"max-age=100",), [(b"cache-control", b"max-age=5")], 1, CachePolicy(), Hit),
-        ((b"max-age=3600",), [(b"cache-control", b"max-age=600")], 900, CachePolicy(), Miss("request")),
-        ((b"max-age=1500",), [(b"cache-control", b"min-fresh=2000")], 0, CachePolicy(), Miss("request")),
+        ((b"max-age=3600",), [(b"cache-control", b"max-age=600")], 900, CachePolicy(), Refetch("request")),
+        ((b"max-age=1500",), [(b"cache-control", b"min-fresh=2000")], 0, CachePolicy(), Refetch("request")),
         ((b"max-age=1500",), [(b"cache-control", b"min-fresh=1000")], 0, CachePolicy(), Hit),
         ((b"max-age=1",), [(b"cache-control", b"max-stale=1000")], 10, CachePolicy(), StaleHit(None, 10.0, False)),
         ((b"max-age=1",), [(b"cache-control", b"max-stale")], 99999, CachePolicy(), StaleHit(None, 99999.0, False)),
-        ((b"max-age=1",), [(b"cache-control", b"max-stale=5")], 10, CachePolicy(), Miss("stale")),
-        ((b"max-age=1, must-revalidate",), [(b"cache-control", b"max-stale")], 10, CachePolicy(), Miss("stale")),
-        ((b"max-age=1, proxy-revalidate",), [(b"cache-control", b"max-stale")], 10, CachePolicy(), Miss("stale")),
+        ((b"max-age=1",), [(b"cache-control", b"max-stale=5")], 10, CachePolicy(), Refetch("stale")),
+        ((b"max-age=1, must-revalidate",), [(b"cache-control", b"max-stale")], 10, CachePolicy(), Refetch("stale")),
+        ((b"max-age=1, proxy-revalidate",), [(b"cache-control", b"max-stale")], 10, CachePolicy(), Refetch("stale")),
         ((b"max-age=100",), [(b"cache-control", b"no-store")], 1, CachePolicy(), Pass("request")),
         ((b"max-age=100",), [(b"cache-control", b"only-if-cached")], 1, CachePolicy(), Hit),
         ((b"max-age=1", ETAG), [(b"cache-control", b"only-if-cached")], 10, CachePolicy(), OnlyIfCachedMiss()),
@@ -78,7 +88,9 @@ INM = [(b"if-none-match", b'"v1"')]
 def test_lookup(entry_args, request_headers, later, opts, expected):
     entry = stored(*entry_args)
     decision = lookup(req(request_headers), [entry], NOW + later, opts)
-    if isinstance(expected, type):
+    if isinstance(expected, Refetch):
+        assert decision == Revalidate(entry, [], expected.detail)
+    elif isinstance(expected, type):
         assert type(decision) is expected and decision.entry is entry
     elif isinstance(expected, StaleHit):
         assert decision == StaleHit(entry, expected.age, expected.revalidate)
@@ -104,7 +116,7 @@ def test_invalidated_entry_is_stale_but_may_serve_within_swr():
     assert lookup(req(), [entry], NOW + 1) == StaleHit(entry, 1.0, True)
     plain = stored(b"max-age=100")
     plain.invalidated = True
-    assert lookup(req(), [plain], NOW + 1) == Miss("stale")
+    assert lookup(req(), [plain], NOW + 1) == Revalidate(plain, [], "stale")
 
 
 @pytest.mark.parametrize(
