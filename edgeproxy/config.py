@@ -70,8 +70,14 @@ def parse_address(value: Any) -> tuple[str, int]:
     host, sep, port = value.rpartition(":")
     if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
         raise ValueError(f"expected HOST:PORT with a port 0-65535, got {value!r}")
-    host = host.strip("[]") or "0.0.0.0"
-    return host, int(port)
+    # An IPv6 host is written in brackets (RFC 3986 §3.2.2): "::1:8080" could be an address without a port.
+    if host.startswith("["):
+        if not host.endswith("]") or ":" not in host:
+            raise ValueError(f"expected [IPv6]:PORT, got {value!r}")
+        host = host[1:-1]
+    elif ":" in host or "]" in host:
+        raise ValueError(f"an IPv6 host goes in brackets, [::1]:8080, got {value!r}")
+    return host or "0.0.0.0", int(port)
 
 
 def _bool(value: Any) -> bool:
@@ -394,9 +400,11 @@ def to_dict(config: Config) -> dict[str, Any]:
     """The effective config as plain data, for ``edgeproxy check-config``."""
     def plain(obj: Any) -> Any:
         if type(obj).__name__ == "CorsPolicy":
-            return obj.describe() if hasattr(obj, "describe") else repr(obj)
+            return plain(obj.describe())
         if hasattr(obj, "__dataclass_fields__"):
             return {f.name: plain(getattr(obj, f.name)) for f in fields(obj)}
+        if isinstance(obj, dict):
+            return {k: plain(v) for k, v in obj.items()}
         if isinstance(obj, tuple):
             return [plain(v) for v in obj]
         return obj
