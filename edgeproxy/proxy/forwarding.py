@@ -66,8 +66,10 @@ def request_fields(
     if x_forwarded:
         out.append((b"x-forwarded-for", b", ".join([*xff, client_ip.encode()])))
         out.append((b"x-forwarded-proto", scheme.encode()))
-        if b"x-forwarded-host" not in allowed_unkeyed:
-            out.append((b"x-forwarded-host", _client_host(headers)))
+        client_host = _client_host(headers)
+        # An HTTP/1.0 request may have no Host: an empty X-Forwarded-Host is refused by some origin frameworks.
+        if client_host and b"x-forwarded-host" not in allowed_unkeyed:
+            out.append((b"x-forwarded-host", client_host))
     if chunked:
         out.append((b"transfer-encoding", b"chunked"))
     elif body_length is not None:
