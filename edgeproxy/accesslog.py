@@ -39,8 +39,10 @@ class LogRecord:
 
 
 def _esc(value: bytes) -> str:
+    """Printable ASCII as is; quotes, backslashes, controls and every byte over 0x7F escaped (as nginx does), so
+    a value can neither end its quoted field nor start a line, and a terminal shows the log as written."""
     text = value.decode("latin-1")
-    if text.isprintable() and '"' not in text and "\\" not in text:
+    if text.isascii() and text.isprintable() and '"' not in text and "\\" not in text:
         return text
     return text.encode("unicode_escape").decode("ascii").replace('"', '\\"')
 
