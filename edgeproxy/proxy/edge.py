@@ -210,14 +210,16 @@ class Edge:
 
     def origin_request_fields(self, ex: Exchange) -> list[tuple[bytes, bytes]]:
         head, site = ex.head, ex.site
-        host = site.address.authority if site.config.host_header == "origin" else (
-            get(head.headers, b"host") or ex.host.encode())
+        # The origin sees the host the cache key was made from, never the raw field: `Host: EXAMPLE.com.` must not
+        # reach the origin as sent and be stored under `example.com` for everyone (cache poisoning).
+        key_host = ex.host.encode()
+        host = site.address.authority if site.config.host_header == "origin" else key_host
         length = get(head.headers, b"content-length")
         return forwarding.request_fields(
             head.headers, host=host, via=self.via, client_ip=ex.client.peer, scheme=ex.client.scheme,
             x_forwarded=site.config.x_forwarded, allowed_unkeyed=site.allowed_unkeyed,
             body_length=int(length) if length is not None else None,
-            chunked=head.has_body and length is None)
+            chunked=head.has_body and length is None, client_host=key_host)
 
     def revalidate_in_background(self, ex: Exchange, entry: Entry) -> None:
         """stale-while-revalidate: one background revalidation per key (RFC 5861 §3)."""

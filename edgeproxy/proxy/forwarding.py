@@ -51,8 +51,11 @@ def request_fields(
     allowed_unkeyed: frozenset[bytes],
     body_length: int | None,
     chunked: bool,
+    client_host: bytes | None = None,
 ) -> Headers:
-    """End-to-end request fields for the origin, with Host, Via, X-Forwarded-* and framing set."""
+    """End-to-end request fields for the origin, with Host, Via, X-Forwarded-* and framing set.
+
+    ``client_host`` is the host the cache key was made from (normalized); it defaults to the raw Host field."""
     drop = HOP_BY_HOP | FRAMING | _SET_BY_US | (UNKEYED_REQUEST_FIELDS - allowed_unkeyed)
     named = connection_tokens(headers)
     if named:
@@ -66,7 +69,8 @@ def request_fields(
     if x_forwarded:
         out.append((b"x-forwarded-for", b", ".join([*xff, client_ip.encode()])))
         out.append((b"x-forwarded-proto", scheme.encode()))
-        client_host = _client_host(headers)
+        if client_host is None:
+            client_host = _client_host(headers)
         # An HTTP/1.0 request may have no Host: an empty X-Forwarded-Host is refused by some origin frameworks.
         if client_host and b"x-forwarded-host" not in allowed_unkeyed:
             out.append((b"x-forwarded-host", client_host))

@@ -93,8 +93,6 @@ def test_host_variants_share_one_entry(edge: Proc, origin: ScriptOrigin, variant
     assert len(origin.seen(path)) == 1
 
 
-@pytest.mark.xfail(strict=True, reason="edge.origin_request_fields forwards the client's raw Host field; the key "
-                   "uses the normalized one (fix: forward ex.host in 'forward' mode, see the hardening report)")
 @pytest.mark.parametrize("variant", ["TEST.LOCAL", "test.local.", "test.local:80"])
 def test_origin_sees_the_host_the_key_was_made_from(edge: Proc, origin: ScriptOrigin, variant: str) -> None:
     """An attacker's ``Host: test.local.`` must not make the origin answer for another vhost under test.local's key."""
