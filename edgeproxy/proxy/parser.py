@@ -14,11 +14,10 @@ Rules kept here:
   coding other than chunked, and framing disagreements are how requests get smuggled); Content-Length must be one
   line of digits, so ``5, 5`` and a repeated identical line are refused as nginx does, where RFC 9110 §8.6 would
   allow folding them into one value.
-- No control byte but HTAB, and no obs-text, anywhere in a head (CR and LF only as CRLF line ends). h11 accepts
-  ``\x01``-``\x1f``, DEL and bytes over 0x7F in field values and targets; llhttp refuses controls. Deliberate
-  departure from RFC 9110 §5.5, which lets a recipient keep obs-text as opaque data: a value forwarded to an
-  origin must mean the same thing to every parser on the way, so both backends refuse it (400), as the strictest
-  one would.
+- No control byte but HTAB anywhere in a head (CR and LF only as CRLF line ends), and no byte over 0x7F in the
+  request line (a URI is ASCII, RFC 3986; llhttp refuses it there too). h11 accepts ``\x01``-``\x1f`` and DEL in
+  field values and targets; llhttp refuses controls. obs-text in field values is kept as opaque data, as RFC 9110
+  §5.5 says (real clients send UTF-8 in User-Agent or Content-Disposition; both backends and nginx accept it).
 - Events are ``RequestHead``, ``bytes`` (a body chunk), ``END`` (body complete), ``NEED_DATA`` and ``CLOSED``.
 - After a response is written the shell calls ``cycle_done()``; leftover bytes (pipelined requests) carry over.
 - Errors are raised as ``edgeproxy.errors.ClientError`` subclasses carrying their status.
@@ -87,8 +86,9 @@ _CL = re.compile(rb"[0-9]{1,18}")
 # Raw framing lines (name, raw value up to the line end); the bare CR/LF check runs first, so [^\r]* is the value.
 _FRAMING_LINE = re.compile(rb"\r\n(content-length|transfer-encoding)[ \t]*:([^\r]*)", re.IGNORECASE)
 _RAW_TE = re.compile(rb"[ \t]*chunked", re.IGNORECASE)
-# Controls other than HTAB, CR and LF (those are checked as line ends), DEL and obs-text.
-_BAD_HEAD_BYTE = re.compile(rb"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\xff]")
+# Controls other than HTAB, CR and LF (those are checked as line ends), and DEL.
+_BAD_HEAD_BYTE = re.compile(rb"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+_NON_ASCII = re.compile(rb"[\x80-\xff]")
 
 
 def check_request_line(line: bytes, limits: Limits) -> None:
@@ -97,7 +97,7 @@ def check_request_line(line: bytes, limits: Limits) -> None:
     if len(line) - 2 > limits.max_uri:
         raise UriTooLong()
     m = _VERSION.fullmatch(line)
-    if m is None:
+    if m is None or _NON_ASCII.search(line) is not None:
         raise BadRequest("malformed request line")
     if m.group(1) != b"1" or m.group(2) not in (b"0", b"1"):
         raise VersionNotSupported()
@@ -110,7 +110,7 @@ def check_head(head: bytes, limits: Limits) -> None:
     if b"\r\n " in head or b"\r\n\t" in head:
         raise BadRequest("obsolete line folding in the request head")
     if _BAD_HEAD_BYTE.search(head) is not None:
-        raise BadRequest("control byte or obs-text in the request head")
+        raise BadRequest("control byte in the request head")
     check_request_line(head[: head.index(b"\r\n") + 2], limits)
     lengths = 0
     for m in _FRAMING_LINE.finditer(head):
