@@ -59,6 +59,8 @@ REQUESTS = [
      [(b"host", b"origin.internal"), (b"via", VIA), SC]),
     ("client-xfh-replaced-by-host", [HOST, (b"x-forwarded-host", b"evil.example")], {},
      [(b"host", b"origin.internal"), (b"via", VIA), SC, XFF, XFP, XFH]),
+    ("normalized-client-host", [(b"host", b"WWW.Example.com.:80")], {"client_host": b"www.example.com"},
+     [(b"host", b"origin.internal"), (b"via", VIA), SC, XFF, XFP, XFH]),
     ("unkeyed-dropped", [HOST, *((name, b"/admin") for name in sorted(UNKEYED_REQUEST_FIELDS))],
      {"x_forwarded": False}, [(b"host", b"origin.internal"), (b"via", VIA), SC]),
     ("unkeyed-allowed", [HOST, (b"x-original-url", b"/admin"), (b"x-forwarded-host", b"a.example")],
