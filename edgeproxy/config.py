@@ -383,7 +383,9 @@ def keep_restart_keys(old: Config, new: Config) -> Config:
     for dotted in RESTART_KEYS:
         section, key = dotted.split(".")
         kept.setdefault(section, {})[key] = getattr(getattr(old, section), key)
-    return replace(new, **{section: replace(getattr(new, section), **values) for section, values in kept.items()})
+    config = replace(new, **{section: replace(getattr(new, section), **values) for section, values in kept.items()})
+    _check(config)  # a kept value may contradict a new one (cache.max_object_size above the kept cache.size)
+    return config
 
 
 def restart_keys_changed(old: Config, new: Config) -> list[str]:

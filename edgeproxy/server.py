@@ -63,14 +63,15 @@ def load_for_reload(old: Config, path: str) -> tuple[Config, list[str]]:
     the names of those keys. A ConfigError leaves everything as it was; it is logged and told to systemd here."""
     try:
         new = load_config(path)
+        kept = restart_keys_changed(old, new)
+        if kept:
+            new = keep_restart_keys(old, new)
     except ConfigError as e:
         log.error("reload refused, old config kept: %s", e)
         systemd.notify("READY=1", "STATUS=reload refused: " + str(e)[:200])
         raise
-    kept = restart_keys_changed(old, new)
     if kept:
         log.warning("reload: these keys need a restart and keep their old values: %s", ", ".join(kept))
-        new = keep_restart_keys(old, new)
     logging.getLogger().setLevel(new.log.level.upper())
     return new, kept
 

@@ -32,6 +32,7 @@ from typing import Any
 
 from edgeproxy.cache.entry import Entry
 from edgeproxy.cache.key import QUERY_MODES, key_for
+from edgeproxy.sites import normalize_host
 
 _DEFAULT_PORTS: dict[str, str] = {"http": ":80", "https": ":443"}
 # Registered names, IPv4, bracketed IPv6 and a port; anything else cannot be in a key the proxy built.
@@ -40,11 +41,12 @@ _TAG_FORBIDDEN = frozenset(" ,\t\r\n\x00")
 _MAX_PATTERN = 1024
 
 
-def _check_host(name: str, host: str) -> str:
-    host = host.lower()
-    if not host or not set(host) <= _HOST_CHARS:
+def _check_host(name: str, host: str, scheme: str = "") -> str:
+    """The host as cache keys spell it (sites.normalize_host: the proxy's own normalization), or ValueError."""
+    normalized = normalize_host(host.encode("latin-1", "replace"), scheme) if set(host.lower()) <= _HOST_CHARS else None
+    if normalized is None:
         raise ValueError(f"{name}: not a valid host: {host!r}")
-    return host
+    return normalized
 
 
 def _has_ctl_or_space(text: str) -> bool:
@@ -67,8 +69,7 @@ def normalize_url(url: str, query_mode: str = "keep") -> str:
     authority, target = rest[:cut], rest[cut:].partition("#")[0]
     if "@" in authority:
         raise ValueError(f"url: userinfo is not allowed in {url!r}")
-    host = _check_host("url", authority)
-    host = host.removesuffix(_DEFAULT_PORTS[scheme])
+    host = _check_host("url", authority, scheme)
     if not target.startswith("/"):
         target = "/" + target
     if query_mode not in QUERY_MODES:

@@ -419,3 +419,13 @@ def test_to_dict_is_json_round_trip():
     assert data["sites"][1]["cors"]["max_age"] == 600
     assert data["file"] == "/etc/edgeproxy/edgeproxy.toml"
     assert set(data) == {f.name for f in fields(Config)}
+
+
+def test_keep_restart_keys_refuses_a_contradiction_with_a_kept_value() -> None:
+    """A reload that raises cache.max_object_size above the kept cache.size is refused, not half applied."""
+    from edgeproxy.config import ConfigError, config_from_dict, keep_restart_keys
+
+    old = config_from_dict({"cache": {"size": "256MiB", "max_object_size": "8MiB"}})
+    new = config_from_dict({"cache": {"size": "1GiB", "max_object_size": "512MiB"}})
+    with pytest.raises(ConfigError, match="cache.max_object_size"):
+        keep_restart_keys(old, new)
