@@ -156,16 +156,20 @@ class Spec:
     parser: str = ""
     memo: bool = True
     workers: int | None = None  # None: the profile's
+    nopush: bool = True  # nginx only: tcp_nopush (see nginx.conf.template)
 
 
 TARGETS: dict[str, Spec] = {
     "nginx": Spec("nginx"),
+    "nginx-nopush-off": Spec("nginx", nopush=False),
     "edgeproxy-h11": Spec("edgeproxy", "h11"),
     "edgeproxy-h11-nomemo": Spec("edgeproxy", "h11", memo=False),
     "edgeproxy-httptools": Spec("edgeproxy", "httptools"),
     "edgeproxy-httptools-nomemo": Spec("edgeproxy", "httptools", memo=False),
     "edgeproxy-h11-1w": Spec("edgeproxy", "h11", workers=1),
     "edgeproxy-httptools-1w": Spec("edgeproxy", "httptools", workers=1),
+    "edgeproxy-h11-nomemo-1w": Spec("edgeproxy", "h11", memo=False, workers=1),
+    "edgeproxy-httptools-nomemo-1w": Spec("edgeproxy", "httptools", memo=False, workers=1),
     "bound-h11": Spec("bound", "h11"),
     "bound-httptools": Spec("bound", "httptools"),
 }
@@ -209,7 +213,7 @@ origin = "http://127.0.0.1:{origin_port}"
 """
 
 
-def nginx_argv(workdir: Path, port: int, origin_port: int, workers: int, cache_mib: int) -> list[str]:
+def nginx_argv(workdir: Path, port: int, origin_port: int, workers: int, cache_mib: int, nopush: bool) -> list[str]:
     prefix = workdir / f"nginx-{port}"
     (prefix / "cache").mkdir(parents=True)
     values = {
@@ -217,7 +221,7 @@ def nginx_argv(workdir: Path, port: int, origin_port: int, workers: int, cache_m
         # with a warning, when nginx is not started as root).
         "USER": pwd.getpwuid(os.geteuid()).pw_name,
         "WORKERS": str(workers), "DIR": str(prefix), "PORT": str(port),
-        "ORIGIN_PORT": str(origin_port), "CACHE_SIZE": f"{cache_mib}m",
+        "ORIGIN_PORT": str(origin_port), "CACHE_SIZE": f"{cache_mib}m", "NOPUSH": "on" if nopush else "off",
     }
     text = (HERE / "nginx.conf.template").read_text()
     for key, value in values.items():
@@ -228,7 +232,7 @@ def nginx_argv(workdir: Path, port: int, origin_port: int, workers: int, cache_m
 
 def target_argv(fleet: Fleet, target: Target, spec: Spec, origin_port: int, cache_mib: int) -> list[str]:
     if spec.kind == "nginx":
-        return nginx_argv(fleet.workdir, target.port, origin_port, target.workers, cache_mib)
+        return nginx_argv(fleet.workdir, target.port, origin_port, target.workers, cache_mib, spec.nopush)
     if spec.kind == "bound":
         return [PYTHON, "-m", "benchmarks.bound", "--parser", spec.parser, "--listen", f"127.0.0.1:{target.port}"]
     config = fleet.workdir / f"{target.name}-{target.port}.toml"
