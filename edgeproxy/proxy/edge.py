@@ -29,6 +29,7 @@ from edgeproxy.http.wire import serialize_head
 from edgeproxy.metrics import ProxyCounters
 from edgeproxy.proxy import forwarding
 from edgeproxy.proxy.collapse import Collapser
+from edgeproxy.proxy.exchange import begin
 from edgeproxy.proxy.hot import HeadMemo
 from edgeproxy.proxy.origin import OriginAddress, OriginPool
 from edgeproxy.proxy.parser import Limits, RequestHead, RequestParser, make_parser
@@ -172,8 +173,6 @@ class Edge:
 
     # ---- exchanges ----
     def handle(self, client: ClientConnection, head: RequestHead) -> bool:
-        from edgeproxy.proxy.exchange import begin
-
         return begin(self, client, head)
 
     def answer_locally(self, ex: Exchange) -> bool:
