@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 from edgeproxy.cache.policy import conditional_headers
 from edgeproxy.cache.storability import freshen, storable, validates
 from edgeproxy.errors import ProxyError
-from edgeproxy.proxy.exchange import CLIENT_CONDITIONALS, response_fields, store_response
+from edgeproxy.proxy.upstream import CLIENT_CONDITIONALS, response_fields, store_response
 
 if TYPE_CHECKING:
     from edgeproxy.cache.entry import Entry

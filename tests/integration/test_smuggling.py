@@ -208,7 +208,7 @@ def test_refused_body_forwards_nothing(proxy: Proc, origin: FaultOrigin, data: b
 
 @pytest.mark.parametrize(("data", "status"), BODY_PROBES)
 def test_refused_body_never_completes_a_request(proxy: Proc, origin: FaultOrigin, data: bytes, status: int) -> None:
-    """The origin never receives a whole request (bodies are buffered before forwarding, see exchange.send_request)."""
+    """The origin never receives a whole request (bodies are buffered before forwarding, see upstream.send_request)."""
     assert_refused(proxy, data, status)
     assert origin.settle()
     assert [r for r in origin.requests if r.complete] == []

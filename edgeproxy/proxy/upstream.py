@@ -1,0 +1,245 @@
+"""The origin side of an exchange: sending the request (with its body) and relaying the response.
+
+Rules kept here:
+- A request body is read up to ``[server] request_buffer`` before anything reaches the origin, so a malformed body
+  gets its 400 with nothing forwarded and a fully buffered request can be retried on a stale pooled connection.
+- The response framing to the client is derived again: Content-Length when the origin's length is known, chunked
+  for HTTP/1.1 clients otherwise, close-delimited for HTTP/1.0 clients.
+- A copy is kept while streaming only when the response may be stored and fits ``max_object_size``; the entry is
+  built after the origin's EndOfMessage, never from a body that ended early, a desynchronized connection or a
+  close-delimited body.
+- Fields addressed to this cache (``EDGE_CONSUMED``) are consumed here, never delivered.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING
+
+import h11
+
+from edgeproxy import cors
+from edgeproxy.cache.entry import ENTRY_OVERHEAD
+from edgeproxy.cache.policy import (
+    SAFE_METHODS,
+    Decision,
+    Miss,
+    Pass,
+    Revalidate,
+    invalidation_keys,
+)
+from edgeproxy.cache.storability import make_entry, storable
+from edgeproxy.http.headers import get
+from edgeproxy.http.wire import serialize_head
+from edgeproxy.proxy import forwarding
+from edgeproxy.proxy.delivery import connection_line
+from edgeproxy.proxy.origin import OriginClosed, OriginConnection
+
+if TYPE_CHECKING:
+    from edgeproxy.proxy.exchange import Exchange
+
+IDEMPOTENT: frozenset[bytes] = frozenset({b"GET", b"HEAD", b"OPTIONS", b"PUT", b"DELETE", b"TRACE"})
+NO_BODY_STATUS: frozenset[int] = frozenset({204, 304})
+CLIENT_CONDITIONALS: frozenset[bytes] = frozenset(
+    {b"if-none-match", b"if-modified-since", b"if-match", b"if-unmodified-since", b"if-range", b"range"})
+# The stored head may exceed the relayed fields by a Content-Length and a Date line (storability.stored_headers).
+STORED_HEAD_EXTRA = 64
+# Fields addressed to this cache (RFC 9213 targeted fields, purge tags): consumed here, not sent on.
+EDGE_CONSUMED: frozenset[bytes] = frozenset(
+    {b"surrogate-key", b"cache-tag", b"surrogate-control", b"cdn-cache-control", b"edgeproxy-cache-control"})
+
+
+class ClientGone(Exception):
+    """The client went away while we were writing to it."""
+
+
+async def send_request(ex: Exchange, fields: list[tuple[bytes, bytes]]) -> tuple[OriginConnection, h11.Response]:
+    """Acquire an origin connection, send the request and read the response head.
+
+    A request body is read up to ``[server] request_buffer`` before anything goes to the origin (like nginx's
+    proxy_request_buffering): a body that turns out malformed gets its 400 with nothing forwarded, a slow uploader
+    doesn't hold an origin connection, and a fully buffered request can be replayed. A larger body is streamed
+    on after the buffered part.
+    A pooled connection that turns out closed is retried once on a new one, for idempotent requests whose body (if
+    any) is fully buffered (RFC 9110 §9.2.2): a body already streamed can't be replayed.
+    """
+    edge, head = ex.edge, ex.head
+    address = ex.site.address
+    buffered, complete = await _buffer_request_body(ex) if head.has_body else ([], True)
+    retry = head.method in IDEMPOTENT and complete
+    for attempt in (1, 2):
+        conn = await edge.pool.acquire(address, fresh=attempt == 2)
+        t0 = time.monotonic()
+        try:
+            conn.send_head(head.method, ex.target, fields)
+            for chunk in buffered:
+                await conn.send_body(chunk)
+            if not complete:
+                await _stream_request_body(ex, conn)
+            conn.send_end()
+            response = await conn.response_head(edge.config.origin.read_timeout)
+            ex.origin_ms = (time.monotonic() - t0) * 1000
+            return conn, response
+        except OriginClosed:
+            reused = conn.reused
+            edge.pool.release(conn)
+            if not (retry and reused and attempt == 1):
+                raise
+        except BaseException:
+            edge.pool.release(conn)
+            raise
+    raise AssertionError("unreachable")
+
+
+async def _buffer_request_body(ex: Exchange) -> tuple[list[bytes], bool]:
+    """Up to ``request_buffer`` bytes of the request body; True when that is the whole body."""
+    client, limit = ex.client, ex.edge.config.server.request_buffer
+    client.continue_due = ex.head.expect_continue
+    chunks: list[bytes] = []
+    size = 0
+    while size <= limit:
+        chunk = await client.read_body()
+        if chunk is None:
+            return chunks, True
+        chunks.append(chunk)
+        size += len(chunk)
+    return chunks, False
+
+
+async def _stream_request_body(ex: Exchange, conn: OriginConnection) -> None:
+    client = ex.client
+    while True:
+        chunk = await client.read_body()
+        if chunk is None:
+            return
+        await conn.send_body(chunk)
+
+
+def client_framing(ex: Exchange, status: int, headers: list[tuple[bytes, bytes]]) -> tuple[bytes, int | None, bool]:
+    """(framing field lines, content length or None, chunked) for the response to the client."""
+    no_body = ex.head.method == b"HEAD" or status in NO_BODY_STATUS or status < 200
+    length = get(headers, b"content-length")
+    chunked_from_origin = get(headers, b"transfer-encoding") is not None
+    if no_body:
+        if length is not None and not chunked_from_origin:
+            return b"content-length: " + length + b"\r\n", 0, False
+        return b"", 0, False
+    if length is not None and not chunked_from_origin:
+        return b"content-length: " + length + b"\r\n", int(length), False
+    if ex.head.http_version == b"1.1":
+        return b"transfer-encoding: chunked\r\n", None, True
+    return b"", None, False  # close-delimited for HTTP/1.0 clients
+
+
+def _cache_status(ex: Exchange, decision: Decision, status: int, stored: bool) -> bytes:
+    match decision:
+        case Pass(detail=detail):
+            return ex.edge.cache_status.forward(detail, fwd_status=status)
+        case Miss(detail=detail) | Revalidate(detail=detail):
+            return ex.edge.cache_status.forward(detail, fwd_status=status, stored=stored)
+    return ex.edge.cache_status.forward("miss", fwd_status=status)
+
+
+async def relay(ex: Exchange, conn: OriginConnection, response: h11.Response, decision: Decision,
+                cacheable: bool, request_time: float, generation: int) -> bool:
+    """Write the origin's response to the client, streaming the body and keeping a copy when it may be stored.
+
+    Returns whether keep-alive may continue.
+    """
+    edge, client, site = ex.edge, ex.client, ex.site
+    status = response.status_code
+    origin_headers = list(response.headers)
+    framing, length, chunked = client_framing(ex, status, origin_headers)
+    fields = response_fields(ex, origin_headers)
+    reason = storable(ex.creq, status, origin_headers, site.policy) if cacheable else "pass"
+    limit = body_room(ex, status, fields) if reason is None else 0  # only a kept copy needs it
+    if reason is None and length is not None and length > limit:
+        reason = "too-large"
+    if cacheable and reason is not None:
+        edge.store.count_not_stored(reason)
+        ex.uncacheable = True
+    keep_copy = reason is None
+    ex.cache = "miss" if cacheable else "pass"
+    close_delimited = length is None and not chunked
+    client_fields = [f for f in fields if f[0] not in EDGE_CONSUMED]
+    # "stored" goes out before the body: claim it only when the length says the body fits the store; a body of
+    # unknown length may still outgrow max_object_size (it is stored all the same when it doesn't).
+    announce_stored = keep_copy and length is not None
+    head = (serialize_head(status, client_fields, response.reason) + b"cache-status: "
+            + _cache_status(ex, decision, status, announce_stored) + b"\r\n" + ex.cors + framing
+            + connection_line(ex.head, close_delimited))
+    client.transport.write(head + b"\r\n")
+    ex.status = status
+    parts: list[bytes] | None = [] if keep_copy else None
+    size = 0
+    write = client.transport.write
+    async for chunk in conn.body(edge.config.origin.read_timeout):
+        if client.closed:
+            raise ClientGone()
+        write(b"%x\r\n%s\r\n" % (len(chunk), chunk) if chunked else chunk)
+        ex.sent += len(chunk)
+        if parts is not None:
+            size += len(chunk)
+            if size > limit:
+                parts = None
+                ex.uncacheable = True
+                edge.store.count_not_stored("too-large")
+            else:
+                parts.append(chunk)
+        if client.write_paused:
+            await client.drain()
+    if chunked:
+        write(b"0\r\n\r\n")
+    if parts is not None and (conn.answered_twice() or not _self_delimited(status, origin_headers)):
+        # A second response glued after this one (a desynchronized origin), or a body only the closing connection
+        # delimits (truncation undetectable): delivered but never stored (hardening.md, broken origins). Mere
+        # excess bytes past Content-Length don't disqualify the message: RFC 9112 §6.3 frames it by its length,
+        # as nginx, Varnish and Squid do; the connection is not reused either way.
+        parts = None
+        ex.uncacheable = True
+        edge.store.count_not_stored("framing")
+    if parts is not None:
+        ex.stored = store_response(ex, status, fields, b"".join(parts), request_time, generation)
+    if ex.head.method not in SAFE_METHODS:
+        _invalidate(ex, status, origin_headers)
+    return not close_delimited
+
+
+def body_room(ex: Exchange, status: int, fields: list[tuple[bytes, bytes]]) -> int:
+    """The largest body the store will take with these fields. It charges head + body + ENTRY_OVERHEAD against
+    max_object_size and capacity (cache/store.py); judging by the body alone would announce "stored" for a body
+    of exactly max_object_size that the store then refuses."""
+    store = ex.edge.store
+    head = len(serialize_head(status, fields)) + STORED_HEAD_EXTRA
+    return min(store.max_object_size, store.capacity) - ENTRY_OVERHEAD - head
+
+
+def _self_delimited(status: int, headers: list[tuple[bytes, bytes]]) -> bool:
+    """Whether the response's own framing ends its body: a 204 or 304 has none to end (RFC 9112 §6.3)."""
+    return status in NO_BODY_STATUS or get(headers, b"content-length") is not None or get(
+        headers, b"transfer-encoding") is not None
+
+
+def response_fields(ex: Exchange, origin_headers: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
+    """The origin's end-to-end fields as this site delivers and stores them (Via added, CORS per mode)."""
+    fields = forwarding.response_fields(origin_headers, ex.edge.via)
+    return cors.strip_origin_cors(fields) if ex.site.cors is not None else cors.fix_origin_response(fields)
+
+
+def store_response(ex: Exchange, status: int, fields: list[tuple[bytes, bytes]], body: bytes, request_time: float,
+                   generation: int) -> bool:
+    """Make and store the entry for a complete response (``fields`` from ``response_fields``)."""
+    site = ex.site
+    extra_vary = () if site.cors is not None else cors.origin_mode_vary(
+        get(ex.head.headers, b"origin") is not None, fields)
+    entry = make_entry(ex.creq, status, [*fields, (b"content-length", b"%d" % len(body))], body, request_time,
+                       time.time(), site.policy, extra_vary)
+    return ex.edge.store.put(entry, since=generation)
+
+
+def _invalidate(ex: Exchange, status: int, origin_headers: list[tuple[bytes, bytes]]) -> None:
+    """RFC 9111 §4.4: after an unsafe method succeeds, stored responses for its URI (and Location /
+    Content-Location on the same host) must be validated before reuse."""
+    for key in invalidation_keys(ex.creq, status, origin_headers, ex.site.policy.query_mode):
+        for entry in ex.edge.store.get(key):
+            entry.invalidated = True
