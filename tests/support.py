@@ -19,6 +19,9 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
+# Both client-side parser backends: protocol, framing and smuggling tests run against each (scripts/test installs
+# httptools with the test extras, so a missing one fails rather than skips).
+PARSERS = ("h11", "httptools")
 
 
 def free_port() -> int:

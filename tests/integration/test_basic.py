@@ -26,9 +26,8 @@ import h11
 import pytest
 
 from edgeproxy.control.client import ControlClient
-from tests.integration.test_smuggling import PARSERS
 from tests.scriptorigin import Reply, ScriptOrigin, echo
-from tests.support import Proc, Response, free_port, start_proxy
+from tests.support import PARSERS, Proc, Response, free_port, start_proxy
 
 MIB = 1024 * 1024
 HOST = "test.local"

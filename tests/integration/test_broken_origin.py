@@ -24,8 +24,7 @@ import h11
 import pytest
 
 from tests.faultorigin import SENT_SIZE, FaultOrigin
-from tests.integration.test_smuggling import PARSERS
-from tests.support import Proc, free_port, start_proxy
+from tests.support import PARSERS, Proc, free_port, start_proxy
 
 TIMEOUT = 8.0
 READ_TIMEOUT = 1.0

@@ -19,7 +19,6 @@ does, although RFC 9110 §8.6 would allow folding them into one value.
 
 from __future__ import annotations
 
-import importlib.util
 import itertools
 import select
 import socket
@@ -29,15 +28,13 @@ from collections.abc import Iterator
 import pytest
 
 from tests.faultorigin import FaultOrigin
-from tests.support import Proc, parse_responses, start_proxy
+from tests.support import PARSERS, Proc, parse_responses, start_proxy
 
 TIMEOUT = 5.0
 HOST = b"host: test.local\r\n"
 SMUGGLED = b"GET /smuggled HTTP/1.1\r\n" + HOST + b"\r\n"
 CHUNKED_BODY = b"5\r\nhello\r\n0\r\n\r\n"
 SENTINELS = itertools.count()
-PARSERS = ["h11", pytest.param("httptools", marks=pytest.mark.skipif(
-    importlib.util.find_spec("httptools") is None, reason="httptools is not installed"))]
 
 
 def post(*fields: bytes, body: bytes = b"", line: bytes = b"POST /p HTTP/1.1", host: bytes = HOST) -> bytes:
