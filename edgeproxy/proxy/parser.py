@@ -88,7 +88,6 @@ _FRAMING_LINE = re.compile(rb"\r\n(content-length|transfer-encoding)[ \t]*:([^\r
 _RAW_TE = re.compile(rb"[ \t]*chunked", re.IGNORECASE)
 # Controls other than HTAB, CR and LF (those are checked as line ends), and DEL.
 _BAD_HEAD_BYTE = re.compile(rb"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
-_NON_ASCII = re.compile(rb"[\x80-\xff]")
 
 
 def check_request_line(line: bytes, limits: Limits) -> None:
@@ -97,7 +96,7 @@ def check_request_line(line: bytes, limits: Limits) -> None:
     if len(line) - 2 > limits.max_uri:
         raise UriTooLong()
     m = _VERSION.fullmatch(line)
-    if m is None or _NON_ASCII.search(line) is not None:
+    if m is None or not line.isascii():
         raise BadRequest("malformed request line")
     if m.group(1) != b"1" or m.group(2) not in (b"0", b"1"):
         raise VersionNotSupported()
@@ -105,13 +104,16 @@ def check_request_line(line: bytes, limits: Limits) -> None:
 
 def check_head(head: bytes, limits: Limits) -> None:
     """Refuse what h11 would let through (see the module rules). ``head`` ends with CRLF CRLF."""
-    if head.count(b"\n") != head.count(b"\r\n") or head.count(b"\r") != head.count(b"\r\n"):
+    crlf = head.count(b"\r\n")
+    if head.count(b"\n") != crlf or head.count(b"\r") != crlf:
         raise BadRequest("bare CR or LF in the request head")
     if b"\r\n " in head or b"\r\n\t" in head:
         raise BadRequest("obsolete line folding in the request head")
     if _BAD_HEAD_BYTE.search(head) is not None:
         raise BadRequest("control byte in the request head")
     check_request_line(head[: head.index(b"\r\n") + 2], limits)
+    if _FRAMING_LINE.search(head) is None:  # most heads (bodiless GETs): one search instead of an iterator
+        return
     lengths = 0
     for m in _FRAMING_LINE.finditer(head):
         if m.group(1).lower() == b"transfer-encoding":
@@ -127,11 +129,13 @@ def check_fields(headers: Headers, http_version: bytes, limits: Limits) -> tuple
     """Framing checks on parsed fields; returns (chunked, content_length)."""
     if len(headers) > limits.max_headers:
         raise HeadersTooLarge("too many header fields")
-    te = [v for k, v in headers if k == b"transfer-encoding"]
-    cl = [v for k, v in headers if k == b"content-length"]
-    hosts = sum(1 for k, _ in headers if k == b"host")
+    # One pass collects the names; the framing values are only gathered when a framing field is present.
+    names = [k for k, _ in headers]
+    hosts = names.count(b"host")
     if hosts > 1 or (hosts == 0 and http_version == b"1.1"):
         raise BadRequest("exactly one Host field is required")
+    te = [v for k, v in headers if k == b"transfer-encoding"] if b"transfer-encoding" in names else None
+    cl = [v for k, v in headers if k == b"content-length"] if b"content-length" in names else None
     if te and cl:
         raise BadRequest("both Content-Length and Transfer-Encoding")
     if te:
@@ -180,7 +184,7 @@ class HeadGatherer:
             return None
         if end + 4 > self.limits.max_header_bytes:
             raise HeadersTooLarge()
-        check_head(buf[: end + 4], self.limits)
+        check_head(buf if end + 4 == len(buf) else buf[: end + 4], self.limits)
         self.buf = b""
         return buf
 
@@ -192,12 +196,13 @@ class H11Parser:
     as prepared bytes without telling h11 about them: h11's own response serialization costs ~20 µs.
     """
 
-    __slots__ = ("limits", "conn", "gather", "closed", "head", "received")
+    __slots__ = ("limits", "conn", "gather", "gatherer", "closed", "head", "received")
 
     def __init__(self, limits: Limits) -> None:
         self.limits = limits
         self.conn: h11.Connection | None = None
-        self.gather: HeadGatherer | None = HeadGatherer(limits)
+        self.gatherer = HeadGatherer(limits)  # reused by every cycle
+        self.gather: HeadGatherer | None = self.gatherer
         self.closed = False
         self.received = 0
 
@@ -270,7 +275,8 @@ class H11Parser:
             leftover, closed = self.conn.trailing_data
             self.closed = self.closed or closed
         self.conn = None
-        self.gather = HeadGatherer(self.limits)
+        self.gather = self.gatherer
+        self.gatherer.buf = b""
         if leftover:
             self.feed(leftover)
 

@@ -93,7 +93,7 @@ class HttptoolsParser:
         collector = _Head()
         parser = httptools.HttpRequestParser(collector)
         try:
-            parser.feed_data(data[:end])
+            parser.feed_data(data if end == len(data) else data[:end])
         except httptools.HttpParserUpgrade:
             pass  # Upgrade/CONNECT heads parse fine; the exchange decides what to do with them
         except httptools.HttpParserError as e:
@@ -187,7 +187,7 @@ class HttptoolsParser:
         if self.chunked is not None:  # the body was never read to its end: the connection will close
             leftover = b""
         self.buf, self.state, self.remaining, self.chunked = b"", _HEAD, 0, None
-        self.gather = HeadGatherer(self.limits)
+        self.gather.buf = b""  # a fresh gatherer, without allocating one per request
         if leftover:
             self.feed(leftover)
 
