@@ -158,17 +158,23 @@ class OriginConnection(asyncio.Protocol):
     def send_end(self) -> None:
         self.transport.write(self.conn.send(h11.EndOfMessage()))
 
+    def poll(self) -> Any:
+        """The next h11 event if the bytes received so far hold one, else None (never waits); raises Origin*
+        errors. The relay uses it to send what is already here in one write before it waits for more."""
+        try:
+            event = self.conn.next_event()
+        except h11.RemoteProtocolError as e:
+            if not self.received:  # with no byte received, the only possible error is the close
+                # Closed after reading our request, before answering: a stale pooled connection.
+                raise OriginClosed("origin closed the connection before answering") from None
+            raise OriginProtocolError(f"invalid response from origin: {e}") from None
+        return None if event is h11.NEED_DATA else event
+
     async def next_event(self, timeout: float) -> Any:
         """The next h11 event, waiting at most ``timeout`` for data; raises Origin* errors."""
         while True:
-            try:
-                event = self.conn.next_event()
-            except h11.RemoteProtocolError as e:
-                if not self.received:  # with no byte received, the only possible error is the close
-                    # Closed after reading our request, before answering: a stale pooled connection.
-                    raise OriginClosed("origin closed the connection before answering") from None
-                raise OriginProtocolError(f"invalid response from origin: {e}") from None
-            if event is not h11.NEED_DATA:
+            event = self.poll()
+            if event is not None:
                 return event
             if self.lost:
                 raise OriginClosed("origin closed the connection")
@@ -200,16 +206,8 @@ class OriginConnection(asyncio.Protocol):
 
     async def body(self, timeout: float) -> AsyncIterator[bytes]:
         """Body chunks until EndOfMessage; raises if the body ends early or breaks its framing."""
-        while True:
-            event = await self.next_event(timeout)
-            if type(event) is h11.Data:
-                yield bytes(event.data)
-            elif type(event) is h11.EndOfMessage:
-                return
-            elif isinstance(event, h11.ConnectionClosed):
-                raise OriginProtocolError("origin closed the connection mid-body")
-            else:
-                raise OriginProtocolError(f"unexpected {type(event).__name__} in body")
+        while (chunk := body_chunk(await self.next_event(timeout))) is not None:
+            yield chunk
 
     def stray_bytes(self) -> bool:
         """Bytes arrived past the end of the response: its framing can't be trusted (a Content-Length shorter than
@@ -231,6 +229,17 @@ class OriginConnection(asyncio.Protocol):
         if self.transport is not None:
             self.transport.close()
         self.lost = True
+
+
+def body_chunk(event: Any) -> bytes | None:
+    """A body event's data, or None at EndOfMessage; raises if the body ends early or breaks its framing."""
+    if type(event) is h11.Data:
+        return bytes(event.data)
+    if type(event) is h11.EndOfMessage:
+        return None
+    if isinstance(event, h11.ConnectionClosed):
+        raise OriginProtocolError("origin closed the connection mid-body")
+    raise OriginProtocolError(f"unexpected {type(event).__name__} in body")
 
 
 _TIMED_OUT = object()
