@@ -47,8 +47,8 @@ class CacheStatus:
         self._fwd = {fwd: name + b"; fwd=" + fwd.encode() for fwd in FWD_VALUES}
 
     def hit(self, ttl: float, *, key: str | None = None, detail: str | None = None) -> bytes:
-        value = self._hit + _int(ttl)
-        return _tail(value, key, detail)
+        value = self._hit + b"%d" % math.floor(ttl)  # every hit: _int inlined
+        return value if key is None and detail is None else _tail(value, key, detail)
 
     def forward(
         self,

@@ -53,7 +53,9 @@ class CachePolicy:
 DEFAULT_POLICY = CachePolicy()
 
 
-@dataclass(frozen=True, slots=True)
+# Not frozen, unlike the other outcomes: one is built per hit, and frozen dataclasses set each field through
+# object.__setattr__ (~0.3 µs per hit, measured). Nothing mutates it.
+@dataclass(slots=True)
 class Hit:
     entry: Entry
     age: float
