@@ -83,7 +83,7 @@ class ClientConnection(asyncio.Protocol):
         if self.closed:
             return
         memo = self.edge.memo
-        if memo is not None and self.task is None and self.parser.idle:
+        if memo is not None and self.task is None and not self.write_paused and self.parser.idle:
             if memo.answer(self, data):
                 return
             self.candidate = data if single_head(data) else None
@@ -127,18 +127,26 @@ class ClientConnection(asyncio.Protocol):
                 fut.set_result(None)
 
     def pause_writing(self) -> None:
+        # A client that doesn't read its answers must not make us queue more of them: hits are answered
+        # synchronously, so pipelined requests would pile whole bodies into the write buffer. Stop reading (and
+        # answering) until the buffer drains.
         self.write_paused = True
+        if not self.closed:
+            self.transport.pause_reading()
 
     def resume_writing(self) -> None:
         self.write_paused = False
         if self.drain_waiter is not None and not self.drain_waiter.done():
             self.drain_waiter.set_result(None)
+        if self.task is None and not self.closed:
+            self.transport.resume_reading()
+            self.serve()  # requests that arrived meanwhile wait in the parser
 
     # ---- the request loop ----
     def serve(self) -> None:
         """Parse and answer requests until one needs a task or more bytes are needed."""
         parser = self.parser
-        while not self.closed:
+        while not self.closed and not self.write_paused:
             try:
                 event = parser.next_event()
                 if type(event) is RequestHead:

@@ -294,3 +294,31 @@ def test_churn_keeps_rss_under_cache_size_plus_baseline(start: Callable[..., Pro
           f"{idle:.1f} MiB, peak RSS {peak:.1f} MiB; {store['entries']} entries, {store['bytes'] / MIB:.1f} MiB "
           f"stored, {store['evictions']} evictions")
     assert peak < idle + cache_mib + CHURN_SLACK_MIB, f"peak {peak:.1f} MiB, idle {idle:.1f} MiB"
+
+
+def test_pipelined_hits_to_a_client_that_never_reads_are_not_queued(proxy_factory: Callable[..., Proc],
+                                                                    demo_origin: Proc) -> None:
+    """Hits are answered synchronously: without back-pressure every pipelined request of a client that never reads
+    would be answered into the write buffer. Reading (and answering) pauses until the buffer drains."""
+    proxy = proxy_factory(demo_origin.url)
+    path = "/bytes/1048576?pipelined"
+    with socket.create_connection(("127.0.0.1", proxy.port), timeout=5) as warm:
+        warm.sendall(f"GET {path} HTTP/1.1\r\nhost: test.local\r\nconnection: close\r\n\r\n".encode())
+        while warm.recv(1 << 20):
+            pass
+    hits_before = stats(proxy)["hits"]
+    request = f"GET {path} HTTP/1.1\r\nhost: test.local\r\n\r\n".encode()
+    with socket.create_connection(("127.0.0.1", proxy.port), timeout=5) as sock:
+        sock.setblocking(False)
+        for _ in range(5000):  # ~300 KiB of requests: far more than the kernel buffers if the proxy stops reading
+            try:
+                sock.sendall(request)
+            except BlockingIOError:
+                break
+            time.sleep(0.0002)
+        time.sleep(0.5)
+        answered = stats(proxy)["hits"] - hits_before
+        with socket.create_connection(("127.0.0.1", proxy.port), timeout=5) as other:  # others are still served
+            other.sendall(b"GET /bytes/10 HTTP/1.1\r\nhost: test.local\r\nconnection: close\r\n\r\n")
+            assert b"200 OK" in other.recv(4096)
+    assert answered < 100, f"{answered} answers queued for a client that reads none of them"
