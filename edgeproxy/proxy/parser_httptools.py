@@ -137,9 +137,10 @@ class HttptoolsParser:
         # Expect only matters with a body: most requests (bodiless GETs) skip the scan of their fields.
         expect = has_body and version == b"1.1" and any(
             k == b"expect" and v.lower() == b"100-continue" for k, v in headers)
-        self.pending = RequestHead(
-            method=parser.get_method(), target=collector.url, headers=headers, http_version=version,
-            keep_alive=keep_alive(headers, version), expect_continue=expect, has_body=has_body)
+        # Positional: keywords cost a measurable share of a parsed hit. Order: method, target, headers,
+        # http_version, keep_alive, expect_continue, has_body.
+        self.pending = RequestHead(parser.get_method(), collector.url, headers, version, keep_alive(headers, version),
+                                   expect, has_body)
 
     def next_event(self) -> Event:
         head = self.pending
