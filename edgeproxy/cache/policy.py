@@ -30,9 +30,9 @@ from edgeproxy.http.headers import Headers, get, has_token
 LOOKUP_METHODS: frozenset[bytes] = frozenset({b"GET", b"HEAD"})
 # RFC 9110 §9.2.1; every other method (including unknown ones) is unsafe and invalidates (§4.4).
 SAFE_METHODS: frozenset[bytes] = frozenset({b"GET", b"HEAD", b"OPTIONS", b"TRACE"})
-# RFC 5861 §4: what counts as an origin "error" for stale-if-error. Failures are named by the shell.
+# RFC 5861 §4: what counts as an origin "error" for stale-if-error, by the status the client would get: the
+# shell's own 502/503/504 for an origin it can't reach count as much as an origin's 503.
 STALE_IF_ERROR_STATUSES: frozenset[int] = frozenset({500, 502, 503, 504})
-STALE_IF_ERROR_FAILURES: frozenset[str] = frozenset({"connect", "timeout"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -196,11 +196,9 @@ def lookup(
     return Revalidate(entry, conditional_headers(entry), reason)
 
 
-def counts_as_error(failure: str | int) -> bool:
-    """Whether an origin failure (a name from STALE_IF_ERROR_FAILURES or a status) allows stale."""
-    if isinstance(failure, int):
-        return failure in STALE_IF_ERROR_STATUSES
-    return failure in STALE_IF_ERROR_FAILURES
+def counts_as_error(status: int) -> bool:
+    """Whether an answer with this status allows serving stale under stale-if-error."""
+    return status in STALE_IF_ERROR_STATUSES
 
 
 def can_serve_stale_on_error(
