@@ -29,6 +29,7 @@ from edgeproxy.http.wire import serialize_head
 from edgeproxy.metrics import ProxyCounters
 from edgeproxy.proxy import forwarding
 from edgeproxy.proxy.collapse import Collapser
+from edgeproxy.proxy.delivery import write_answer
 from edgeproxy.proxy.exchange import begin
 from edgeproxy.proxy.hot import HeadMemo
 from edgeproxy.proxy.origin import OriginAddress, OriginPool
@@ -180,12 +181,12 @@ class Edge:
         method = ex.head.method
         if method == b"TRACE":
             # TRACE would reflect credentials to scripts (cross-site tracing); edges refuse it.
-            self.write_simple(ex, 405, b"TRACE is not allowed\n", [(b"allow", ALLOW)])
+            self.write_local(ex, 405, b"TRACE is not allowed\n")
             return True
         if method == b"OPTIONS":
             headers, before = forwarding.decrement_max_forwards(ex.head.headers)
             if before == 0 or ex.target == b"*":
-                self.write_simple(ex, 200, b"", [(b"allow", ALLOW)])
+                self.write_local(ex, 200, b"")
                 return True
             ex.head.headers = headers
         return False
@@ -238,11 +239,11 @@ class Edge:
             self._date_line = b"date: " + formatdate(now, usegmt=True).encode() + b"\r\n"
         return self._date_line
 
-    def write_simple(self, ex: Exchange, status: int, body: bytes, fields: list[tuple[bytes, bytes]]) -> None:
-        head = serialize_head(status, [*fields, (b"content-type", b"text/plain; charset=utf-8"),
-                                       (b"content-length", b"%d" % len(body))])
-        ex.client.transport.write(head + self.date_line() + b"\r\n" + (b"" if ex.head.method == b"HEAD" else body))
-        ex.status, ex.sent = status, len(body)
+    def write_local(self, ex: Exchange, status: int, body: bytes) -> None:
+        """An answer this node gives itself (TRACE refused, OPTIONS with Max-Forwards: 0 or ``*``)."""
+        fields = [(b"allow", ALLOW), (b"content-type", b"text/plain; charset=utf-8"),
+                  (b"content-length", b"%d" % len(body))]
+        write_answer(ex, status, fields, body, self.cache_status.plain(detail="local"))
         self.log(ex)
 
     def write_error(self, client: ClientConnection, error: ProxyError, ex: Exchange | None) -> None:

@@ -27,7 +27,7 @@ import pytest
 
 from edgeproxy.control.client import ControlClient
 from tests.scriptorigin import Reply, ScriptOrigin, echo
-from tests.support import PARSERS, Proc, Response, free_port, start_proxy
+from tests.support import PARSERS, HTTPClient, Proc, Response, free_port, start_proxy
 
 MIB = 1024 * 1024
 HOST = "test.local"
@@ -517,3 +517,14 @@ def test_client_abort_mid_body_releases_the_origin_connection(edge: Proc, origin
     with Wire(edge.port) as other:
         assert other.request("GET", "/next").status == 200
     assert origin.wait_for(lambda: stats(edge)["open_connections"] == 0), "client connections leaked"
+
+
+@pytest.mark.parametrize("method, target, extra, status", [
+    ("TRACE", "/x", {}, 405), ("OPTIONS", "*", {}, 200), ("OPTIONS", "/x", {"max-forwards": "0"}, 200)])
+def test_local_answers_carry_cache_status_and_allow(proxy: Proc, method: str, target: str, extra: dict[str, str],
+                                                    status: int) -> None:
+    with HTTPClient(proxy.port) as client:
+        got = client.request(method, target, extra)
+        assert got.status == status and got.header("allow")
+        assert got.header("cache-status") == 'edgeproxy; detail="local"'
+        assert client.request("GET", "/bytes/10").status == 200  # the connection stays usable
