@@ -401,7 +401,7 @@ def restart_keys_changed(old: Config, new: Config) -> list[str]:
 def to_dict(config: Config) -> dict[str, Any]:
     """The effective config as plain data, for ``edgeproxy check-config``."""
     def plain(obj: Any) -> Any:
-        if type(obj).__name__ == "CorsPolicy":
+        if hasattr(obj, "describe"):  # a CorsPolicy: its settings, not its compiled tables
             return plain(obj.describe())
         if hasattr(obj, "__dataclass_fields__"):
             return {f.name: plain(getattr(obj, f.name)) for f in fields(obj)}

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 from edgeproxy.errors import BadRequest, ClientError, ProxyError, RequestTimeout
 from edgeproxy.netutil import set_nodelay
+from edgeproxy.proxy.exchange import begin
 from edgeproxy.proxy.hot import single_head
 from edgeproxy.proxy.parser import CLOSED, END, NEED_DATA, RequestHead
 
@@ -157,7 +158,7 @@ class ClientConnection(asyncio.Protocol):
                     self.rate_mark = INF
                     if not event.has_body:
                         parser.next_event()  # the END of an empty body
-                    handled = self.edge.handle(self, event)
+                    handled = begin(self.edge, self, event)
                     self.candidate = None  # the read it came in is used up
                     if not handled:
                         return  # an exchange task took over

@@ -30,7 +30,6 @@ from edgeproxy.metrics import ProxyCounters
 from edgeproxy.proxy import forwarding
 from edgeproxy.proxy.collapse import Collapser
 from edgeproxy.proxy.delivery import write_answer
-from edgeproxy.proxy.exchange import begin
 from edgeproxy.proxy.hot import HeadMemo
 from edgeproxy.proxy.origin import OriginAddress, OriginPool
 from edgeproxy.proxy.parser import Limits, RequestHead, RequestParser, make_parser
@@ -173,9 +172,6 @@ class Edge:
         return selector if mode == "keep" else PurgeURL(normalize_url(selector.url, mode))
 
     # ---- exchanges ----
-    def handle(self, client: ClientConnection, head: RequestHead) -> bool:
-        return begin(self, client, head)
-
     def answer_locally(self, ex: Exchange) -> bool:
         """Requests this node answers itself (Max-Forwards: 0, TRACE, OPTIONS *). True when answered."""
         method = ex.head.method
