@@ -127,8 +127,9 @@ class Server:
             for scheme, sock in self.inherited:
                 await self._listen(sock=sock, tls=scheme == "https")
         else:
-            await self._bind_all()
+            # The control socket first: once the HTTP port accepts, a purge or reload script can talk to us.
             await self._start_control()
+            await self._bind_all()
             await self._start_metrics()
         self.edge.start()
         self._signals()

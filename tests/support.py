@@ -41,6 +41,20 @@ def wait_port(port: int, timeout: float = 10.0, proc: subprocess.Popen[bytes] | 
     raise TimeoutError(f"nothing listening on 127.0.0.1:{port} after {timeout}s")
 
 
+def wait_unix(path: str, timeout: float = 10.0, proc: subprocess.Popen[bytes] | None = None) -> None:
+    """Until a UNIX socket accepts connections (its file exists between bind and listen)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"process exited with {proc.returncode} before listening on {path}")
+        with contextlib.suppress(OSError), socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+            s.settimeout(0.5)
+            s.connect(path)
+            return
+        time.sleep(0.02)
+    raise TimeoutError(f"nothing listening on {path} after {timeout}s")
+
+
 def env() -> dict[str, str]:
     e = dict(os.environ)
     e["PYTHONPATH"] = str(ROOT) + os.pathsep + e.get("PYTHONPATH", "")
@@ -151,8 +165,11 @@ def start_proxy(origin_url: str, workdir: Path | None = None, extra_env: dict[st
     with open(log_path, "wb") as log:
         proc = subprocess.Popen([sys.executable, "-m", "edgeproxy", "serve", "--config", str(config_path)],
                                 env=e, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    control = config["server"].get("control_socket")
     try:
         wait_port(port, proc=proc)
+        if control:  # with workers the port accepts (backlog) before the control socket is up
+            wait_unix(control, proc=proc)
     except Exception:
         proc.kill()
         raise RuntimeError(f"proxy did not start:\n{log_path.read_text(errors='replace')}") from None

@@ -67,6 +67,11 @@ class OriginClosed(OriginProtocolError):
     """The origin closed the connection before sending anything (a stale pooled connection)."""
 
 
+class OriginClosedUnsent(OriginClosed):
+    """The connection was closed before any byte of the request went out: the origin never saw it, so any request
+    may be sent again (RFC 9110 §9.2.2 limits retries to requests the origin may have acted on)."""
+
+
 class OriginConnection(asyncio.Protocol):
     """One connection to an origin; the exchange drives it with ``send_*`` and ``next_event``."""
 
@@ -146,17 +151,25 @@ class OriginConnection(asyncio.Protocol):
             # The origin closed this pooled connection an instant ago (uvloop refuses writes on a closed
             # handle before connection_lost runs): a stale connection, retried like one.
             self.lost = True
-            raise OriginClosed("origin closed the connection before the request was sent") from None
+            raise OriginClosedUnsent("origin closed the connection before the request was sent") from None
 
     async def send_body(self, chunk: bytes) -> None:
         if chunk:
-            self.transport.write(self.conn.send(h11.Data(data=chunk)))
+            self._write_more(self.conn.send(h11.Data(data=chunk)))
             if not self.can_write and not self.lost:
                 self.write_waiter = asyncio.get_running_loop().create_future()
                 await self.write_waiter
 
     def send_end(self) -> None:
-        self.transport.write(self.conn.send(h11.EndOfMessage()))
+        self._write_more(self.conn.send(h11.EndOfMessage()))
+
+    def _write_more(self, data: bytes | None) -> None:
+        """Write after the head: a connection closed meanwhile is an origin that hung up mid-request."""
+        try:
+            self.transport.write(data)
+        except RuntimeError:
+            self.lost = True
+            raise OriginClosed("origin closed the connection while the request was sent") from None
 
     def poll(self) -> Any:
         """The next h11 event if the bytes received so far hold one, else None (never waits); raises Origin*

@@ -34,7 +34,7 @@ from edgeproxy.http.headers import get
 from edgeproxy.http.wire import serialize_head
 from edgeproxy.proxy import forwarding
 from edgeproxy.proxy.delivery import connection_line
-from edgeproxy.proxy.origin import OriginClosed, OriginConnection, body_chunk
+from edgeproxy.proxy.origin import OriginClosed, OriginClosedUnsent, OriginConnection, body_chunk
 
 if TYPE_CHECKING:
     from edgeproxy.proxy.exchange import Exchange
@@ -81,10 +81,13 @@ async def send_request(ex: Exchange, fields: list[tuple[bytes, bytes]]) -> tuple
             response = await conn.response_head(edge.config.origin.read_timeout)
             ex.origin_ms = (time.monotonic() - t0) * 1000
             return conn, response
-        except OriginClosed:
-            reused = conn.reused
+        except OriginClosed as e:
+            # Retried once on a new connection: any request the origin never saw, and an idempotent, fully
+            # buffered one that a pooled connection (likely closed while idle) may have lost.
+            unsent = isinstance(e, OriginClosedUnsent)
+            again = attempt == 1 and (unsent or (retry and conn.reused))
             edge.pool.release(conn)
-            if not (retry and reused and attempt == 1):
+            if not again:
                 raise
         except BaseException:
             edge.pool.release(conn)
