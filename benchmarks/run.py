@@ -105,7 +105,7 @@ SCENARIOS = {
                  ("nginx", "nginx-nopush-off", *EP, "edgeproxy-httptools-nomemo", "bound-httptools")),
         Scenario("hit-1m", "/bytes/1048576", ("nginx", *EP, *BOUNDS)),
         Scenario("hit-1k-c256", "/bytes/1024", ("nginx", *EP, *BOUNDS), connections=256),
-        Scenario("miss-1k", "/nostore/1024", ("nginx", *EP), warm_until_hit=False),
+        Scenario("miss-1k", "/nostore/1024", ("nginx", *EP, *MEMO_OFF), warm_until_hit=False),
         Scenario("zipf", "/", ("nginx", *EP), script="zipf.lua", profile="small-cache", warm_until_hit=False),
         Scenario("revalidate", "/revalidate/1024", ("nginx", *EP), profile="revalidate", warm_until_hit=False),
         # With the memo one worker already saturates wrk's single thread (~100k req/s): memo-off rows show scaling.
