@@ -201,6 +201,7 @@ class OriginConfig:
     max_connections: int = 1024
     max_per_origin: int = 256
     pool_wait_timeout: float = 10 * SECONDS
+    parser: str | None = None  # None: as server.parser (Config.origin_parser)
 
 
 @dataclass(frozen=True)
@@ -252,6 +253,11 @@ class Config:
     sites: tuple[SiteConfig, ...] = ()
     file: str = "<defaults>"
 
+    @property
+    def origin_parser(self) -> str:
+        """The origin-side parser backend: ``[origin] parser``, else the client side's ``[server] parser``."""
+        return self.origin.parser or self.server.parser
+
 
 SERVER_KEYS: dict[str, Callable[[Any], Any]] = {
     "listen": _list_of(parse_address), "tls_listen": _list_of(parse_address), "tls_cert": _opt_str,
@@ -267,6 +273,7 @@ SERVER_KEYS: dict[str, Callable[[Any], Any]] = {
 ORIGIN_KEYS: dict[str, Callable[[Any], Any]] = {
     "connect_timeout": parse_duration, "read_timeout": parse_duration, "idle_timeout": parse_duration,
     "max_connections": _int(1, 10**6), "max_per_origin": _int(1, 10**6), "pool_wait_timeout": parse_duration,
+    "parser": _choice("h11", "httptools"),
 }
 CACHE_KEYS: dict[str, Callable[[Any], Any]] = {
     "size": parse_size, "max_object_size": parse_size, "max_variants": _int(1, 10**4),
@@ -360,8 +367,9 @@ def _check(config: Config) -> None:
         raise ConfigError("server.tls_listen", "tls_listen, tls_cert and tls_key go together", config.file)
     if c.max_object_size > c.size:
         raise ConfigError("cache.max_object_size", "larger than cache.size", config.file)
-    if s.parser == "httptools" and importlib.util.find_spec("httptools") is None:
-        raise ConfigError("server.parser", 'httptools is not installed: pip install "edgeproxy[fast]"', config.file)
+    for key, parser in (("server.parser", s.parser), ("origin.parser", config.origin.parser)):
+        if parser == "httptools" and importlib.util.find_spec("httptools") is None:
+            raise ConfigError(key, 'httptools is not installed: pip install "edgeproxy[fast]"', config.file)
     if not s.listen and not s.tls_listen:
         raise ConfigError("server.listen", "no listener: give at least one HOST:PORT", config.file)
 
@@ -410,4 +418,6 @@ def to_dict(config: Config) -> dict[str, Any]:
         if isinstance(obj, tuple):
             return [plain(v) for v in obj]
         return obj
-    return plain(config)
+    data = plain(config)
+    data["origin"]["parser"] = config.origin_parser  # the effective backend, not "as server.parser"
+    return data

@@ -48,7 +48,7 @@ async def _revalidate(edge: Edge, ex: Exchange, entry: Entry) -> None:
         conn.send_end()
         response = await conn.response_head(timeout)
         response_time = time.time()
-        headers = list(response.headers)
+        headers = response.headers
         body, size = [], 0
         async for chunk in conn.body(timeout):
             size += len(chunk)
@@ -57,10 +57,10 @@ async def _revalidate(edge: Edge, ex: Exchange, entry: Entry) -> None:
             body.append(chunk)
     finally:
         edge.pool.release(conn)
-    if response.status_code == 304:
+    if response.status == 304:
         if validates(entry, headers):
             edge.store.put(freshen(entry, headers, request_time, response_time, site.policy), since=generation)
         return
-    if storable(ex.creq, response.status_code, headers, site.policy) is None:
-        store_response(ex, response.status_code, response_fields(ex, headers), b"".join(body), request_time,
+    if storable(ex.creq, response.status, headers, site.policy) is None:
+        store_response(ex, response.status, response_fields(ex, headers), b"".join(body), request_time,
                        generation)

@@ -104,6 +104,7 @@ class Edge:
         self.pool.connect_timeout, self.pool.idle_timeout = o.connect_timeout, o.idle_timeout
         self.pool.max_total, self.pool.max_per_origin = o.max_connections, o.max_per_origin
         self.pool.wait_timeout = o.pool_wait_timeout
+        self.pool.parser = config.origin_parser  # new connections; pooled ones keep theirs
         self.access_log.close()
         self.access_log = AccessLog(config.log.access, config.log.format)
 

@@ -20,8 +20,6 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-import h11
-
 from edgeproxy import cors
 from edgeproxy.cache.freshness import current_age, ttl
 from edgeproxy.cache.key import CacheRequest, primary_key
@@ -51,6 +49,7 @@ from edgeproxy.http.headers import get
 from edgeproxy.proxy import forwarding
 from edgeproxy.proxy.delivery import deliver, write_answer
 from edgeproxy.proxy.origin import OriginConnection
+from edgeproxy.proxy.origin_parser import ResponseHead
 from edgeproxy.proxy.parser import RequestHead
 from edgeproxy.proxy.upstream import (
     CLIENT_CONDITIONALS,
@@ -285,12 +284,12 @@ async def _fetch(ex: Exchange, decision: Decision, cacheable: bool) -> bool:
         edge.pool.release(conn)
 
 
-async def _revalidated(ex: Exchange, decision: Revalidate, conn: OriginConnection, response: h11.Response,
+async def _revalidated(ex: Exchange, decision: Revalidate, conn: OriginConnection, response: ResponseHead,
                        request_time: float, response_time: float, generation: int) -> bool | None:
     """Handle the origin's answer to our conditional request; None means relay it as a normal response."""
     edge, entry, policy = ex.edge, decision.entry, ex.site.policy
-    status = response.status_code
-    headers = list(response.headers)
+    status = response.status
+    headers = response.headers
     if status == 304:
         async for _ in conn.body(edge.config.origin.read_timeout):
             pass

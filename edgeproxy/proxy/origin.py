@@ -1,12 +1,13 @@
-"""Origin connections (h11 CLIENT over an asyncio.Protocol) and the keep-alive pool.
+"""Origin connections (the origin-side parser seam over an asyncio.Protocol) and the keep-alive pool.
 
 Rules kept here:
-- One ``h11.Connection(CLIENT)`` per TCP connection; h11 frames both directions, so framing headers from the
-  client are never copied across (the caller passes end-to-end fields only).
+- One ``ResponseParser`` (origin_parser.py: h11, or httptools with ``[origin] parser``) per TCP connection; it
+  frames both directions, so framing headers from the client are never copied across (the caller passes
+  end-to-end fields and the framing fields of the body it sends).
 - Back-pressure: the socket is read only while someone waits for an event, so a slow client never makes us
   buffer an origin's whole body (at most one socket read is held).
-- A connection goes back to the pool only when both sides of h11 are DONE; after any error it is closed, never
-  reused (a framing error may leave bytes that belong to nobody).
+- A connection goes back to the pool only when the parser says the exchange ended cleanly on both sides; after any
+  error it is closed, never reused (a framing error may leave bytes that belong to nobody).
 - The pool follows aiohttp's connector: a deque of idle connections per origin with their last-use time, one
   cleanup timer, total and per-origin limits, and a FIFO of waiters for a free slot.
 """
@@ -17,15 +18,21 @@ import asyncio
 import collections
 import ssl
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any
-
-import h11
 
 from edgeproxy.errors import OriginConnectError, OriginProtocolError, OriginTimeout, PoolTimeout
 from edgeproxy.http.headers import Headers
 from edgeproxy.netutil import set_nodelay
+from edgeproxy.proxy.origin_parser import (
+    OriginEvent,
+    RequestError,
+    ResponseError,
+    ResponseHead,
+    make_response_parser,
+)
+from edgeproxy.proxy.parser import CLOSED, END, NEED_DATA
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,9 +82,9 @@ class OriginClosedUnsent(OriginClosed):
 class OriginConnection(asyncio.Protocol):
     """One connection to an origin; the exchange drives it with ``send_*`` and ``next_event``."""
 
-    def __init__(self, address: OriginAddress) -> None:
+    def __init__(self, address: OriginAddress, parser: str = "h11") -> None:
         self.address = address
-        self.conn = h11.Connection(h11.CLIENT)
+        self.parser = make_response_parser(parser)
         self.transport: Any = None
         self.waiter: asyncio.Future[None] | None = None
         self.lost = False
@@ -93,11 +100,11 @@ class OriginConnection(asyncio.Protocol):
         set_nodelay(transport)
 
     def data_received(self, data: bytes) -> None:
-        if self.conn.our_state is h11.IDLE:
+        if self.parser.idle:
             # Bytes on an idle pooled connection belong to no request: never reuse it.
             self.close()
             return
-        self.conn.receive_data(data)
+        self.parser.receive_data(data)
         self.received += len(data)
         # One read at a time: libuv reads up to 32 times per wake-up while reading is on, megabytes of a fast
         # origin's body before the reader runs. ``_wait_data`` resumes reading when the next event is wanted.
@@ -105,18 +112,15 @@ class OriginConnection(asyncio.Protocol):
         self._wake()
 
     def eof_received(self) -> bool | None:
-        if self.conn.our_state is h11.IDLE:
+        if self.parser.idle:
             self.lost = True  # an idle pooled connection the origin closed: never hand it out again
-        self.conn.receive_data(b"")
+        self.parser.receive_data(b"")
         self._wake()
         return None
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.lost = True
-        try:
-            self.conn.receive_data(b"")
-        except RuntimeError:
-            pass
+        self.parser.receive_data(b"")
         self._wake()
         self.can_write = True
         if self.write_waiter is not None and not self.write_waiter.done():
@@ -142,8 +146,8 @@ class OriginConnection(asyncio.Protocol):
     def send_head(self, method: bytes, target: bytes, headers: Headers) -> None:
         self.received = 0
         try:
-            data = self.conn.send(h11.Request(method=method, target=target, headers=headers))
-        except h11.LocalProtocolError as e:
+            data = self.parser.send_head(method, target, headers)
+        except RequestError as e:
             raise OriginProtocolError(f"cannot send request: {e}") from None
         try:
             self.transport.write(data)
@@ -155,15 +159,23 @@ class OriginConnection(asyncio.Protocol):
 
     async def send_body(self, chunk: bytes) -> None:
         if chunk:
-            self._write_more(self.conn.send(h11.Data(data=chunk)))
+            self._write_more(self._encode(self.parser.send_data, chunk))
             if not self.can_write and not self.lost:
                 self.write_waiter = asyncio.get_running_loop().create_future()
                 await self.write_waiter
 
     def send_end(self) -> None:
-        self._write_more(self.conn.send(h11.EndOfMessage()))
+        self._write_more(self._encode(self.parser.send_end))
 
-    def _write_more(self, data: bytes | None) -> None:
+    @staticmethod
+    def _encode(send: Callable[..., bytes], *args: bytes) -> bytes:
+        try:
+            data: bytes = send(*args)
+        except RequestError as e:
+            raise OriginProtocolError(f"cannot send request: {e}") from None
+        return data
+
+    def _write_more(self, data: bytes) -> None:
         """Write after the head: a connection closed meanwhile is an origin that hung up mid-request."""
         try:
             self.transport.write(data)
@@ -171,20 +183,20 @@ class OriginConnection(asyncio.Protocol):
             self.lost = True
             raise OriginClosed("origin closed the connection while the request was sent") from None
 
-    def poll(self) -> Any:
-        """The next h11 event if the bytes received so far hold one, else None (never waits); raises Origin*
-        errors. The relay uses it to send what is already here in one write before it waits for more."""
+    def poll(self) -> OriginEvent | None:
+        """The next event if the bytes received so far hold one, else None (never waits); raises Origin* errors.
+        The relay uses it to send what is already here in one write before it waits for more."""
         try:
-            event = self.conn.next_event()
-        except h11.RemoteProtocolError as e:
+            event = self.parser.next_event()
+        except ResponseError as e:
             if not self.received:  # with no byte received, the only possible error is the close
                 # Closed after reading our request, before answering: a stale pooled connection.
                 raise OriginClosed("origin closed the connection before answering") from None
             raise OriginProtocolError(f"invalid response from origin: {e}") from None
-        return None if event is h11.NEED_DATA else event
+        return None if event is NEED_DATA else event
 
-    async def next_event(self, timeout: float) -> Any:
-        """The next h11 event, waiting at most ``timeout`` for data; raises Origin* errors."""
+    async def next_event(self, timeout: float) -> OriginEvent:
+        """The next event, waiting at most ``timeout`` for data; raises Origin* errors."""
         while True:
             event = self.poll()
             if event is not None:
@@ -206,16 +218,13 @@ class OriginConnection(asyncio.Protocol):
         if waiter.result() is _TIMED_OUT:
             raise OriginTimeout(f"origin sent nothing for {timeout:g}s")
 
-    async def response_head(self, timeout: float) -> h11.Response:
-        while True:
-            event = await self.next_event(timeout)
-            if isinstance(event, h11.Response):
-                return event
-            if isinstance(event, h11.InformationalResponse):
-                continue  # 1xx: this hop consumes them (100-continue is handled on the client side)
-            if isinstance(event, h11.ConnectionClosed):
-                raise OriginClosed("origin closed the connection before answering")
-            raise OriginProtocolError(f"unexpected {type(event).__name__} before the response")
+    async def response_head(self, timeout: float) -> ResponseHead:
+        event = await self.next_event(timeout)  # 1xx answers are consumed by the parser
+        if type(event) is ResponseHead:
+            return event
+        if event is CLOSED:
+            raise OriginClosed("origin closed the connection before answering")
+        raise OriginProtocolError(f"unexpected {event!r} before the response")
 
     async def body(self, timeout: float) -> AsyncIterator[bytes]:
         """Body chunks until EndOfMessage; raises if the body ends early or breaks its framing."""
@@ -227,16 +236,15 @@ class OriginConnection(asyncio.Protocol):
         the body, or an origin answering twice), so the response must not be stored and the connection not reused.
         Only what has arrived so far counts: bytes still in flight show up when the pool watches the idle
         connection, which then closes it."""
-        return bool(self.conn.trailing_data[0])
+        return bool(self.parser.trailing)
 
     def answered_twice(self) -> bool:
         """The bytes past the end of the response start another response: the origin and we disagree on where
         its message ended (response splitting, a desynchronized connection), so the response can't be trusted."""
-        return self.conn.trailing_data[0].lstrip(b"\r\n").startswith(b"HTTP/")
+        return self.parser.trailing.lstrip(b"\r\n").startswith(b"HTTP/")
 
     def reusable(self) -> bool:
-        conn = self.conn
-        return self.usable and conn.our_state is h11.DONE and conn.their_state is h11.DONE and not self.stray_bytes()
+        return self.usable and self.parser.reusable() and not self.stray_bytes()
 
     def close(self) -> None:
         if self.transport is not None:
@@ -244,15 +252,15 @@ class OriginConnection(asyncio.Protocol):
         self.lost = True
 
 
-def body_chunk(event: Any) -> bytes | None:
-    """A body event's data, or None at EndOfMessage; raises if the body ends early or breaks its framing."""
-    if type(event) is h11.Data:
-        return bytes(event.data)
-    if type(event) is h11.EndOfMessage:
+def body_chunk(event: OriginEvent) -> bytes | None:
+    """A body event's data, or None at END; raises if the body ends early or breaks its framing."""
+    if type(event) is bytes:
+        return event
+    if event is END:
         return None
-    if isinstance(event, h11.ConnectionClosed):
+    if event is CLOSED:
         raise OriginProtocolError("origin closed the connection mid-body")
-    raise OriginProtocolError(f"unexpected {type(event).__name__} in body")
+    raise OriginProtocolError(f"unexpected {event!r} in body")
 
 
 _TIMED_OUT = object()
@@ -267,7 +275,8 @@ class OriginPool:
     """Keep-alive connections per origin, with total and per-origin limits."""
 
     def __init__(self, *, connect_timeout: float, idle_timeout: float, max_total: int, max_per_origin: int,
-                 wait_timeout: float) -> None:
+                 wait_timeout: float, parser: str = "h11") -> None:
+        self.parser = parser  # the origin-side backend for new connections
         self.connect_timeout = connect_timeout
         self.idle_timeout = idle_timeout
         self.max_total = max_total
@@ -331,12 +340,13 @@ class OriginPool:
 
     async def _connect(self, address: OriginAddress) -> OriginConnection:
         loop = asyncio.get_running_loop()
+        parser = self.parser
         ctx = None
         if address.scheme == "https":
             ctx = self.ssl_contexts.get(address) or self.ssl_contexts.setdefault(address, client_ssl_context(address))
         try:
             _, conn = await asyncio.wait_for(
-                loop.create_connection(lambda: OriginConnection(address), address.host, address.port, ssl=ctx,
+                loop.create_connection(lambda: OriginConnection(address, parser), address.host, address.port, ssl=ctx,
                                        server_hostname=address.host if ctx else None),
                 self.connect_timeout)
         except TimeoutError:
@@ -350,7 +360,7 @@ class OriginPool:
     def release(self, conn: OriginConnection) -> None:
         """Give a connection back: pooled when clean, closed otherwise."""
         if conn.reusable():
-            conn.conn.start_next_cycle()
+            conn.parser.next_cycle()
             conn.last_used = time.monotonic()
             conn.reused = False
             self.idle.setdefault(conn.address, collections.deque()).append(conn)

@@ -35,7 +35,7 @@ from edgeproxy.errors import BadRequest, BodyTooLarge, HeadersTooLarge, UriTooLo
 from edgeproxy.http.headers import Headers
 
 
-class _Sentinel:
+class Sentinel:
     __slots__ = ("name",)
 
     def __init__(self, name: str) -> None:
@@ -45,9 +45,9 @@ class _Sentinel:
         return self.name
 
 
-NEED_DATA: Final = _Sentinel("NEED_DATA")
-END: Final = _Sentinel("END")
-CLOSED: Final = _Sentinel("CLOSED")
+NEED_DATA: Final = Sentinel("NEED_DATA")
+END: Final = Sentinel("END")
+CLOSED: Final = Sentinel("CLOSED")
 
 
 @dataclass(slots=True)
@@ -61,7 +61,7 @@ class RequestHead:
     has_body: bool
 
 
-Event = RequestHead | bytes | _Sentinel
+Event = RequestHead | bytes | Sentinel
 
 
 @dataclass(frozen=True, slots=True)

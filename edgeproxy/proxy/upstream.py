@@ -16,8 +16,6 @@ from __future__ import annotations
 import time
 from typing import TYPE_CHECKING
 
-import h11
-
 from edgeproxy import cors
 from edgeproxy.cache.entry import ENTRY_OVERHEAD
 from edgeproxy.cache.policy import (
@@ -35,6 +33,7 @@ from edgeproxy.http.wire import serialize_head
 from edgeproxy.proxy import forwarding
 from edgeproxy.proxy.delivery import connection_line
 from edgeproxy.proxy.origin import OriginClosed, OriginClosedUnsent, OriginConnection, body_chunk
+from edgeproxy.proxy.origin_parser import ResponseHead
 
 if TYPE_CHECKING:
     from edgeproxy.proxy.exchange import Exchange
@@ -54,7 +53,7 @@ class ClientGone(Exception):
     """The client went away while we were writing to it."""
 
 
-async def send_request(ex: Exchange, fields: list[tuple[bytes, bytes]]) -> tuple[OriginConnection, h11.Response]:
+async def send_request(ex: Exchange, fields: list[tuple[bytes, bytes]]) -> tuple[OriginConnection, ResponseHead]:
     """Acquire an origin connection, send the request and read the response head.
 
     A request body is read up to ``[server] request_buffer`` before anything goes to the origin (like nginx's
@@ -144,15 +143,15 @@ def _cache_status(ex: Exchange, decision: Decision, status: int, stored: bool) -
     return ex.edge.cache_status.forward("miss", fwd_status=status)
 
 
-async def relay(ex: Exchange, conn: OriginConnection, response: h11.Response, decision: Decision,
+async def relay(ex: Exchange, conn: OriginConnection, response: ResponseHead, decision: Decision,
                 cacheable: bool, request_time: float, generation: int) -> bool:
     """Write the origin's response to the client, streaming the body and keeping a copy when it may be stored.
 
     Returns whether keep-alive may continue.
     """
     edge, site = ex.edge, ex.site
-    status = response.status_code
-    origin_headers = list(response.headers)
+    status = response.status
+    origin_headers = response.headers
     framing, length, chunked = client_framing(ex, status, origin_headers)
     fields = response_fields(ex, origin_headers)
     reason = storable(ex.creq, status, origin_headers, site.policy) if cacheable else "pass"

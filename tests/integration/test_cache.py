@@ -29,7 +29,7 @@ import pytest
 
 from edgeproxy.control.client import ControlClient
 from tests.scriptorigin import Reply, ScriptOrigin, Seen
-from tests.support import HTTPClient, Proc, Response, env, parse_responses, raw_exchange, read_all, start_proxy
+from tests.support import PARSERS, HTTPClient, Proc, Response, env, parse_responses, raw_exchange, read_all, start_proxy
 
 HOST = "test.local"
 IGNORE_HOST = "ignore.test"  # ignore_request_cache_control = true
@@ -134,21 +134,28 @@ def stats(proxy: Proc) -> dict[str, Any]:
 
 # ---- fixtures ----
 
+@pytest.fixture(scope="module", params=PARSERS)
+def origin_parser(request: pytest.FixtureRequest) -> str:
+    """The origin-side backend under test (``[origin] parser``): each gets its own origin and proxy, so the
+    origin's request counts are per backend."""
+    return str(request.param)
+
+
 @pytest.fixture(scope="module")
-def origin() -> Iterator[ScriptOrigin]:
+def origin(origin_parser: str) -> Iterator[ScriptOrigin]:
     with ScriptOrigin() as o:
         yield o
 
 
 @pytest.fixture(scope="module")
-def edge(origin: ScriptOrigin, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Proc]:
+def edge(origin: ScriptOrigin, origin_parser: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Proc]:
     sites = [{"hosts": [HOST], "origin": origin.url},
              {"hosts": [IGNORE_HOST], "origin": origin.url, "ignore_request_cache_control": True},
              {"hosts": [COOKIE_HOST], "origin": origin.url, "store_set_cookie": True}]
     proxy = start_proxy(origin.url, tmp_path_factory.mktemp("edge"), site=sites, log={"access": False},
                         cache={"max_object_size": MAX_OBJECT, "max_variants": MAX_VARIANTS,
                                "hit_for_miss_ttl": HIT_FOR_MISS},
-                        origin={"read_timeout": "1.5s"})
+                        origin={"read_timeout": "1.5s", "parser": origin_parser})
     yield proxy
     proxy.stop()
 

@@ -136,6 +136,7 @@ GOOD = [
     ("origin", "max_connections", 1024, 1024),
     ("origin", "max_per_origin", 256, 256),
     ("origin", "pool_wait_timeout", "10s", 10.0),
+    ("origin", "parser", "httptools", "httptools"),
     ("cache", "size", "1GB", 1000**3),
     ("cache", "max_object_size", "8MiB", 8 * MIB),
     ("cache", "max_variants", 32, 32),
@@ -195,6 +196,7 @@ BAD = [
     ({"server": {"workers": True}}, "server.workers", "integer"),
     ({"server": {"workers": "many"}}, "server.workers", "integer"),
     ({"server": {"parser": "picohttp"}}, "server.parser", "'h11', 'httptools'"),
+    ({"origin": {"parser": "llhttp"}}, "origin.parser", "'h11', 'httptools'"),
     ({"server": {"name": 5}}, "server.name", "expected a string"),
     ({"server": {"control_uids": [-1]}}, "server.control_uids", "item 0"),
     ({"server": {"drain_timeout": "5 minutes"}}, "server.drain_timeout", "duration"),
@@ -305,8 +307,21 @@ def test_cross_key_checks(data, key):
         assert error(data).key == key
 
 
+@pytest.mark.parametrize("data, effective", [
+    ({}, "h11"),
+    ({"server": {"parser": "httptools"}}, "httptools"),
+    ({"server": {"parser": "httptools"}, "origin": {"parser": "h11"}}, "h11"),
+    ({"origin": {"parser": "httptools"}}, "httptools"),
+])
+def test_origin_parser_follows_server_parser_unless_set(data, effective):
+    config = config_from_dict(data)
+    assert config.origin_parser == effective
+    assert to_dict(config)["origin"]["parser"] == effective
+
+
+@pytest.mark.parametrize("section", ["server", "origin"])
 @pytest.mark.parametrize("installed", [True, False])
-def test_parser_httptools_needs_httptools(monkeypatch, installed):
+def test_parser_httptools_needs_httptools(monkeypatch, installed, section):
     real = importlib.util.find_spec
 
     def find_spec(name: str, *args: Any) -> Any:
@@ -315,12 +330,12 @@ def test_parser_httptools_needs_httptools(monkeypatch, installed):
         return real(name, *args)
 
     monkeypatch.setattr(importlib.util, "find_spec", find_spec)
-    data = {"server": {"parser": "httptools"}}
+    data = {section: {"parser": "httptools"}}
     if installed:
-        assert config_from_dict(data).server.parser == "httptools"
+        assert config_from_dict(data).origin_parser == "httptools"
     else:
         e = error(data)
-        assert e.key == "server.parser" and "not installed" in e.reason
+        assert e.key == f"{section}.parser" and "not installed" in e.reason
 
 
 # ---- files ----
