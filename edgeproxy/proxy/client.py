@@ -219,7 +219,7 @@ class ClientConnection(asyncio.Protocol):
     # ---- used by exchanges ----
     async def drain(self) -> None:
         if self.write_paused and not self.closed:
-            self.drain_waiter = asyncio.get_running_loop().create_future()
+            self.drain_waiter = self.edge.loop.create_future()
             await self.drain_waiter
             self.drain_waiter = None
 
@@ -241,7 +241,7 @@ class ClientConnection(asyncio.Protocol):
             await self._wait_body()
 
     async def _wait_body(self) -> None:
-        loop = asyncio.get_running_loop()
+        loop = self.edge.loop
         now = loop.time()
         if self.rate_mark == INF:
             self.rate_mark, self.rate_bytes = now, 0
