@@ -83,6 +83,7 @@ class Exchange:
     origin_ms: float = 0.0
     stored: bool = False
     uncacheable: bool = False  # the origin's complete answer is one we won't store (hit-for-miss)
+    refusal: ClientError | None = None  # decided by _prepare, answered by begin
 
 
 # ---- the synchronous part ----
@@ -92,10 +93,17 @@ def begin(edge: Edge, client: ClientConnection, head: RequestHead) -> bool:
     started = time.monotonic()
     try:
         ex = _prepare(edge, client, head, started)
-    except ClientError as e:
+    except ClientError as e:  # no site yet: a plain error
         edge.write_error(client, e, None)
         edge.log_exchange(client, head, e.status, 0, "error", 0.0, started)
         return client.response_done(head.keep_alive and not e.close)
+    if ex.refusal is not None:  # the site is known: its edge-mode CORS fields let a script read the error
+        if ex.site.cors is not None:
+            ex.cors = ex.site.cors.response_fields(get(head.headers, b"origin"))
+        ex.cache = "error"
+        edge.write_error(client, ex.refusal, ex)
+        edge.log(ex)
+        return client.response_done(head.keep_alive and not ex.refusal.close)
     if edge.answer_locally(ex) or _edge_cors(ex):
         return client.response_done(head.keep_alive)
     if head.method == b"GET" or head.method == b"HEAD":
@@ -140,13 +148,17 @@ def _prepare(edge: Edge, client: ClientConnection, head: RequestHead, started: f
     if host_field is None:
         raise BadRequest("no Host")
     host, site = edge.resolve_host(host_field, client.scheme)
-    if b"via" in fields and forwarding.is_loop(head.headers, edge.via):
-        raise LoopDetected()
-    expect = fields.get(b"expect")
-    if expect is not None and expect.lower() != b"100-continue":
-        raise ExpectationFailed()
     creq = CacheRequest(head.method, client.scheme, host, target, head.headers)
-    return Exchange(edge, client, head, site, host, target, started, creq, primary_key(creq, site.policy.query_mode))
+    ex = Exchange(edge, client, head, site, host, target, started, creq, primary_key(creq, site.policy.query_mode))
+    # Refused here but answered by begin, which then knows the site (and so its CORS fields): a request that came
+    # back around (508), an expectation we can't meet (417).
+    if b"via" in fields and forwarding.is_loop(head.headers, edge.via):
+        ex.refusal = LoopDetected()
+    else:
+        expect = fields.get(b"expect")
+        if expect is not None and expect.lower() != b"100-continue":
+            ex.refusal = ExpectationFailed()
+    return ex
 
 
 def _origin_form(target: bytes) -> tuple[bytes, bytes | None]:

@@ -288,3 +288,18 @@ def test_edge_mode_fields_on_errors(client: HTTPClient, host: str, target: str, 
     resp = get(client, host, target, request_origin)
     assert resp.status == status, resp
     _assert_edge_fields(resp, request_origin)
+
+
+@pytest.mark.parametrize("field, status", [
+    (("via", "1.1 other, 1.1 edgeproxy"), 508),  # came back around
+    (("expect", "something-else"), 417),
+])
+@pytest.mark.parametrize("request_origin", ["https://shop9.example.org", None])
+def test_edge_mode_fields_on_refusals(edge: Proc, field: tuple[str, str], status: int,
+                                      request_origin: str | None) -> None:
+    """Refused before any lookup, but after the site is known: a script can still read why."""
+    headers = [field, *([("origin", request_origin)] if request_origin else [])]
+    with HTTPClient(edge.port) as c:
+        resp = c.request("GET", "/edge/refused", headers, host="edge.test")
+    assert resp.status == status, resp
+    _assert_edge_fields(resp, request_origin)
