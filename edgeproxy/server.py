@@ -30,7 +30,7 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
-from edgeproxy import systemd
+from edgeproxy import gcpolicy, systemd
 from edgeproxy.config import Config, ConfigError, keep_restart_keys, load_config, restart_keys_changed
 from edgeproxy.control import protocol
 from edgeproxy.control.server import ControlServer, default_socket_path
@@ -133,6 +133,8 @@ class Server:
             await self._start_metrics()
         self.edge.start()
         self._signals()
+        gcpolicy.settle()  # everything made while starting: config, modules, listeners
+        self._every("gc", gcpolicy.SETTLE_INTERVAL, gcpolicy.settle, first=gcpolicy.SETTLE_INTERVAL)
         if not self.worker:
             systemd.notify("READY=1", f"STATUS=serving on {', '.join(self.addresses())}")
             self._every("watchdog", systemd.watchdog_interval(), lambda: systemd.notify("WATCHDOG=1"))
