@@ -46,7 +46,9 @@ class RequestError(Exception):
 
 
 class ResponseParser(Protocol):
-    trailing: bytes  # bytes received past the end of the response
+    @property
+    def trailing(self) -> bytes:
+        """Bytes received past the end of the response."""
 
     def send_head(self, method: bytes, target: bytes, headers: Headers) -> bytes: ...
     def send_data(self, chunk: bytes) -> bytes: ...
@@ -101,25 +103,23 @@ class H11ResponseParser:
                 event = conn.next_event()
             except h11.RemoteProtocolError as e:
                 raise ResponseError(str(e)) from None
-            kind = type(event)
-            if kind is h11.Data:
-                return bytes(event.data)  # type: ignore[union-attr]
-            if kind is h11.Response:
-                return ResponseHead(event.status_code, event.reason,  # type: ignore[union-attr]
-                                    [(n.lower(), v) for n, v in event.headers.raw_items()],  # type: ignore[union-attr]
-                                    event.http_version)  # type: ignore[union-attr]
-            if kind is h11.EndOfMessage:
+            if isinstance(event, h11.Data):
+                return bytes(event.data)
+            if isinstance(event, h11.Response):
+                return ResponseHead(event.status_code, event.reason,
+                                    [(n.lower(), v) for n, v in event.headers.raw_items()], event.http_version)
+            if isinstance(event, h11.EndOfMessage):
                 return END
-            if kind is h11.InformationalResponse:
+            if isinstance(event, h11.InformationalResponse):
                 continue  # 1xx: this hop consumes them (100-continue is handled on the client side)
-            if kind is h11.ConnectionClosed:
+            if isinstance(event, h11.ConnectionClosed):
                 return CLOSED
             if event is h11.NEED_DATA or event is h11.PAUSED:
                 return NEED_DATA
-            raise ResponseError(f"unexpected {kind.__name__}")
+            raise ResponseError(f"unexpected {type(event).__name__}")
 
     @property
-    def trailing(self) -> bytes:  # type: ignore[override]
+    def trailing(self) -> bytes:
         return bytes(self.conn.trailing_data[0])
 
     @property
