@@ -93,6 +93,8 @@ class HttptoolsResponseParser:
         self.method = method
         self.out_chunked = has_token(headers, b"transfer-encoding", b"chunked")
         length = next((v for k, v in headers if k == b"content-length"), None)
+        if length is not None and not length.isdigit():
+            raise RequestError(f"invalid Content-Length {length!r}")
         self.out_left = int(length) if length is not None and not self.out_chunked else 0
         if has_token(headers, b"connection", b"close"):
             self.keep_alive = False

@@ -247,6 +247,7 @@ def test_both_backends_write_the_same_request(head: tuple[bytes, bytes, list[tup
     pytest.param((b"GET", b"/x", [(b"host", b"o"), (b"x-bad", b"a\r\nx-injected: 1")]), id="crlf-in-value"),
     pytest.param((b"GET", b"/x", [(b"host", b"o"), (b"x-bad", b"a\x00b")]), id="nul-in-value"),
     pytest.param((b"GET", b"/x y", [(b"host", b"o")]), id="space-in-target"),
+    pytest.param((b"POST", b"/x", [(b"host", b"o"), (b"content-length", b"5x")]), id="bad-content-length"),
 ])
 def test_a_request_that_cannot_be_written_is_refused(backend: str,
                                                      head: tuple[bytes, bytes, list[tuple[bytes, bytes]]]) -> None:
