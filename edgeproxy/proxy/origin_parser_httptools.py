@@ -170,6 +170,10 @@ class HttptoolsResponseParser:
         return head
 
     def _parse_head(self, data: bytes) -> ResponseHead:
+        if not data.startswith(b"HTTP/"):  # llhttp skips empty lines before a message; h11 (and we) refuse them
+            raise ResponseError("response does not start with a status line")
+        if _BAD_BYTE.search(data) is not None:  # llhttp lets some through (a NUL in the reason phrase); h11 doesn't
+            raise ResponseError("control byte in the response head")
         collector = _Collector()
         parser = httptools.HttpResponseParser(collector)
         parser.set_dangerous_leniencies(lenient_optional_cr_before_lf=True)
@@ -194,6 +198,8 @@ class HttptoolsResponseParser:
         te = [v for k, v in headers if k == b"transfer-encoding"]
         if te and (len(te) != 1 or te[0].lower() != b"chunked"):
             raise ResponseError("only Transfer-Encoding: chunked is supported")
+        if te:  # as h11 hands it on: the coding in lower case
+            head.headers = [(k, b"chunked" if k == b"transfer-encoding" else v) for k, v in headers]
         if self.method == b"HEAD" or head.status in _NO_BODY_STATUS or (
                 self.method == b"CONNECT" and 200 <= head.status < 300):
             self.state = _END_DUE

@@ -21,6 +21,7 @@ from edgeproxy.config import CACHE_KEYS, ORIGIN_KEYS, SERVER_KEYS, SITE_KEYS, Co
 from edgeproxy.control.protocol import ProtocolError, parse_request
 from edgeproxy.errors import ClientError
 from edgeproxy.http import cachecontrol
+from edgeproxy.proxy.origin_parser import ResponseError, ResponseHead, make_response_parser
 from edgeproxy.proxy.parser import CLOSED, END, NEED_DATA, H11Parser, Limits, RequestHead, RequestParser
 
 SMALL = Limits(max_uri=256, max_header_bytes=1024, max_headers=16, max_body=4096)
@@ -66,6 +67,7 @@ def _backends() -> list[Callable[[Limits], RequestParser]]:
 
 
 BACKENDS = _backends()
+ORIGIN_BACKENDS = ("h11", "httptools") if importlib.util.find_spec("httptools") is not None else ("h11",)
 
 
 def _drive(parser: RequestParser, reads: list[bytes]) -> None:
@@ -95,6 +97,57 @@ def request_path(data: bytes) -> None:
             _drive(backend(SMALL), reads)
         except ClientError:
             pass
+
+
+# ---- the origin side ----
+
+_ORIGIN_METHODS = (b"GET", b"HEAD")
+
+
+def _origin_events(backend: str, method: bytes, reads: list[bytes]) -> list[object] | None:
+    """Events of one response fed in ``reads`` (then EOF), body bytes joined; None when the backend refused it."""
+    parser = make_response_parser(backend)
+    parser.send_head(method, b"/", [(b"host", b"origin.test")])
+    parser.send_end()
+    events: list[object] = []
+    try:
+        for data in reads:
+            parser.receive_data(data)
+            for _ in range(MAX_EVENTS):
+                event = parser.next_event()
+                if event is NEED_DATA:
+                    break
+                if type(event) is bytes and events and type(events[-1]) is bytes:
+                    events[-1] += event
+                elif event is END or event is CLOSED:
+                    return [*events, event]
+                elif isinstance(event, ResponseHead | bytes):
+                    events.append(event)
+                else:
+                    raise AssertionError(f"unexpected event {event!r}")
+            else:
+                raise AssertionError("no NEED_DATA after MAX_EVENTS events")
+    except ResponseError:
+        return None
+    return events
+
+
+def origin_response(data: bytes) -> None:
+    """Both origin-side backends over arbitrary response bytes split into reads, then EOF: only ResponseError may
+    escape, events come in order (one head, body bytes, END), and a response the httptools backend takes whole is
+    read the same by h11 (httptools refuses more; it must never read a message differently)."""
+    draw = Draw(data[:1])
+    method = _ORIGIN_METHODS[draw.byte() & 1]
+    step = 1 + draw.byte() % 64 if data[:1] and data[0] >= 128 else len(data) or 1
+    body = data[1:]
+    reads = [body[i:i + step] for i in range(0, len(body), step)] + [b""]
+    results = {backend: _origin_events(backend, method, reads) for backend in ORIGIN_BACKENDS}
+    for events in results.values():
+        if events and events[-1] is END:
+            assert isinstance(events[0], ResponseHead) and all(type(e) is bytes for e in events[1:-1]), events
+    fast = results.get("httptools")
+    if fast and fast[-1] is END:
+        assert results["h11"] == fast, (results["h11"], fast)
 
 
 # ---- Cache-Control ----
@@ -179,6 +232,7 @@ def control(data: bytes) -> None:
 
 TARGETS: dict[str, Callable[[bytes], None]] = {
     "request_path": request_path,
+    "origin_response": origin_response,
     "cache_control": cache_control,
     "config": config,
     "control": control,
@@ -191,6 +245,13 @@ SEEDS: dict[str, list[bytes]] = {
         b"\x85POST /p HTTP/1.1\r\nhost: a\r\ncontent-length: 5\r\nexpect: 100-continue\r\n\r\nhello",
         b"\x90POST /p HTTP/1.1\r\nhost: a\r\ntransfer-encoding: chunked\r\n\r\n5;x=y\r\nhello\r\n0\r\nt: 1\r\n\r\n",
         b"\x00GET http://a/b?c HTTP/1.0\r\nconnection: keep-alive\r\n\r\n",
+    ],
+    "origin_response": [
+        b"\x00HTTP/1.1 200 OK\r\ncontent-length: 5\r\ncache-control: max-age=60\r\n\r\nhello",
+        b"\x85HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n5;x=y\r\nhello\r\n0\r\nt: 1\r\n\r\n",
+        b"\x01HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\n",
+        b"\x90HTTP/1.1 100 Continue\r\n\r\nHTTP/1.0 304 Not Modified\r\netag: \"a\"\r\n\r\n",
+        b"\x00HTTP/1.1 200 OK\r\n\r\nclose-delimited",
     ],
     "cache_control": [b'public, max-age=60, s-maxage="120", no-cache="set-cookie, x-a"\nprivate',
                       b"max-age=10, edgeproxy;max-age=5, no-store;edgeproxy, stale-while-revalidate=30"],
