@@ -134,9 +134,12 @@ class HttptoolsParser:
         has_body = chunked or bool(length)
         if has_body:
             self.http = None  # llhttp now expects the body, which it is never fed
-        # Expect only matters with a body: most requests (bodiless GETs) skip the scan of their fields.
-        expect = has_body and version == b"1.1" and any(
-            k == b"expect" and v.lower() == b"100-continue" for k, v in headers)
+        if chunked:  # as h11 hands it on: the coding in lower case
+            headers = [(k, b"chunked" if k == b"transfer-encoding" else v) for k, v in headers]
+        # Expect only matters with a body: most requests (bodiless GETs) skip the scan of their fields. The value
+        # is read as h11 reads it: 100-continue among the members of the comma list.
+        expect = has_body and version == b"1.1" and b"100-continue" in [
+            p.strip().lower() for k, v in headers if k == b"expect" for p in v.split(b",")]
         # Positional: keywords cost a measurable share of a parsed hit. Order: method, target, headers,
         # http_version, keep_alive, expect_continue, has_body.
         self.pending = RequestHead(parser.get_method(), collector.url, headers, version, keep_alive(headers, version),
