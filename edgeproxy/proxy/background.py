@@ -3,8 +3,9 @@
 Rules kept here:
 - One at a time per key (the Collapser's ``revalidating`` set), with the stored validators; the client's own
   conditionals and Range never reach the origin.
-- A 304 that validates freshens the entry; a storable full response replaces it (bounded by max_object_size);
-  anything else leaves the cache as it was. Failures are logged at debug level: nobody is waiting for them.
+- A 304 that validates freshens the entry; a storable full response replaces it, bounded as on the client-facing
+  path (head, body and per-entry overhead within max_object_size: reading stops as soon as it can't fit); anything
+  else leaves the cache as it was. Failures are logged at debug level: nobody is waiting for them.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from typing import TYPE_CHECKING
 from edgeproxy.cache.policy import conditional_headers
 from edgeproxy.cache.storability import freshen, storable, validates
 from edgeproxy.errors import ProxyError
-from edgeproxy.proxy.upstream import CLIENT_CONDITIONALS, response_fields, store_response
+from edgeproxy.proxy.upstream import CLIENT_CONDITIONALS, body_room, response_fields, store_response
 
 if TYPE_CHECKING:
     from edgeproxy.cache.entry import Entry
@@ -49,11 +50,14 @@ async def _revalidate(edge: Edge, ex: Exchange, entry: Entry) -> None:
         response = await conn.response_head(timeout)
         response_time = time.time()
         headers = response.headers
+        fields = response_fields(ex, headers)
+        # What the store would take: head, body and per-entry overhead, as on the client-facing path.
+        limit = body_room(ex, response.status, fields)
         body, size = [], 0
         async for chunk in conn.body(timeout):
             size += len(chunk)
-            if size > edge.store.max_object_size:
-                return
+            if size > limit:
+                return  # not kept: the connection is closed by release (the body was not read to its end)
             body.append(chunk)
     finally:
         edge.pool.release(conn)
@@ -62,5 +66,4 @@ async def _revalidate(edge: Edge, ex: Exchange, entry: Entry) -> None:
             edge.store.put(freshen(entry, headers, request_time, response_time, site.policy), since=generation)
         return
     if storable(ex.creq, response.status, headers, site.policy) is None:
-        store_response(ex, response.status, response_fields(ex, headers), b"".join(body), request_time,
-                       generation)
+        store_response(ex, response.status, fields, b"".join(body), request_time, generation)
