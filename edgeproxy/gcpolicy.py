@@ -16,8 +16,28 @@ Rules kept here:
 from __future__ import annotations
 
 import gc
+import time
+from collections.abc import Callable
+from typing import Any
 
 SETTLE_INTERVAL = 0.25  # seconds
+Callback = Callable[[str, dict[str, Any]], None]
+
+
+def watch(record: Callable[[float], None]) -> Callback:
+    """Time every collection (``gc.callbacks``) and pass its seconds to ``record``; returns the callback, for
+    ``gc.callbacks.remove``. The pauses show in ``/metrics`` as ``edgeproxy_gc_pause_seconds``."""
+    started = 0.0
+
+    def callback(phase: str, info: dict[str, Any]) -> None:
+        nonlocal started
+        if phase == "start":
+            started = time.perf_counter()
+        else:
+            record(time.perf_counter() - started)
+
+    gc.callbacks.append(callback)
+    return callback
 
 
 def settle() -> None:

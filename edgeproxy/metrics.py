@@ -36,6 +36,8 @@ ORIGIN_ERROR_KINDS = ("connect", "timeout", "protocol")
 # Seconds from sending a request to the origin until its response head arrived. An edge on a LAN origin sits
 # in the low buckets, a far origin in the hundreds of ms; 30 s is the default origin read timeout.
 LATENCY_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+# Seconds one garbage collection stood the event loop still (gcpolicy.py keeps them in the low buckets).
+GC_PAUSE_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0)
 
 
 class ProxyCounters:
@@ -43,7 +45,7 @@ class ProxyCounters:
 
     __slots__ = (
         "requests", "responses", "response_bytes", "origin_requests", "origin_errors", "memo_hits",
-        "latency_buckets", "latency_sum", "open_connections", "purges",
+        "latency_buckets", "latency_sum", "open_connections", "purges", "gc_buckets", "gc_sum",
     )
 
     def __init__(self) -> None:
@@ -58,6 +60,8 @@ class ProxyCounters:
         self.latency_sum = 0.0
         self.open_connections = 0
         self.purges: dict[str, int] = {}
+        self.gc_buckets = [0] * (len(GC_PAUSE_BUCKETS) + 1)
+        self.gc_sum = 0.0
 
     def response(self, cache: str, status: int, sent_bytes: int) -> None:
         """A response went to a client: its cache outcome, status code and bytes written (head + body)."""
@@ -72,6 +76,11 @@ class ProxyCounters:
         latency = max(latency, 0.0)
         self.latency_buckets[bisect_left(LATENCY_BUCKETS, latency)] += 1
         self.latency_sum += latency
+
+    def gc_pause(self, seconds: float) -> None:
+        """One garbage collection took ``seconds`` (gcpolicy.watch calls this)."""
+        self.gc_buckets[bisect_left(GC_PAUSE_BUCKETS, seconds)] += 1
+        self.gc_sum += seconds
 
     def origin_error(self, kind: str) -> None:
         """An origin request failed before a response head (``connect``, ``timeout``, ``protocol``)."""
@@ -94,6 +103,7 @@ class ProxyCounters:
             "origin_latency": {"buckets": list(self.latency_buckets), "sum": self.latency_sum},
             "open_connections": self.open_connections,
             "purges": dict(self.purges),
+            "gc_pause": {"buckets": list(self.gc_buckets), "sum": self.gc_sum},
         }
 
 
@@ -155,17 +165,22 @@ _SCALARS = (
 )
 
 
-def _latency_family(histogram: Mapping[str, Any]) -> HistogramMetricFamily:
+# (snapshot key, bucket bounds, metric name, help) of the histograms.
+_HISTOGRAMS = (
+    ("origin_latency", LATENCY_BUCKETS, "edgeproxy_origin_latency_seconds",
+     "Time from sending an origin request to receiving its response head."),
+    ("gc_pause", GC_PAUSE_BUCKETS, "edgeproxy_gc_pause_seconds",
+     "Time one garbage collection held the event loop (summed over workers)."),
+)
+
+
+def _histogram_family(name: str, doc: str, bounds: tuple[float, ...],
+                      histogram: Mapping[str, Any]) -> HistogramMetricFamily:
     cumulative, buckets = 0, []
-    for bound, count in zip((*LATENCY_BUCKETS, float("inf")), histogram["buckets"], strict=True):
+    for bound, count in zip((*bounds, float("inf")), histogram["buckets"], strict=True):
         cumulative += count
         buckets.append((floatToGoString(bound), cumulative))
-    return HistogramMetricFamily(
-        "edgeproxy_origin_latency_seconds",
-        "Time from sending an origin request to receiving its response head.",
-        buckets=buckets,
-        sum_value=histogram["sum"],
-    )
+    return HistogramMetricFamily(name, doc, buckets=buckets, sum_value=histogram["sum"])
 
 
 class _SnapshotCollector(Collector):
@@ -182,7 +197,8 @@ class _SnapshotCollector(Collector):
                 for kind, value in values.items():
                     family.add_metric([kind], value)
                 yield family
-        yield _latency_family(self.sources["proxy"]["origin_latency"])
+        for key, bounds, name, doc in _HISTOGRAMS:
+            yield _histogram_family(name, doc, bounds, self.sources["proxy"][key])
         for source, key, family_type, name, doc in _SCALARS:
             value = self.sources[source].get(key)
             if value is not None:

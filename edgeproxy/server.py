@@ -133,6 +133,7 @@ class Server:
             await self._start_metrics()
         self.edge.start()
         self._signals()
+        gcpolicy.watch(self.edge.counters.gc_pause)
         gcpolicy.settle()  # everything made while starting: config, modules, listeners
         self._every("gc", gcpolicy.SETTLE_INTERVAL, gcpolicy.settle, first=gcpolicy.SETTLE_INTERVAL)
         if not self.worker:

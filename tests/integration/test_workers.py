@@ -107,3 +107,5 @@ def test_metrics_sum_both_workers(workers_proxy: Proc) -> None:
     assert samples[requests % "hit"] == total - WORKERS
     assert samples["edgeproxy_cache_entries"] == WORKERS == sum(r["entries"] for r in rows.values())
     assert samples["edgeproxy_origin_latency_seconds_count"] == WORKERS
+    # Each worker timed at least its start-up settle (gcpolicy): the pauses of both are summed too.
+    assert samples["edgeproxy_gc_pause_seconds_count"] >= WORKERS

@@ -44,3 +44,16 @@ def test_live_objects_are_frozen_and_still_freed_by_reference_counting() -> None
     assert gc.is_tracked(live) and alive() is live
     del live  # no cycle: reference counting frees it although it is frozen
     assert alive() is None
+
+
+def test_watch_times_every_collection_until_removed() -> None:
+    pauses: list[float] = []
+    callback = gcpolicy.watch(pauses.append)
+    try:
+        gc.collect(0)
+        gc.collect(2)
+    finally:
+        gc.callbacks.remove(callback)
+    assert len(pauses) == 2 and all(p >= 0.0 for p in pauses)
+    gc.collect(0)
+    assert len(pauses) == 2

@@ -128,6 +128,8 @@ def test_render_exposes_every_family_with_its_values():
     a = _worker([("hit", 200, 1000), ("stale", 200, 10)], [0.003, 0.2], errors=["protocol"], purges=["prefix"],
                 open_connections=4)
     b = _worker([("miss", 404, 90)], [12.0], open_connections=1)
+    a.gc_pause(0.0004)
+    b.gc_pause(0.02)
     body = render(merge([a.to_dict(), b.to_dict()]), STORE)
     got = _samples(body)
     expected = {
@@ -151,6 +153,11 @@ def test_render_exposes_every_family_with_its_values():
         ("edgeproxy_origin_latency_seconds_bucket", (("le", "+Inf"),)): 3,
         ("edgeproxy_origin_latency_seconds_count", ()): 3,
         ("edgeproxy_origin_latency_seconds_sum", ()): pytest.approx(12.203),
+        ("edgeproxy_gc_pause_seconds_bucket", (("le", "0.001"),)): 1,
+        ("edgeproxy_gc_pause_seconds_bucket", (("le", "0.01"),)): 1,
+        ("edgeproxy_gc_pause_seconds_bucket", (("le", "0.025"),)): 2,
+        ("edgeproxy_gc_pause_seconds_count", ()): 2,
+        ("edgeproxy_gc_pause_seconds_sum", ()): pytest.approx(0.0204),
         ("edgeproxy_cache_entries", ()): 42,
         ("edgeproxy_cache_bytes", ()): 1_048_576,
         ("edgeproxy_cache_capacity_bytes", ()): 268_435_456,
@@ -165,7 +172,8 @@ def test_render_exposes_every_family_with_its_values():
     assert _types(body) == {
         "edgeproxy_requests": "counter", "edgeproxy_responses": "counter", "edgeproxy_origin_errors": "counter",
         "edgeproxy_purges": "counter", "edgeproxy_origin_latency_seconds": "histogram",
-        "edgeproxy_response_bytes": "counter", "edgeproxy_origin_requests": "counter",
+        "edgeproxy_gc_pause_seconds": "histogram", "edgeproxy_response_bytes": "counter",
+        "edgeproxy_origin_requests": "counter",
         "edgeproxy_head_memo_hits": "counter",
         "edgeproxy_open_connections": "gauge", "edgeproxy_cache_entries": "gauge", "edgeproxy_cache_bytes": "gauge",
         "edgeproxy_cache_capacity_bytes": "gauge", "edgeproxy_cache_hits": "counter",
