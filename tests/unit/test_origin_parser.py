@@ -114,6 +114,12 @@ def test_close_delimited_body_ends_at_eof(backend: str, split: str) -> None:
     assert not parser.reusable()
 
 
+def test_chunked_coding_is_handed_on_in_lower_case(backend: str) -> None:
+    events = drive(make_response_parser(backend),
+                   b"HTTP/1.1 200 OK\r\nTransfer-Encoding: ChunKed\r\n\r\n1\r\na\r\n0\r\n\r\n")
+    assert head_of(events).headers == [(b"transfer-encoding", b"chunked")]
+
+
 def test_head_fields(backend: str) -> None:
     events = drive(make_response_parser(backend),
                    b"HTTP/1.1 404 Not Here\r\nContent-Type: text/plain\r\nX-Pad:  spaced value \t\r\n"
@@ -132,6 +138,9 @@ BROKEN = [
     pytest.param(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\n\r\nabc", id="unknown-coding"),
     pytest.param(b"HTTP/1.1 200 OK\r\nContent-Length: -1\r\n\r\n", id="negative-length"),
     pytest.param(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\nab\r\n0\r\n\r\n", id="bad-chunk-size"),
+    # Found by the differential fuzzer: llhttp takes these, h11 refuses them.
+    pytest.param(b"\r\nHTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n", id="empty-line-before-status"),
+    pytest.param(b"HTTP/1.1 200 O\x00K\r\nContent-Length: 0\r\n\r\n", id="nul-in-reason"),
 ]
 
 

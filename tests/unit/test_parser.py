@@ -133,6 +133,17 @@ EVENTS = [
     ("expect-100-with-body", b"PUT /u HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\nContent-Length: 2\r\n\r\nok",
      True, [head(b"PUT", b"/u", expect=True, body=True,
                  headers=(H, (b"expect", b"100-continue"), (b"content-length", b"2"))), b"ok", "END", "CLOSED"]),
+    # Found by the differential fuzzer: h11 takes 100-continue from anywhere in the Expect list (and from a
+    # second field), and hands the chunked coding on in lower case; the httptools backend now does the same.
+    ("expect-100-in-a-list", b"PUT /u HTTP/1.1\r\nHost: x\r\nExpect: , 100-continue\r\nContent-Length: 2\r\n\r\nok",
+     True, [head(b"PUT", b"/u", expect=True, body=True,
+                 headers=(H, (b"expect", b", 100-continue"), (b"content-length", b"2"))), b"ok", "END", "CLOSED"]),
+    ("expect-100-in-a-second-field",
+     b"PUT /u HTTP/1.1\r\nHost: x\r\nExpect: a\r\nExpect: 100-continue\r\nContent-Length: 2\r\n\r\nok", True,
+     [head(b"PUT", b"/u", expect=True, body=True, headers=(
+         H, (b"expect", b"a"), (b"expect", b"100-continue"), (b"content-length", b"2"))), b"ok", "END", "CLOSED"]),
+    ("chunked-coding-lowered", b"POST /c HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: cHunKed\r\n\r\n0\r\n\r\n", True,
+     [head(b"POST", b"/c", body=True, headers=(H, (b"transfer-encoding", b"chunked"))), "END", "CLOSED"]),
     ("expect-100-without-body", b"GET /a HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\n\r\n", True,
      [head(b"GET", b"/a", headers=(H, (b"expect", b"100-continue"))), "END", "CLOSED"]),
     ("expect-100-on-http10", b"PUT /u HTTP/1.0\r\nExpect: 100-continue\r\nContent-Length: 2\r\n\r\nok", True,
