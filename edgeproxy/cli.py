@@ -116,7 +116,8 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--listen", metavar="HOST:PORT", action="append",
                        help=f"listen address (repeatable; default {DEFAULT_LISTEN})")
     serve.add_argument("--origin", metavar="URL", help="origin URL for the one-site case, e.g. http://127.0.0.1:9000")
-    serve.add_argument("--parser", choices=("h11", "httptools"), help="client-side HTTP parser backend")
+    serve.add_argument("--parser", choices=("h11", "httptools"),
+                       help="HTTP parser backend (client side; the origin side follows unless [origin] parser is set)")
     serve.add_argument("--workers", metavar="N", type=_workers_flag,
                        help="worker processes, or 'auto' for one per CPU (overrides [server] workers)")
     serve.set_defaults(func=cmd_serve)
