@@ -18,7 +18,7 @@ import asyncio
 import collections
 import ssl
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -27,7 +27,6 @@ from edgeproxy.http.headers import Headers
 from edgeproxy.netutil import set_nodelay
 from edgeproxy.proxy.origin_parser import (
     OriginEvent,
-    RequestError,
     ResponseError,
     ResponseHead,
     make_response_parser,
@@ -148,10 +147,7 @@ class OriginConnection(asyncio.Protocol):
 
     def send_head(self, method: bytes, target: bytes, headers: Headers) -> None:
         self.received = 0
-        try:
-            data = self.parser.send_head(method, target, headers)
-        except RequestError as e:
-            raise OriginProtocolError(f"cannot send request: {e}") from None
+        data = self.parser.send_head(method, target, headers)  # RequestError is an OriginProtocolError
         try:
             self.transport.write(data)
         except RuntimeError:
@@ -162,21 +158,13 @@ class OriginConnection(asyncio.Protocol):
 
     async def send_body(self, chunk: bytes) -> None:
         if chunk:
-            self._write_more(self._encode(self.parser.send_data, chunk))
+            self._write_more(self.parser.send_data(chunk))
             if not self.can_write and not self.lost:
                 self.write_waiter = self.loop.create_future()
                 await self.write_waiter
 
     def send_end(self) -> None:
-        self._write_more(self._encode(self.parser.send_end))
-
-    @staticmethod
-    def _encode(send: Callable[..., bytes], *args: bytes) -> bytes:
-        try:
-            data: bytes = send(*args)
-        except RequestError as e:
-            raise OriginProtocolError(f"cannot send request: {e}") from None
-        return data
+        self._write_more(self.parser.send_end())
 
     def _write_more(self, data: bytes) -> None:
         """Write after the head: a connection closed meanwhile is an origin that hung up mid-request."""

@@ -6,7 +6,9 @@ Rules kept here:
   the same events and refuse at least what h11 refuses.
 - Events: ``ResponseHead`` (1xx answers are consumed here, never handed out), ``bytes`` (a body chunk), ``END``
   (the body is complete), ``NEED_DATA`` and ``CLOSED`` (the origin closed before a response began). A response
-  that breaks HTTP/1.1, or a body the closing connection cuts short, raises ``ResponseError``.
+  that breaks HTTP/1.1, or a body the closing connection cuts short, raises ``ResponseError`` (the connection
+  decides whether it was a stale pooled connection); a request that can't be written raises ``RequestError``, an
+  ``OriginProtocolError`` as it stands.
 - The response's framing follows RFC 9112 §6.3 and the request it answers: no body for HEAD, 1xx, 204 and 304;
   else chunked, else Content-Length, else delimited by the close. Only ``chunked`` is accepted as a
   Transfer-Encoding (a proxy can't re-frame a coding it doesn't know).
@@ -22,6 +24,7 @@ from typing import Protocol
 
 import h11
 
+from edgeproxy.errors import OriginProtocolError
 from edgeproxy.http.headers import Headers
 from edgeproxy.proxy.parser import CLOSED, END, NEED_DATA, Sentinel
 
@@ -41,8 +44,12 @@ class ResponseError(Exception):
     """The origin's bytes break HTTP/1.1 (or its body ended early); the message says how."""
 
 
-class RequestError(Exception):
-    """Our request can't be written as HTTP/1.1 (a field value with a control byte, for one)."""
+class RequestError(OriginProtocolError):
+    """Our request can't be written as HTTP/1.1 (a field value with a control byte, for one): a 502 like any other
+    failure to talk to the origin."""
+
+    def __init__(self, why: str) -> None:
+        super().__init__(f"cannot send request: {why}")
 
 
 class ResponseParser(Protocol):

@@ -10,8 +10,8 @@ Rules kept here:
   framing by the chunked coding or by the one value): versions other than 1.0 and 1.1, a Transfer-Encoding other
   than exactly ``chunked`` (as h11), a 101 we never asked for. Lines may end in a bare LF, as h11 accepts
   (``lenient_optional_cr_before_lf``).
-- Bodies: Content-Length is counted here; chunked goes through h11's chunked reader behind a synthetic head (the
-  request side's parser_httptools does the same), whose ``trailing_data`` is what follows the last chunk;
+- Bodies: Content-Length is counted here; chunked goes through h11's chunked reader (chunked.py, shared with the
+  request side's parser_httptools), whose ``rest`` is what follows the last chunk;
   close-delimited ends at EOF and leaves the connection unusable.
 - Requests are written here: method, target and fields come from the client side's parser, which refused
   controls, bare CR/LF and non-token names, and from our own code; one scan over the finished head checks that
@@ -22,10 +22,10 @@ from __future__ import annotations
 
 import re
 
-import h11
 import httptools
 
 from edgeproxy.http.headers import Headers, has_token
+from edgeproxy.proxy.chunked import ChunkedError, ChunkedReader
 from edgeproxy.proxy.origin_parser import OriginEvent, RequestError, ResponseError, ResponseHead
 from edgeproxy.proxy.parser import CLOSED, END, NEED_DATA
 
@@ -33,7 +33,6 @@ MAX_HEAD = 16 * 1024  # h11's default max_incomplete_event_size: the h11 backend
 _HEAD_END = re.compile(rb"\n\r?\n")
 # Controls other than HTAB, CR, LF, and DEL: none may reach the origin inside a field, the target or the method.
 _BAD_BYTE = re.compile(rb"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
-_CHUNKED_HEAD = b"POST / HTTP/1.1\r\nhost: x\r\ntransfer-encoding: chunked\r\n\r\n"
 _NO_BODY_STATUS = (204, 304)
 # Where a cycle stands: no request yet, waiting for the head, reading a body, END not yet handed out, done.
 _IDLE, _HEAD, _LENGTH, _CHUNKED, _UNTIL_CLOSE, _END_DUE, _DONE = range(7)
@@ -73,7 +72,7 @@ class HttptoolsResponseParser:
         self.buf = b""
         self.eof = False
         self.remaining = 0
-        self.chunked: h11.Connection | None = None
+        self.chunked: ChunkedReader | None = None
         self.out_chunked = False  # our request body is chunked
         self.out_left = 0  # request body bytes still due under its Content-Length
         self.sent = False  # our request went out whole (the origin may answer before that, e.g. a 413)
@@ -122,10 +121,10 @@ class HttptoolsResponseParser:
         if not data:
             self.eof = True
             if self.chunked is not None:
-                self.chunked.receive_data(b"")
+                self.chunked.feed(b"")
         elif self.state == _CHUNKED:
             assert self.chunked is not None
-            self.chunked.receive_data(data)
+            self.chunked.feed(data)
         elif self.state == _DONE:
             self.trailing += data
         else:
@@ -205,12 +204,8 @@ class HttptoolsResponseParser:
             self.state = _END_DUE
         elif te:
             self.state = _CHUNKED
-            self.chunked = conn = h11.Connection(h11.SERVER)
-            conn.receive_data(_CHUNKED_HEAD + self.buf)
-            if self.eof:
-                conn.receive_data(b"")
+            self.chunked = ChunkedReader(self.buf, self.eof)
             self.buf = b""
-            conn.next_event()  # the synthetic Request
         else:
             length = next((v for k, v in headers if k == b"content-length"), None)
             if length is None:
@@ -239,24 +234,18 @@ class HttptoolsResponseParser:
         return chunk
 
     def _chunked_body(self) -> OriginEvent:
-        conn = self.chunked
-        assert conn is not None
+        reader = self.chunked
+        assert reader is not None
         try:
-            event = conn.next_event()
-        except h11.RemoteProtocolError as e:
-            raise ResponseError(f"invalid chunked body: {e}") from None
-        if type(event) is h11.Data:
-            return bytes(event.data)
-        if type(event) is h11.EndOfMessage:
-            rest, _closed = conn.trailing_data
+            event = reader.next_event()
+        except ChunkedError as e:
+            raise ResponseError(str(e)) from None
+        if event is END:
             self.chunked = None
-            self._done(bytes(rest))
-            return END
-        if event is h11.NEED_DATA:
-            if self.eof:
-                raise ResponseError("peer closed connection without sending complete message body")
-            return NEED_DATA
-        raise ResponseError(f"unexpected {type(event).__name__} in a chunked body")
+            self._done(reader.rest[0])
+        elif event is NEED_DATA and self.eof:
+            raise ResponseError("peer closed connection without sending complete message body")
+        return event
 
     def _close_delimited(self) -> OriginEvent:
         buf = self.buf

@@ -8,7 +8,7 @@ Rules kept here:
   cleanly, has no body and llhttp keeps it alive (llhttp is then back at the start of a message); anything else
   (a body, Upgrade/CONNECT, an error, close) gets a fresh one (~1.3 µs measured, parse included).
 - Bodies: a Content-Length body is sliced here (counting bytes is all its framing needs); a chunked body is handed
-  to h11's chunked reader through a synthetic head, and h11's ``trailing_data`` returns what follows it. Chunked
+  to h11's chunked reader (chunked.py), whose ``rest`` is what follows it. Chunked
   request bodies are rare; correctness there matters more than speed.
 - Events and errors are exactly those of the h11 backend (``RequestHead``, ``bytes``, ``END``, ``NEED_DATA``,
   ``CLOSED``; ``ClientError`` subclasses).
@@ -17,11 +17,11 @@ Available with ``pip install edgeproxy[fast]``.
 
 from __future__ import annotations
 
-import h11
 import httptools
 
 from edgeproxy.errors import BadRequest, BodyTooLarge
 from edgeproxy.http.headers import Headers
+from edgeproxy.proxy.chunked import ChunkedError, ChunkedReader
 from edgeproxy.proxy.parser import (
     CLOSED,
     END,
@@ -34,7 +34,6 @@ from edgeproxy.proxy.parser import (
     keep_alive,
 )
 
-_CHUNKED_HEAD = b"POST / HTTP/1.1\r\nhost: x\r\ntransfer-encoding: chunked\r\n\r\n"
 # States of one request cycle.
 _HEAD, _LENGTH, _CHUNKED, _DONE = 0, 1, 2, 3
 
@@ -69,7 +68,7 @@ class HttptoolsParser:
         self.buf = b""  # bytes after the current head not yet handed out (Content-Length bodies, what follows)
         self.state = _HEAD
         self.remaining = 0
-        self.chunked: h11.Connection | None = None
+        self.chunked: ChunkedReader | None = None
         self.closed = False
         self.received = 0
         self.pending: RequestHead | None = None
@@ -80,7 +79,7 @@ class HttptoolsParser:
         if not data:
             self.closed = True
             if self.chunked is not None:
-                self.chunked.receive_data(b"")
+                self.chunked.feed(b"")
             return
         state = self.state
         if state == _HEAD:
@@ -89,7 +88,7 @@ class HttptoolsParser:
                 self._parse_head(complete)
         elif state == _CHUNKED:
             assert self.chunked is not None
-            self.chunked.receive_data(data)
+            self.chunked.feed(data)
         else:
             self.buf += data
 
@@ -123,9 +122,7 @@ class HttptoolsParser:
         self.received = 0
         if chunked:
             self.state = _CHUNKED
-            self.chunked = h11.Connection(h11.SERVER)
-            self.chunked.receive_data(_CHUNKED_HEAD + rest)
-            self.chunked.next_event()  # the synthetic Request
+            self.chunked = ChunkedReader(rest)
         elif length:
             self.state, self.remaining, self.buf = _LENGTH, length, rest
         else:
@@ -180,28 +177,26 @@ class HttptoolsParser:
         return chunk
 
     def _chunked_body(self) -> Event:
-        conn = self.chunked
-        assert conn is not None
+        reader = self.chunked
+        assert reader is not None
         try:
-            event = conn.next_event()
-        except h11.RemoteProtocolError as e:
-            raise BadRequest(f"invalid chunked body: {e}") from None
-        if type(event) is h11.Data:
-            self.received += len(event.data)
+            event = reader.next_event()
+        except ChunkedError as e:
+            raise BadRequest(str(e)) from None
+        if type(event) is bytes:
+            self.received += len(event)
             if self.received > self.limits.max_body:
                 raise BodyTooLarge()
-            return bytes(event.data)
-        if type(event) is h11.EndOfMessage:
-            self.buf, closed = conn.trailing_data
+            return event
+        if event is END:
+            self.buf, closed = reader.rest
             self.closed = self.closed or closed
             self.chunked = None
             self.state, self.remaining = _DONE, 0
             return END
-        if event is h11.NEED_DATA:
-            if self.closed:
-                raise BadRequest("connection closed inside the request body")
-            return NEED_DATA
-        raise BadRequest(f"unexpected {type(event).__name__} in a chunked body")
+        if self.closed:
+            raise BadRequest("connection closed inside the request body")
+        return NEED_DATA
 
     def cycle_done(self) -> None:
         """The response is written: the next head starts with what is already buffered."""
