@@ -124,6 +124,26 @@ def claim_path(path: str) -> None:
     raise ControlSocketInUse(f"control socket {path} is in use by a running edgeproxy")
 
 
+def _give_to_group(path: str, gid: int) -> None:
+    """chown the socket to ``gid``. Only called when bind() did not already give it that group: under the
+    shipped unit (``Group=edgeproxy``, ``control_group = "edgeproxy"``) it never runs, which matters because
+    the unit's ``SystemCallFilter=~@privileged`` makes every chown fail with EPERM."""
+    try:
+        os.chown(path, -1, gid)
+    except PermissionError as exc:  # the caller prefixes the path
+        raise PermissionError(exc.errno, (
+            f"can't give it to group {_group_name(gid)} ({exc.strerror}): run the service with that group as "
+            "its Group= (or as a SupplementaryGroups= and with SystemCallFilter=@chown allowed under systemd), "
+            "or set [server] control_group to the process's own group")) from None
+
+
+def _group_name(gid: int) -> str:
+    try:
+        return f"{grp.getgrgid(gid).gr_name} ({gid})"
+    except KeyError:
+        return str(gid)
+
+
 class ControlServer:
     """Serve the control protocol on a UNIX socket; ``await start()``, then ``close()``."""
 
@@ -171,8 +191,8 @@ class ControlServer:
             self._inode = (st.st_dev, st.st_ino)
             # bind() applied the umask; nobody can connect before listen(), so fixing the mode now is race-free.
             os.chmod(self.path, self.mode)
-            if gid >= 0:
-                os.chown(self.path, -1, gid)
+            if gid >= 0 and st.st_gid != gid:
+                _give_to_group(self.path, gid)
         except OSError as exc:
             sock.close()
             self._unlink()

@@ -49,6 +49,7 @@ class Recorder:
     def __init__(self) -> None:
         self.commands: list[Any] = []
         self.fail_reload = False
+        self.reload_reply: dict[str, Any] = {}
 
     async def __call__(self, command: Any) -> dict[str, Any]:
         self.commands.append(command)
@@ -59,6 +60,8 @@ class Recorder:
                 return STATS
             case ReloadCommand() if self.fail_reload:
                 raise RuntimeError("config.toml: cache.size: not a size")
+            case ReloadCommand():
+                return self.reload_reply
         return {}
 
 
@@ -394,6 +397,45 @@ def test_cli_permission_denied_as_nobody(shared_dir: str, recorder: Recorder, mo
     assert result.stderr.count("\n") == 1 and result.stderr.startswith(f"edgeproxy: {message} control socket {path}")
 
 
+BIND_AS_NOBODY = """
+import asyncio, os, stat, sys
+from edgeproxy.control.server import ControlServer, ControlSocketError
+async def handler(command):
+    return {}
+async def main():
+    server = ControlServer(sys.argv[1], handler, group=sys.argv[2])
+    try:
+        await server.start()
+    except ControlSocketError as exc:
+        print("refused:", exc); return
+    print("gid", os.stat(sys.argv[1]).st_gid, "mode", oct(stat.S_IMODE(os.stat(sys.argv[1]).st_mode)))
+    server.close()
+asyncio.run(main())
+"""
+
+
+@as_nobody
+@pytest.mark.parametrize(
+    ("group", "expected"),
+    [
+        # The socket already has the process's group: nothing to chown (systemd's ~@privileged filter would
+        # refuse it), the file just gets its mode.
+        ("nogroup", "gid 65534 mode 0o660"),
+        # A group the process is not in: a real EPERM, told with what to change.
+        ("root", "refused: control socket {path}: can't give it to group root (0) (Operation not permitted): "
+                 "run the service with that group as its Group="),
+    ],
+)
+def test_socket_group_as_nobody(shared_dir: str, group: str, expected: str) -> None:
+    os.chown(shared_dir, 65534, 65534)  # nobody binds there
+    path = os.path.join(shared_dir, "control.sock")
+    result = run_as_nobody([str(SYSTEM_PYTHON), "-B", "-c", BIND_AS_NOBODY, path, group],
+                           env={"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin"})
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith(expected.format(path=path)), result.stdout
+    assert not os.path.exists(path)
+
+
 # --- the CLI ---------------------------------------------------------------------------------------------
 
 
@@ -461,6 +503,11 @@ def test_cli_ping_reload_and_config_file(
         recorder.fail_reload = True
         assert run_cli(capsys, "reload", "--control", sock_path) == (
             cli.EXIT_FAILED, "", "edgeproxy: reload: reload failed: config.toml: cache.size: not a size\n"
+        )
+        recorder.fail_reload = False
+        recorder.reload_reply = {"reloaded": False, "reason": "no config file (started from flags)"}
+        assert run_cli(capsys, "reload", "--control", sock_path) == (
+            cli.EXIT_FAILED, "", "edgeproxy: reload: not reloaded: no config file (started from flags)\n"
         )
 
 
