@@ -16,7 +16,7 @@ DEFAULT_LISTEN = "127.0.0.1:8080"
 
 
 def _config_for_serve(args: argparse.Namespace) -> Config:
-    """The config file if given, with --listen/--origin overriding for the one-site case."""
+    """The config file if given, with --listen/--origin/--control/--parser/--workers overriding it."""
     config = load_config(args.config) if args.config else config_from_dict({}, "<flags>")
     import dataclasses
 
@@ -32,6 +32,8 @@ def _config_for_serve(args: argparse.Namespace) -> Config:
         except ConfigError as e:
             raise ConfigError("--origin", e.reason, "<flags>") from None
         config = dataclasses.replace(config, sites=(site,))
+    if args.control:
+        config = dataclasses.replace(config, server=dataclasses.replace(config.server, control_socket=args.control))
     if args.parser:
         config = dataclasses.replace(config, server=dataclasses.replace(config.server, parser=args.parser))
     if args.workers:
@@ -116,6 +118,9 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--listen", metavar="HOST:PORT", action="append",
                        help=f"listen address (repeatable; default {DEFAULT_LISTEN})")
     serve.add_argument("--origin", metavar="URL", help="origin URL for the one-site case, e.g. http://127.0.0.1:9000")
+    serve.add_argument("--control", metavar="PATH",
+                       help="control socket path (overrides [server] control_socket), so that two instances on "
+                            "one machine need no config file each")
     serve.add_argument("--parser", choices=("h11", "httptools"),
                        help="HTTP parser backend (client side; the origin side follows unless [origin] parser is set)")
     serve.add_argument("--workers", metavar="N", type=_workers_flag,

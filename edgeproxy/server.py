@@ -30,7 +30,7 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
-from edgeproxy import gcpolicy, systemd
+from edgeproxy import fdlimit, gcpolicy, systemd
 from edgeproxy.config import Config, ConfigError, keep_restart_keys, load_config, restart_keys_changed
 from edgeproxy.control import protocol
 from edgeproxy.control.server import ControlServer, default_socket_path
@@ -274,6 +274,9 @@ class Server:
 
 async def serve(config: Config, config_path: str | None) -> int:
     """Run until SIGTERM; the exit code. ``workers > 1`` hands over to the supervisor."""
+    shortfall = fdlimit.shortfall(config, fdlimit.raise_soft_limit())  # workers inherit the raised limit
+    if shortfall:
+        log.warning("%s", shortfall)
     if config.server.workers > 1:
         from edgeproxy.supervisor import supervise
 

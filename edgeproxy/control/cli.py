@@ -209,6 +209,8 @@ def run_ping(args: argparse.Namespace, client: ControlClient) -> str:
 
 def run_reload(args: argparse.Namespace, client: ControlClient) -> str:
     reply = _body(_send(client, {"cmd": "reload"}))
+    if reply.get("reloaded") is False:  # e.g. started from flags, or a worker refused: systemctl reload must fail
+        raise ServerError(f"not reloaded: {reply.get('reason') or reply.get('error') or 'no reason given'}")
     if args.json:
         return json.dumps(reply, sort_keys=True)
     details = render_table(reply)

@@ -20,7 +20,18 @@ import pytest
 
 from edgeproxy.control.client import ControlClient, ControlError
 from tests.scriptorigin import Reply, ScriptOrigin
-from tests.support import HTTPClient, Proc, Response, env, free_port, proxy_config, start_proxy, to_toml
+from tests.support import (
+    HTTPClient,
+    Proc,
+    Response,
+    env,
+    free_port,
+    proxy_config,
+    start_proxy,
+    to_toml,
+    wait_port,
+    wait_unix,
+)
 
 SLOW_REQUESTS = 20
 SLOW_MS = 1500
@@ -228,3 +239,46 @@ def test_socket_activation_serves_the_passed_socket(tmp_path: Path, demo_origin:
         assert refused(configured)  # the [server] listen address is not bound under activation
     finally:
         assert proxy.stop() == 0, proxy.log()
+
+
+def test_two_instances_from_flags_with_their_own_control_sockets(tmp_path: Path, demo_origin: Proc) -> None:
+    """``serve --control PATH`` beside --listen and --origin: two quick instances, no config file, no clash."""
+    procs = []
+    try:
+        for n in range(2):
+            port, sock = free_port(), str(tmp_path / f"c{n}.sock")
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "edgeproxy", "serve", "--listen", f"127.0.0.1:{port}",
+                 "--origin", demo_origin.url, "--control", sock],
+                env=env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+            procs.append(proc)
+            wait_port(port, proc=proc)
+            wait_unix(sock, proc=proc)
+            client = HTTPClient(port)
+            assert client.request("GET", "/bytes/10").status == 200
+            client.close()
+        for n, proc in enumerate(procs):
+            with ControlClient(str(tmp_path / f"c{n}.sock"), timeout=10) as client:
+                assert client.request({"cmd": "ping"})["pid"] == proc.pid
+    finally:
+        for proc in procs:
+            proc.send_signal(signal.SIGTERM)
+            proc.wait(15)
+
+
+def test_open_files_limit_is_raised_to_the_hard_limit_and_a_shortfall_logged(tmp_path: Path, demo_origin: Proc
+                                                                               ) -> None:
+    port = free_port()
+    script = (f"ulimit -Sn 500 && ulimit -Hn 4000 && exec {sys.executable} -m edgeproxy serve "
+              f"--listen 127.0.0.1:{port} --origin {demo_origin.url} --control {tmp_path / 'c.sock'}")
+    proc = subprocess.Popen(["bash", "-c", script], env=env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            start_new_session=True)
+    try:
+        wait_port(port, proc=proc)
+        with open(f"/proc/{proc.pid}/limits") as f:
+            limits = next(line for line in f if line.startswith("Max open files")).split()
+        assert limits[3:5] == ["4000", "4000"]  # soft raised to hard
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        out = proc.communicate(timeout=15)[0].decode()
+    assert "WARNING edgeproxy: open files limit is 4000, below the 21088 that [server] max_connections" in out
