@@ -385,6 +385,22 @@ def load_config(path: str) -> Config:
     return config_from_dict(data, path)
 
 
+def control_socket_in(path: str) -> str | None:
+    """``[server] control_socket`` from the file at ``path`` without validating the rest of it (None when unset
+    or unreadable as TOML). The CLI needs only the socket, and ``edgeproxy reload`` must reach the server even
+    when the rest of the file is what is wrong: the server then refuses the reload and names the error."""
+    try:
+        with open(path, "rb") as f:
+            data = tomllib.load(f)
+    except OSError as e:
+        raise ConfigError("-", f"cannot read: {e.strerror}", path) from None
+    except tomllib.TOMLDecodeError:
+        return None
+    server = data.get("server")
+    value = server.get("control_socket") if isinstance(server, dict) else None
+    return value if isinstance(value, str) and value else None
+
+
 def keep_restart_keys(old: Config, new: Config) -> Config:
     """``new`` with every RESTART_KEYS value taken from ``old`` (what a reload applies)."""
     kept: dict[str, dict[str, Any]] = {}

@@ -136,12 +136,12 @@ class Server:
         gcpolicy.watch(self.edge.counters.gc_pause)
         gcpolicy.settle()  # everything made while starting: config, modules, listeners
         self._every("gc", gcpolicy.SETTLE_INTERVAL, gcpolicy.settle, first=gcpolicy.SETTLE_INTERVAL)
+        log.info("edgeproxy serving on %s", ", ".join(self.addresses()))  # logged before systemd hears READY=1
         if not self.worker:
             systemd.notify("READY=1", f"STATUS=serving on {', '.join(self.addresses())}")
             self._every("watchdog", systemd.watchdog_interval(), lambda: systemd.notify("WATCHDOG=1"))
             self._every("status", STATUS_INTERVAL if os.environ.get("NOTIFY_SOCKET") else None,
                         lambda: systemd.notify("STATUS=" + status_line(self.stats())), first=STATUS_INTERVAL)
-        log.info("edgeproxy serving on %s", ", ".join(self.addresses()))
 
     async def _bind_all(self) -> None:
         activated = systemd.listen_fds()
@@ -169,7 +169,7 @@ class Server:
     async def _start_control(self) -> None:
         s = self.config.server
         path = s.control_socket or default_socket_path()
-        self.control = ControlServer(path, self.handle_command, group=s.control_group,
+        self.control = ControlServer(path, self.handle_command, group=s.control_group, expected_errors=(ConfigError,),
                                      allowed_uids=s.control_uids, allowed_gids=s.control_gids)
         await self.control.start()
 

@@ -168,6 +168,7 @@ class Supervisor:
             raise OSError("a worker did not start (see its log lines above)")
         s = self.config.server
         self.control = ControlServer(s.control_socket or default_socket_path(), self.handle_command,
+                                     expected_errors=(ConfigError,),
                                      group=s.control_group, allowed_uids=s.control_uids, allowed_gids=s.control_gids)
         await self.control.start()
         if self.config.metrics.listen is not None:
@@ -177,8 +178,8 @@ class Supervisor:
         self._signals()
         addresses = ", ".join(f"{scheme}://{sock.getsockname()[0]}:{sock.getsockname()[1]}"
                               for scheme, sock in self.listeners)
-        systemd.notify("READY=1", f"STATUS={len(self.workers)} workers serving on {addresses}")
         log.info("supervisor %d: %d workers serving on %s", os.getpid(), len(self.workers), addresses)
+        systemd.notify("READY=1", f"STATUS={len(self.workers)} workers serving on {addresses}")
         self._every("heartbeat", HEARTBEAT, self._beat)
         interval = systemd.watchdog_interval()
         if interval:

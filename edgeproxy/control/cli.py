@@ -9,9 +9,10 @@ follow sysexits.h so scripts can tell "fix your arguments" from "the proxy is do
 validated locally with the same grammar the server uses before anything is sent, so a bad regex is reported
 even when the proxy isn't running, and a purge is never sent twice (the client doesn't retry).
 
-Socket path: ``--control PATH``, else ``[server] control_socket`` from ``--config FILE``, else the server's
-default for this user, falling back to the system-wide ``/run/edgeproxy/control.sock`` when that is what exists
-(an operator in the ``edgeproxy`` group runs the CLI without root).
+Socket path: ``--control PATH``, else ``[server] control_socket`` from ``--config FILE`` (read without validating the
+rest of the file, so that ``reload`` reaches the server, which names what is wrong), else the server's
+default for this user, falling back to the system-wide ``/run/edgeproxy/control.sock`` when its directory exists
+(an operator in the ``edgeproxy`` group runs the CLI without root; anyone else is told "permission denied").
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from edgeproxy.config import ConfigError, load_config
+from edgeproxy.config import ConfigError, control_socket_in
 from edgeproxy.control import protocol
 from edgeproxy.control.client import (
     DEFAULT_TIMEOUT,
@@ -266,11 +267,13 @@ def socket_path(args: argparse.Namespace) -> str:
     if args.control:
         return args.control
     if args.config:
-        configured = load_config(args.config).server.control_socket
+        configured = control_socket_in(args.config)
         if configured:
             return configured
     own = default_socket_path()
-    if not os.path.exists(own) and os.path.exists(SYSTEM_SOCKET):
+    # isdir, not exists: /run/edgeproxy is 0750, so for a user outside the group the socket in it can't even be
+    # seen; connecting then says "permission denied", which is the truth, rather than "not found".
+    if not os.path.exists(own) and os.path.isdir(os.path.dirname(SYSTEM_SOCKET)):
         return SYSTEM_SOCKET
     return own
 

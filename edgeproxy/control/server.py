@@ -8,9 +8,10 @@ crashed instance is replaced; a live one is never stolen), the file mode and gro
 Never: interprets commands itself (beyond adding the pid to a ping), lets a handler exception escape (it becomes
 an error reply), or unlinks a socket file it did not create.
 
-Access control is two layers, as in hardening.md: the file mode/group decide who can connect at all, then
-``SO_PEERCRED`` admits root, our own uid, ``allowed_uids``, and members (primary or supplementary) of
-``allowed_gids``. Anyone else gets one ``permission denied`` error line and is disconnected.
+Access control is two layers: the file mode/group decide who can connect at all, then ``SO_PEERCRED`` admits
+root, our own uid, ``allowed_uids``, and members (primary or supplementary) of ``allowed_gids`` and of ``group``
+(the socket's group, when one is configured). Anyone else gets one ``permission denied`` line and is
+disconnected.
 
 Trade-offs: the stale-socket probe is a blocking connect() on a local socket at start-up only (microseconds,
 bounded by a 1 s timeout). Replies are written in order per connection; a client that never reads its replies
@@ -158,6 +159,7 @@ class ControlServer:
         allowed_gids: Iterable[int] = (),
         max_line: int = protocol.DEFAULT_MAX_LINE,
         idle_timeout: float = IDLE_TIMEOUT,
+        expected_errors: tuple[type[Exception], ...] = (),
     ) -> None:
         self.path = path
         self.handler = handler
@@ -167,6 +169,8 @@ class ControlServer:
         self.allowed_gids = frozenset(allowed_gids)
         self.max_line = max_line
         self.idle_timeout = idle_timeout
+        # Refusals the handler reports itself (a config that does not validate): answered, not logged as crashes.
+        self.expected_errors = expected_errors
         self._server: asyncio.AbstractServer | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self._inode: tuple[int, int] | None = None
@@ -193,6 +197,8 @@ class ControlServer:
             os.chmod(self.path, self.mode)
             if gid >= 0 and st.st_gid != gid:
                 _give_to_group(self.path, gid)
+            if gid >= 0:  # the group given the socket is the group meant to use it: no need to list its gid too
+                self.allowed_gids |= {gid}
         except OSError as exc:
             sock.close()
             self._unlink()
@@ -285,5 +291,6 @@ class ControlServer:
             fields.update(await self.handler(command) or {})
             return protocol.encode_reply(fields)
         except Exception as exc:  # the handler is foreign code; one bad command must not kill the channel
-            log.exception("control command %s failed", command.cmd)
+            if not isinstance(exc, self.expected_errors):
+                log.exception("control command %s failed", command.cmd)
             return protocol.encode_error(f"{command.cmd} failed: {exc}")

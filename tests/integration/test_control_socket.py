@@ -211,13 +211,19 @@ def test_idle_and_slow_clients_do_not_block_others(sock_path: str, recorder: Rec
         assert idle.recv(1) == b""  # closed by the idle timeout, well before TIMEOUT
 
 
-def test_handler_exception_becomes_an_error_reply(sock_path: str, recorder: Recorder) -> None:
+@pytest.mark.parametrize("expected", [(), (RuntimeError,)])
+def test_handler_exception_becomes_an_error_reply(
+    sock_path: str, recorder: Recorder, caplog: pytest.LogCaptureFixture, expected: tuple[type[Exception], ...]
+) -> None:
     recorder.fail_reload = True
-    with Serving(sock_path, recorder), ControlClient(sock_path, TIMEOUT) as client:
+    with Serving(sock_path, recorder, expected_errors=expected), ControlClient(sock_path, TIMEOUT) as client:
         assert client.request({"cmd": "reload"}) == {
             "v": 1, "ok": False, "error": "reload failed: config.toml: cache.size: not a size"
         }
         assert client.request({"cmd": "ping"})["ok"]
+    # A crash is logged with its traceback; a refusal the handler expects (a bad config) only in the reply.
+    crashes = [r for r in caplog.records if r.getMessage() == "control command reload failed"]
+    assert [bool(r.exc_info) for r in crashes] == ([] if expected else [True])
 
 
 # --- ops: the socket file --------------------------------------------------------------------------------
@@ -371,6 +377,7 @@ def run_as_nobody(args: list[str], **kwargs: Any) -> subprocess.CompletedProcess
         (0o666, {"allowed_gids": [65534]}, '"pong":true'),
         (0o666, {"allowed_gids": [4242]}, '{"v":1,"ok":false,"error":"permission denied"}'),
         (0o660, {"allowed_uids": [65534]}, "EACCES"),  # the file mode is the first gate
+        (0o660, {"group": "nogroup"}, '"pong":true'),  # the socket's group passes both gates
     ],
 )
 def test_peer_credentials_as_nobody(
@@ -504,6 +511,10 @@ def test_cli_ping_reload_and_config_file(
         assert run_cli(capsys, "reload", "--control", sock_path) == (
             cli.EXIT_FAILED, "", "edgeproxy: reload: reload failed: config.toml: cache.size: not a size\n"
         )
+        # A file the server will refuse still names the socket: the reload reaches the server, which says why.
+        config.write_text(f'[server]\ncontrol_socket = "{sock_path}"\n[cache]\nsise = 1\n')
+        assert run_cli(capsys, "reload", "--config", str(config))[0] == cli.EXIT_FAILED
+        assert recorder.commands[-1] == ReloadCommand()
         recorder.fail_reload = False
         recorder.reload_reply = {"reloaded": False, "reason": "no config file (started from flags)"}
         assert run_cli(capsys, "reload", "--control", sock_path) == (

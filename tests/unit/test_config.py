@@ -23,6 +23,7 @@ from edgeproxy.config import (
     ConfigError,
     SiteConfig,
     config_from_dict,
+    control_socket_in,
     keep_restart_keys,
     load_config,
     parse_address,
@@ -444,3 +445,25 @@ def test_keep_restart_keys_refuses_a_contradiction_with_a_kept_value() -> None:
     new = config_from_dict({"cache": {"size": "1GiB", "max_object_size": "512MiB"}})
     with pytest.raises(ConfigError, match="cache.max_object_size"):
         keep_restart_keys(old, new)
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ('[server]\ncontrol_socket = "/run/e/c.sock"\n[cache]\nsise = 1\n', "/run/e/c.sock"),  # rest not checked
+        ('[server]\nworkers = "many"\ncontrol_socket = "/x.sock"\n', "/x.sock"),
+        ("[server]\nlisten = [\n", None),  # not TOML: the CLI falls back to the default path
+        ("[cache]\nsize = 1\n", None),
+        ('server = 3\n', None),
+        ('[server]\ncontrol_socket = 5\n', None),
+    ],
+)
+def test_control_socket_in_reads_only_that_key(tmp_path, text: str, expected: str | None):
+    path = tmp_path / "e.toml"
+    path.write_text(text)
+    assert control_socket_in(str(path)) == expected
+
+
+def test_control_socket_in_an_unreadable_file_is_a_config_error(tmp_path):
+    with pytest.raises(ConfigError, match="cannot read"):
+        control_socket_in(str(tmp_path / "missing.toml"))

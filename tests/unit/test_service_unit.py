@@ -56,7 +56,7 @@ UNIT_DIRECTIVES = _directives(UNIT.read_text())
     ("key", "values"),
     [
         ("Service.Type", ["notify"]),
-        ("Service.ExecReload", ["/bin/kill -HUP $MAINPID"]),
+        ("Service.ExecReload", [f"{EXEC_START} reload --config /etc/edgeproxy/edgeproxy.toml --timeout 60"]),
         ("Service.NotifyAccess", ["main"]),
         ("Service.ExecStart", [f"{EXEC_START} serve --config /etc/edgeproxy/edgeproxy.toml"]),
         ("Service.RuntimeDirectory", ["edgeproxy"]),
@@ -128,7 +128,7 @@ def _verify(unit_text: str, tmp_path: Path) -> str:
 
 @needs_systemd_analyze
 def test_systemd_analyze_verify_is_clean(tmp_path: Path):
-    assert UNIT.read_text().count(EXEC_START) == 1
+    assert UNIT.read_text().count(f"{EXEC_START} ") == 2  # ExecStart= and ExecReload=
     assert _verify(UNIT.read_text(), tmp_path) == "0:"
 
 
@@ -159,7 +159,7 @@ def _dry_run(*args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
-def _expected_actions(prefix: str) -> list[str]:
+def _expected_actions(prefix: str, wheelhouse: str | None = None) -> list[str]:
     repo = SCRIPTS.parent
     actions = []
     if not _exists(grp.getgrnam, "edgeproxy"):
@@ -171,10 +171,12 @@ def _expected_actions(prefix: str) -> list[str]:
         )
     if not os.access(f"{prefix}/venv/bin/python", os.X_OK):
         actions += [f"+ install -d -m 0755 {prefix}", f"+ {sys.executable} -m venv {prefix}/venv"]
-    actions += [
-        f"+ {prefix}/venv/bin/python -m pip install --upgrade '{repo}[fast]'",
-        "+ install -d -m 0750 -o root -g edgeproxy /etc/edgeproxy",
-    ]
+    if wheelhouse:
+        actions.append(f"+ {prefix}/venv/bin/python -m pip install --no-index --find-links {wheelhouse}"
+                       f" --force-reinstall 'edgeproxy[fast]==0.1.0'")
+    else:
+        actions.append(f"+ {prefix}/venv/bin/python -m pip install --upgrade '{repo}[fast]'")
+    actions.append("+ install -d -m 0750 -o root -g edgeproxy /etc/edgeproxy")
     if not os.path.exists("/etc/edgeproxy/edgeproxy.toml"):
         actions.append(f"+ install -m 0640 -o root -g edgeproxy {EXAMPLE} /etc/edgeproxy/edgeproxy.toml")
     actions += [
@@ -208,6 +210,21 @@ def test_installer_dry_run_prints_every_action_in_order(args: tuple[str, ...], p
         assert "systemd is not PID 1 here: skipping" in proc.stdout
 
 
+def test_installer_dry_run_with_a_wheelhouse_installs_without_an_index(tmp_path: Path):
+    (tmp_path / "edgeproxy-0.1.0-py3-none-any.whl").write_bytes(b"")
+    proc = _dry_run("--wheelhouse", str(tmp_path))
+    assert proc.returncode == 0, proc.stderr
+    assert [line for line in proc.stdout.splitlines() if line.startswith("+ ")] == _expected_actions(
+        "/opt/edgeproxy", str(tmp_path))
+
+
+def test_installer_wheelhouse_without_this_version_is_refused(tmp_path: Path):
+    (tmp_path / "edgeproxy-0.0.9-py3-none-any.whl").write_bytes(b"")
+    proc = _dry_run("--wheelhouse", str(tmp_path))
+    assert proc.returncode != 0 and "+ " not in proc.stdout
+    assert f"--wheelhouse: no edgeproxy-0.1.0 wheel in {tmp_path}; make it with: python3 -m pip wheel" in proc.stderr
+
+
 @pytest.mark.parametrize(
     ("args", "message"),
     [
@@ -216,6 +233,8 @@ def test_installer_dry_run_prints_every_action_in_order(args: tuple[str, ...], p
         (("--prefix",), "--prefix needs a directory"),
         (("--frobnicate",), "unknown argument: --frobnicate"),
         (("--python", "/nonexistent/python3"), "no Python interpreter"),
+        (("--wheelhouse", "/nonexistent/wheels"), "--wheelhouse: no such directory: /nonexistent/wheels"),
+        (("--wheelhouse",), "--wheelhouse needs a directory"),
     ],
 )
 def test_installer_rejects_bad_arguments_before_acting(args: tuple[str, ...], message: str):
