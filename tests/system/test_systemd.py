@@ -75,10 +75,11 @@ def box(wheelhouse: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[
 
 @pytest.fixture(scope="module")
 def installed(box: Container) -> str:
-    """Install exactly as the README says, then start the demo origin the example config points at."""
+    """Install exactly as the README says, start the demo origin the example config points at, add two users."""
     out = box.run(f"cd {SRC} && scripts/install-service --wheelhouse {WHEELS}", timeout=300).stdout
     box.run(f"systemd-run --unit=demo-origin {VENV_BIN}/edgeproxy demo-origin --listen 127.0.0.1:9000")
     box.run("for i in $(seq 100); do curl -s -o /dev/null http://127.0.0.1:9000/ && exit 0; sleep 0.1; done; exit 1")
+    box.run("useradd -m -G edgeproxy ops && useradd -m outsider")  # an operator in the group, and someone else
     return out
 
 
@@ -94,6 +95,11 @@ def head(box: Container, path: str, *curl_args: str) -> dict[str, str]:
     fields = {"status": lines[0].split()[1]}
     fields.update((k.lower(), v.strip()) for k, v in (line.split(":", 1) for line in lines[1:]))
     return fields
+
+
+def set_name(name: str) -> str:
+    """A shell command that makes ``[server] name`` (the Cache-Status name, reloadable) ``name``."""
+    return f"sed -i 's/^name = .*//; s/^\\[server\\]$/[server]\\nname = \"{name}\"/' {CONFIG}"
 
 
 def journal(box: Container) -> list[str]:
@@ -128,8 +134,7 @@ def test_a_miss_then_a_hit_through_the_service(box: Container, installed: str) -
 def test_reload_waits_for_the_new_config_and_keeps_the_cache(box: Container, installed: str) -> None:
     head(box, "/bytes/2048")
     for n in range(RELOADS):  # each reload must be live when `systemctl reload` returns, not some time after
-        box.run(f"sed -i 's/^name = .*//; s/^\\[server\\]$/[server]\\nname = \"edge-{n}\"/' {CONFIG} && "
-                "systemctl reload edgeproxy")
+        box.run(f"{set_name(f'edge-{n}')} && systemctl reload edgeproxy")
         status = head(box, "/bytes/2048")["cache-status"]
         assert status.startswith(f"edge-{n}; hit"), (n, status)
     assert show(box, "NRestarts")["NRestarts"] == "0"
@@ -151,7 +156,6 @@ def test_a_bad_config_fails_the_reload_and_changes_nothing(box: Container, insta
 
 
 def test_the_cli_serves_members_of_group_edgeproxy_only(box: Container, installed: str) -> None:
-    box.run("id ops >/dev/null 2>&1 || useradd -m -G edgeproxy ops; id outsider >/dev/null 2>&1 || useradd -m outsider")
     head(box, "/bytes/4096")
     stats = box.run(f"{VENV_BIN}/edgeproxy stats --json", user="ops").stdout
     assert '"entries"' in stats
@@ -161,6 +165,22 @@ def test_the_cli_serves_members_of_group_edgeproxy_only(box: Container, installe
     refused = box.run(f"{VENV_BIN}/edgeproxy stats", user="outsider", check=False)
     assert refused.returncode == 77, refused  # EX_NOPERM: /run/edgeproxy is 0750 edgeproxy:edgeproxy
     assert "permission denied on control socket /run/edgeproxy/control.sock" in refused.stderr
+
+
+def test_two_workers_under_the_supervisor(box: Container, installed: str) -> None:
+    """workers = 2: the supervisor speaks to systemd, binds, serves the control socket and passes reloads on."""
+    box.run(f"sed -i 's/^workers = 1$/workers = 2/' {CONFIG} && systemctl restart edgeproxy")
+    try:
+        props = show(box, "ActiveState", "StatusText")
+        assert props["ActiveState"] == "active" and props["StatusText"].startswith("2 workers serving on"), props
+        box.run("for i in 1 2 3 4; do curl -sS -o /dev/null --fail http://127.0.0.1/bytes/512; done")
+        for n in range(5):
+            box.run(f"{set_name(f'two-{n}')} && systemctl reload edgeproxy")
+            assert head(box, "/bytes/512")["cache-status"].startswith(f"two-{n}; "), n
+        stats = box.run(f"{VENV_BIN}/edgeproxy ping", user="ops").stdout
+        assert stats.startswith("pong from pid " + show(box, "MainPID")["MainPID"])
+    finally:
+        box.run(f"sed -i 's/^workers = 2$/workers = 1/' {CONFIG} && systemctl restart edgeproxy")
 
 
 def test_metrics_access_log_and_errors_in_the_journal(box: Container, installed: str) -> None:
