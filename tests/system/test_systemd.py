@@ -214,6 +214,28 @@ def test_the_watchdog_restarts_a_frozen_process(box: Container, installed: str) 
         box.run(f"rm -rf {dropin} && systemctl daemon-reload && systemctl restart edgeproxy")
 
 
+RESTART_LOOP = """
+for i in $(seq {n}); do curl -s -o /dev/null -w '%{{http_code}}\\n' --max-time 10 http://127.0.0.1/bytes/256; done \\
+    > /root/codes &
+for r in 1 2 3; do sleep 0.3; systemctl restart edgeproxy; done
+wait
+"""
+
+
+def test_socket_activation_restarts_refuse_no_connection(box: Container, installed: str) -> None:
+    out = box.run(f"cd {SRC} && scripts/install-service --wheelhouse {WHEELS} --socket", timeout=300).stdout
+    assert "+ systemctl enable --now edgeproxy.socket" in out
+    assert box.run("systemctl is-active edgeproxy.socket edgeproxy").stdout.split() == ["active", "active"]
+    # systemd holds the port: a connection while the service is stopped is queued and starts it.
+    box.run("systemctl stop edgeproxy")
+    assert head(box, "/bytes/256")["status"] == "200"
+    assert box.run("systemctl is-active edgeproxy").stdout.strip() == "active"
+    # Three restarts under a stream of new connections: every one answered.
+    box.run(RESTART_LOOP.format(n=300), timeout=120)
+    codes = box.run("sort /root/codes | uniq -c").stdout.split()
+    assert codes == ["300", "200"], codes
+
+
 def test_stop_drains_an_in_flight_request_and_succeeds(box: Container, installed: str) -> None:
     box.run("curl -sS -o /root/slow.out -w '%{http_code}' http://127.0.0.1/slow?ms=3000 > /root/slow.code 2>&1 &"
             " sleep 1; systemctl stop edgeproxy; wait")

@@ -18,10 +18,11 @@ from pathlib import Path
 
 import pytest
 
-from edgeproxy.config import load_config, parse_duration
+from edgeproxy.config import load_config, parse_address, parse_duration
 
 SCRIPTS = Path(__file__).resolve().parents[2] / "scripts"
 UNIT = SCRIPTS / "edgeproxy.service"
+SOCKET_UNIT = SCRIPTS / "edgeproxy.socket"
 EXAMPLE = SCRIPTS / "edgeproxy.toml.example"
 INSTALLER = SCRIPTS / "install-service"
 EXEC_START = "/opt/edgeproxy/venv/bin/edgeproxy"
@@ -159,7 +160,7 @@ def _dry_run(*args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
-def _expected_actions(prefix: str, wheelhouse: str | None = None) -> list[str]:
+def _expected_actions(prefix: str, wheelhouse: str | None = None, socket: bool = False) -> list[str]:
     repo = SCRIPTS.parent
     actions = []
     if not _exists(grp.getgrnam, "edgeproxy"):
@@ -183,8 +184,13 @@ def _expected_actions(prefix: str, wheelhouse: str | None = None) -> list[str]:
         f"+ sed -e s#/opt/edgeproxy/#{prefix}/#g {UNIT} > /etc/systemd/system/edgeproxy.service",
         "+ chmod 0644 /etc/systemd/system/edgeproxy.service",
     ]
+    if socket:
+        actions.append(f"+ install -m 0644 {SOCKET_UNIT} /etc/systemd/system/edgeproxy.socket")
     if os.path.isdir("/run/systemd/system"):
-        actions += ["+ systemctl daemon-reload", "+ systemctl enable --now edgeproxy"]
+        actions.append("+ systemctl daemon-reload")
+        if socket:
+            actions += ["+ systemctl stop edgeproxy", "+ systemctl enable --now edgeproxy.socket"]
+        actions.append("+ systemctl enable --now edgeproxy")
     return actions
 
 
@@ -216,6 +222,25 @@ def test_installer_dry_run_with_a_wheelhouse_installs_without_an_index(tmp_path:
     assert proc.returncode == 0, proc.stderr
     assert [line for line in proc.stdout.splitlines() if line.startswith("+ ")] == _expected_actions(
         "/opt/edgeproxy", str(tmp_path))
+
+
+def test_installer_dry_run_with_the_socket_unit():
+    proc = _dry_run("--socket")
+    assert proc.returncode == 0, proc.stderr
+    assert [line for line in proc.stdout.splitlines() if line.startswith("+ ")] == _expected_actions(
+        "/opt/edgeproxy", socket=True)
+
+
+@needs_systemd_analyze
+def test_the_socket_unit_verifies_and_matches_the_example_listen(tmp_path: Path):
+    unit = tmp_path / "edgeproxy.socket"
+    unit.write_text(SOCKET_UNIT.read_text())
+    (tmp_path / "edgeproxy.service").write_text(UNIT.read_text().replace(EXEC_START, sys.executable))
+    proc = subprocess.run(["systemd-analyze", "verify", "--man=no", str(unit)], capture_output=True, text=True,
+                          timeout=60)
+    assert (proc.returncode, proc.stdout + proc.stderr) == (0, "")
+    listen = _directives(SOCKET_UNIT.read_text())["Socket.ListenStream"]
+    assert [parse_address(a) for a in listen] == list(load_config(str(EXAMPLE)).server.listen)
 
 
 def test_installer_wheelhouse_without_this_version_is_refused(tmp_path: Path):
