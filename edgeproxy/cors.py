@@ -448,7 +448,7 @@ def strip_origin_cors(headers: Headers) -> Headers:
 
 def keep_origin_cors(answer: Headers, stored: Headers) -> Headers:
     """Origin mode: a response made from a stored one (a 304, 412 or 416 for the client's own conditionals or
-    Range) keeps the origin's CORS fields, so a script can read its status (cors.md pitfall 12); RFC 9110 §15.4.5
+    Range) keeps the origin's CORS fields, so a script can read its status; RFC 9110 §15.4.5
     would let a 304 drop them. Returns ``answer`` itself when it has ACAO already or ``stored`` has none (always,
     in edge mode: stored copies carry no CORS fields there)."""
     if any(k == b"access-control-allow-origin" for k, _ in answer):
@@ -463,7 +463,7 @@ def origin_mode_vary(request_has_origin: bool, headers: Headers) -> tuple[bytes,
     - ``ACAO: *`` is the same for everyone: nothing to add.
     - A specific ACAO: ``fix_origin_response`` already added ``Vary: Origin``.
     - No ACAO to a request without Origin (curl, ``<img>``, a navigation): keyed by ``:cors`` so a later CORS
-      request for the same URL isn't answered with a copy that can't carry ACAO (cors.md pitfall 2).
+      request for the same URL isn't answered with a copy that can't carry ACAO.
     - No ACAO to a CORS request: the origin refused that Origin; keyed by Origin so an allowed Origin never
       gets the refusal (pitfall 3).
     """

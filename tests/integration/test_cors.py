@@ -148,7 +148,7 @@ def test_origin_mode_each_origin_gets_its_own_acao(client: HTTPClient, origin: S
         assert resp.status == 200, resp
         assert resp.header_all("access-control-allow-origin") == ([want] if want else []), (request_origin, resp)
         if want not in (None, "*"):
-            assert "origin" in vary(resp), resp  # also for the browser's own cache (cors.md pitfall 6)
+            assert "origin" in vary(resp), resp  # also for the browser's own cache (a browser caches per URL too)
     assert "hit" in (answers[-1].header("cache-status") or ""), answers[-1]
     if host == "script.test":  # one fetch per distinct Origin (absent counts as one), no more
         assert fetches(origin, target) == len(set(sequence))
@@ -158,7 +158,7 @@ def test_origin_mode_each_origin_gets_its_own_acao(client: HTTPClient, origin: S
 
 @pytest.mark.parametrize("path", ["/specific", "/curl-first"])
 def test_origin_mode_304_keeps_the_origins_cors_fields(client: HTTPClient, path: str) -> None:
-    """A 304 made from a stored copy still says who may read it (cors.md pitfall 12): RFC 9110 §15.4.5 would let
+    """A 304 made from a stored copy still says who may read it (or a script can't read it): RFC 9110 §15.4.5 would let
     it drop ACAO, but a script that sent its own If-None-Match reads the 304 itself."""
     target = f"{path}?conditional"
     for o in (C, A, B, None, A):

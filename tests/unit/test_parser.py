@@ -164,7 +164,7 @@ def _refused(headers: bytes, request_line: bytes = b"GET / HTTP/1.1") -> bytes:
 
 
 ERRORS = [
-    # h11 0.16 alone accepts each of these (hardening.md): the seam refuses them for every backend.
+    # h11 0.16 alone accepts each of these: the seam refuses them for every backend.
     ("cl-and-te", _refused(b"Host: x\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n", b"POST / HTTP/1.1")
      + b"0\r\n\r\n", BadRequest, 400),
     ("te-on-http10", _refused(b"Transfer-Encoding: chunked\r\n", b"POST / HTTP/1.0") + b"0\r\n\r\n", BadRequest, 400),
