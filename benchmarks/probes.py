@@ -4,7 +4,7 @@ Runs the smuggling probes of ``tests/integration/test_smuggling.py`` and the fau
 ``tests/integration/test_broken_origin.py`` against both (same origin, same probes), then slowloris (300 sockets
 trickling heads, ``header_timeout``/``client_header_timeout`` 2 s, the share of a sequential client's requests
 answered) and peak RSS under churn (64 MiB cache, 640 MiB of unique 16-256 KiB objects plus one 200 MiB object).
-Prints markdown tables (the README's Hardening section has the last run), writes ``benchmarks/results/probes.json``;
+Prints markdown tables (the last run is in docs/hardening.md), writes ``benchmarks/results/probes.json``;
 naming parts (``probes``, ``slowloris``, ``churn``) reruns only those.
 Everything listens on 127.0.0.1 on ports picked free at run time; nginx is Debian's nginx-light.
 """

@@ -5,7 +5,7 @@ Rules kept here:
   size bound (431 whether the head arrives in one read or many), request-line length (414), no bare CR or LF, no
   obs-fold, one Host, no Content-Length together with Transfer-Encoding, Transfer-Encoding only as exactly
   ``chunked`` and never on HTTP/1.0, one valid Content-Length, HTTP/1.0 or 1.1 only (505). h11 0.16 lets several of
-  these through (README, Hardening: hostile requests); closing the gaps in one place keeps every backend equally strict.
+  these through (docs/hardening.md, Hostile requests); closing the gaps in one place keeps every backend equally strict.
 - The request line is checked as soon as it is complete, before the rest of the head: an HTTP/0.9 client sends
   one line and waits, and a bad version or an oversized target needs no more bytes to be refused.
 - Framing fields are also checked as raw lines, because backends normalize them (h11 strips whitespace and merges

@@ -175,7 +175,7 @@ async def relay(ex: Exchange, conn: OriginConnection, response: ResponseHead, de
     parts = await _stream_body(ex, conn, head + b"\r\n", chunked, limit if keep_copy else -1)
     if parts is not None and (conn.answered_twice() or not _self_delimited(status, origin_headers)):
         # A second response glued after this one (a desynchronized origin), or a body only the closing connection
-        # delimits (truncation undetectable): delivered but never stored (README, Hardening: broken origins). Mere
+        # delimits (truncation undetectable): delivered but never stored (docs/hardening.md, Broken origins). Mere
         # excess bytes past Content-Length don't disqualify the message: RFC 9112 §6.3 frames it by its length,
         # as nginx, Varnish and Squid do; the connection is not reused either way.
         parts = None

@@ -1,6 +1,6 @@
 """Broken origins: every fault gets a defined answer, the proxy keeps serving, and no broken connection is reused.
 
-Category: faults (README, Hardening: "Broken origins"). One proxy process per client parser backend (``[origin]
+Category: faults (docs/hardening.md, "Broken origins"). One proxy process per client parser backend (``[origin]
 read_timeout`` = 1 s) in front of the fault origin (``tests.faultorigin``) serves the module; each fault has its own
 path, every other request a URL of its own, so the cache never answers for a test by accident.
 

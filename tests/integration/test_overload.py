@@ -10,8 +10,8 @@ What is checked, each with the well-behaved client's view next to the hostile on
 - 2,000 idle connections while others are served (the 10,000 version is ``scripts/soak``);
 - a slow reader of a 100 MiB response: back-pressure keeps the proxy's RSS flat and other clients are served;
 - churn: with ``[cache] size = "64MiB"``, 640 MiB of unique 16-256 KiB objects and one 200 MiB object streamed
-  through keep the proxy's peak RSS under its idle RSS + the cache size + ``CHURN_SLACK_MIB`` (the README's
-  Hardening: Memory has the measured figures).
+  through keep the proxy's peak RSS under its idle RSS + the cache size + ``CHURN_SLACK_MIB`` (docs/hardening.md,
+  Memory has the measured figures).
 Every proxy here is the test's own (clean memory baseline, special limits); every wait is bounded.
 """
 
@@ -35,7 +35,7 @@ from tests.support import HTTPClient, Proc, parse_responses, read_all
 MIB = 1024 * 1024
 HOST = b"test.local"
 CACHEABLE = [("cache-control", "public, max-age=600")]
-CHURN_SLACK_MIB = 24  # measured peak over idle + cache size: README, Hardening: Memory
+CHURN_SLACK_MIB = 24  # measured peak over idle + cache size: docs/hardening.md, Memory
 
 
 @pytest.fixture(scope="module")

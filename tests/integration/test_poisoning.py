@@ -1,6 +1,6 @@
 """Cache poisoning and deception over real sockets: what an attacker's request can make the cache store for others.
 
-Category: faults (README, Hardening: "Cache poisoning", "Cache deception", "Header injection"). One proxy in front of
+Category: faults (docs/hardening.md, "Cache poisoning and deception" and "Hostile requests"). One proxy in front of
 one scripted origin serves the module; every test uses paths of its own (``fresh``), so the shared cache never
 answers for another test. "Stored" is judged the way a victim would see it: a second request, without the
 attacker's fields, answered ``hit`` and not seen by the origin.

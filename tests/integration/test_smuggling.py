@@ -1,6 +1,6 @@
 """Hostile requests over raw sockets: each probe gets its answer, the connection closes, and nothing reaches the origin.
 
-Category: faults (README, Hardening: "Hostile requests"). One proxy process per parser backend and one recording
+Category: faults (docs/hardening.md, "Hostile requests"). One proxy process per parser backend and one recording
 origin (``tests.faultorigin``) serve the whole module; the origin's log is cleared before each test, so "nothing
 forwarded" is an assertion on every byte the origin received. Each probe is bounded by a short timeout.
 
