@@ -188,7 +188,6 @@ class ServerConfig:
     max_body: int = 100 * MIB
     max_connections: int = 20000
     max_connections_per_ip: int = 2000
-    max_pipeline: int = 16
     head_memo: bool = True
     request_buffer: int = 1 * MIB
 
@@ -267,7 +266,7 @@ SERVER_KEYS: dict[str, Callable[[Any], Any]] = {
     "keepalive_timeout": parse_duration, "header_timeout": parse_duration, "body_timeout": parse_duration,
     "min_body_rate": parse_size, "max_uri": parse_size, "max_header_bytes": parse_size,
     "max_headers": _int(1, 10000), "max_body": parse_size, "max_connections": _int(1, 10**7),
-    "max_connections_per_ip": _int(1, 10**7), "max_pipeline": _int(1, 1024), "head_memo": _bool,
+    "max_connections_per_ip": _int(1, 10**7), "head_memo": _bool,
     "request_buffer": parse_size,
 }
 ORIGIN_KEYS: dict[str, Callable[[Any], Any]] = {
@@ -299,12 +298,21 @@ RESTART_KEYS: frozenset[str] = frozenset({
 })
 
 
+# Keys that once existed: a config that still has one is told why it goes, not just that it is unknown.
+REMOVED_KEYS: dict[str, str] = {
+    "server.max_pipeline": "removed: it never had an effect (pipelined requests are answered one at a time, "
+                           "and reading pauses while one is in flight); delete the line",
+}
+
+
 def _section(cls: type, table: Any, spec: dict[str, Callable[[Any], Any]], prefix: str, file: str) -> Any:
     if not isinstance(table, dict):
         raise ConfigError(prefix, f"expected a table, got {table!r}", file)
     values = {}
     for key, raw in table.items():
         parse = spec.get(key)
+        if f"{prefix}.{key}" in REMOVED_KEYS:
+            raise ConfigError(f"{prefix}.{key}", REMOVED_KEYS[f"{prefix}.{key}"], file)
         if parse is None:
             known = ", ".join(sorted(spec))
             raise ConfigError(f"{prefix}.{key}", f"unknown key (known keys: {known})", file)

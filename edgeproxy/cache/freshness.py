@@ -107,8 +107,3 @@ def ttl(entry: Entry, now: float) -> float:
 def staleness(entry: Entry, now: float) -> float:
     """How long the entry has been stale (0 while fresh)."""
     return max(0.0, -ttl(entry, now))
-
-
-def is_fresh(entry: Entry, now: float) -> bool:
-    """§4.2: fresh when its age has not reached its lifetime; an invalidated entry is never fresh."""
-    return not entry.invalidated and ttl(entry, now) > 0.0

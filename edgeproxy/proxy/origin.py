@@ -394,9 +394,6 @@ class OriginPool:
         if self.total:
             self._schedule_cleanup()
 
-    def idle_count(self) -> int:
-        return sum(len(d) for d in self.idle.values())
-
     def close(self) -> None:
         for idle in self.idle.values():
             while idle:
