@@ -54,11 +54,30 @@ def cmd_serve(args: argparse.Namespace) -> int:
         nonlocal config
         if not config.sites:
             config = await _with_demo_origin(config)
-        from edgeproxy.server import serve
-
-        return await serve(config, args.config)
+        return await _serve(config, args.config)
 
     return uvloop.run(main())
+
+
+async def _serve(config: Config, config_path: str | None) -> int:
+    """The process's role: with ``workers > 1`` a supervisor whose backend is the worker pool, else the cache here.
+    Either way one Node faces the operator."""
+    from edgeproxy import fdlimit
+    from edgeproxy.node import Backend, Node, run
+
+    shortfall = fdlimit.shortfall(config, fdlimit.raise_soft_limit())  # workers inherit the raised limit
+    if shortfall:
+        logging.getLogger("edgeproxy").warning("%s", shortfall)
+    backend: Backend
+    if config.server.workers > 1:
+        from edgeproxy.supervisor import WorkerPool
+
+        backend = WorkerPool(config, config_path)
+    else:
+        from edgeproxy.local import LocalEdge
+
+        backend = LocalEdge(config)
+    return await run(Node(config, config_path, backend))
 
 
 async def _with_demo_origin(config: Config) -> Config:

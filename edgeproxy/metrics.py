@@ -214,3 +214,27 @@ def render(counters: Mapping[str, Any], store_stats: Mapping[str, Any] | None = 
     registry = CollectorRegistry(auto_describe=False)
     registry.register(_SnapshotCollector(snapshot, store_stats or {}))
     return generate_latest(registry)
+
+
+def summarize(counters: Mapping[str, Any], store: Mapping[str, Any], started: float, now: float) -> dict[str, Any]:
+    """The ``stats`` reply: headline figures first, then the raw ``counters`` and ``store`` tables."""
+    requests = counters["requests"]
+    hits = requests.get("hit", 0) + requests.get("stale", 0)
+    lookups = hits + sum(requests.get(k, 0) for k in ("miss", "revalidated", "collapsed"))
+    return {
+        "entries": store["entries"], "bytes": store["bytes"], "capacity": store["capacity"],
+        "hits": hits, "misses": requests.get("miss", 0),
+        "hit_ratio": round(hits / lookups, 4) if lookups else 0.0,
+        "stale_serves": requests.get("stale", 0), "revalidations": requests.get("revalidated", 0),
+        "collapsed": requests.get("collapsed", 0), "evictions": store["evictions"],
+        "purges": sum(counters["purges"].values()), "origin_errors": sum(counters["origin_errors"].values()),
+        "open_connections": counters["open_connections"], "head_memo_hits": counters.get("memo_hits", 0),
+        "uptime": round(now - started, 1),
+        "counters": dict(counters), "store": dict(store),
+    }
+
+
+def status_line(stats: Mapping[str, Any]) -> str:
+    """The live figures for systemd's STATUS= (``systemctl status`` shows it)."""
+    return (f"{stats['open_connections']} connections, {stats['entries']} entries, "
+            f"hit ratio {stats['hit_ratio'] * 100:.1f}%, {stats['purges']} purges")

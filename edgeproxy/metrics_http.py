@@ -1,22 +1,25 @@
 """The optional metrics listener: ``GET /metrics`` in Prometheus text format on a loopback address.
 
-A tiny h11 server on the proxy's own loop (no exporter thread): one response per request, then keep-alive.
+A tiny h11 server on the proxy's own loop (no exporter thread): one response per request, then keep-alive. It
+reads the figures through one callable (the Node's backend: this process's cache, or the workers' sums).
 """
 
 from __future__ import annotations
 
 import asyncio
-import dataclasses
+from collections.abc import Callable
 from typing import Any
 
 import h11
 
 from edgeproxy.metrics import CONTENT_TYPE, render
 
+Figures = Callable[[], tuple[dict[str, Any], dict[str, Any]]]  # () -> (counters, store stats)
+
 
 class MetricsProtocol(asyncio.Protocol):
-    def __init__(self, server: Any) -> None:
-        self.server = server
+    def __init__(self, figures: Figures) -> None:
+        self.figures = figures
         self.conn = h11.Connection(h11.SERVER)
         self.transport: Any = None
 
@@ -39,8 +42,7 @@ class MetricsProtocol(asyncio.Protocol):
 
     def _answer(self, request: h11.Request) -> None:
         if request.target.split(b"?")[0] == b"/metrics":
-            store = dataclasses.asdict(self.server.edge.store.stats())
-            body, status, ctype = render(self.server.edge.counters.to_dict(), store), 200, CONTENT_TYPE.encode()
+            body, status, ctype = render(*self.figures()), 200, CONTENT_TYPE.encode()
         else:
             body, status, ctype = b"not found: try /metrics\n", 404, b"text/plain"
         headers = [(b"content-type", ctype), (b"content-length", b"%d" % len(body))]
@@ -51,6 +53,6 @@ class MetricsProtocol(asyncio.Protocol):
         self.transport.write(out)
 
 
-async def serve_metrics(server: Any, host: str, port: int) -> asyncio.AbstractServer:
+async def serve_metrics(figures: Figures, host: str, port: int) -> asyncio.AbstractServer:
     loop = asyncio.get_running_loop()
-    return await loop.create_server(lambda: MetricsProtocol(server), host, port, reuse_address=True)
+    return await loop.create_server(lambda: MetricsProtocol(figures), host, port, reuse_address=True)

@@ -1,28 +1,28 @@
-"""The supervisor: ``[server] workers = N`` (N > 1) worker processes behind one control socket.
+"""The worker pool: ``[server] workers = N`` (N > 1) worker processes, the ``Backend`` of the supervisor's Node.
 
-Owns: the listening sockets (bound here, or taken from socket activation, and inherited by every worker),
-starting workers (``edgeproxy.workers.worker_main`` under multiprocessing "spawn": a fresh interpreter, so no
-event loop, lock or half-written buffer is copied by fork), restarting one that dies, a private channel per
-worker (a socketpair speaking the control protocol's NDJSON lines), the control socket, the metrics listener,
-sd_notify and the watchdog.
+Owns: starting workers (``edgeproxy.workers.worker_main`` under multiprocessing "spawn": a fresh interpreter, so
+no event loop, lock or half-written buffer is copied by fork) on the listening sockets the Node bound, restarting
+one that dies, a private channel per worker (a socketpair speaking the control protocol's NDJSON lines), the
+heartbeat, and answering purge/stats/reload/ping for all of them. The Node around it has the control socket, the
+metrics listener, signals and systemd.
 
-Never: serves a client request or holds a cache. Each worker runs a ``Server`` with its own ``Edge`` and an LRU
-of ``cache.size / N``: the memory bound stays what the operator configured, at the price of N separate caches
+Never: serves a client request or holds a cache. Each worker runs a Node over a ``LocalEdge`` with an LRU of
+``cache.size / N``: the memory bound stays what the operator configured, at the price of N separate caches
 (an object may be fetched and stored once per worker).
 
 Rules kept here:
-- READY=1 only once every worker answered a ping on its channel (a worker reads it only after it listens) and
-  the control socket is up. RELOADING=1 + MONOTONIC_USEC, then READY=1, around a reload; STOPPING=1 on stop.
+- ``start`` returns (and so the Node says READY=1) only once every worker answered a ping on its channel (a
+  worker reads it only after it listens).
 - A purge is acknowledged when every ready worker applied it; ``purged`` is the sum. A worker still starting
   has an empty cache, and one that dies or does not answer (it is killed) loses its cache: for both, the purge
   holds without them.
-- A reload validates the file once here; a bad one changes nothing. Workers then re-read the same file: the
+- The Node validates a reload's file once; a bad one changes nothing. Workers then re-read the same file: the
   channel speaks the control protocol, whose ``reload`` carries no config.
 - ``stats`` asks every worker and sums (metrics.merge); /metrics sums the heartbeat snapshots (a ``stats``
   every HEARTBEAT), so a scrape is at most that old and costs the workers nothing. A dead worker's counters die
   with it: Prometheus sees a counter reset.
-- WATCHDOG=1 only while this loop turns and no live worker has been silent for HANG_TIMEOUT; a worker that is
-  gets SIGKILL and is restarted like any worker that dies, after BACKOFF.
+- ``healthy`` (the Node's WATCHDOG=1) only while no live worker has been silent for HANG_TIMEOUT; a worker that
+  is gets SIGKILL and is restarted like any worker that dies, after BACKOFF.
 
 Trade-off: the workers share one accept queue per address instead of SO_REUSEPORT groups. The kernel then does
 not hash connections evenly; whichever worker is idle wins the accept race, which is the balance we want for
@@ -41,17 +41,16 @@ import signal
 import socket
 import time
 from multiprocessing.process import BaseProcess
-from types import SimpleNamespace
 from typing import Any
 
-from edgeproxy import metrics, systemd
+from edgeproxy import metrics
 from edgeproxy.cache.purge import KINDS
 from edgeproxy.cache.store import StoreStats
-from edgeproxy.config import Config, ConfigError
+from edgeproxy.config import Config
 from edgeproxy.control import protocol
-from edgeproxy.control.server import ControlServer, default_socket_path
-from edgeproxy.server import Listener, load_for_reload, status_line, summarize
-from edgeproxy.workers import CHANNEL_LIMIT, worker_main
+from edgeproxy.listeners import Listener, addresses
+from edgeproxy.timers import Timers
+from edgeproxy.workers import worker_main
 
 log = logging.getLogger("edgeproxy.supervisor")
 
@@ -63,7 +62,6 @@ START_TIMEOUT = 30 * SECONDS
 STOP_GRACE = 5 * SECONDS  # beyond drain_timeout, before SIGKILL
 STABLE_AFTER = 10 * SECONDS  # a worker that lived this long starts its backoff afresh
 BACKOFF = (0.1, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0)
-BACKLOG = 4096
 WORKER_FIGURES = ("entries", "hits", "misses", "open_connections")  # per worker in the stats breakdown
 
 
@@ -129,19 +127,9 @@ def _worker_row(w: Worker) -> dict[str, Any]:
             "requests": requests, **{k: snap.get(k, 0) for k in WORKER_FIGURES}}
 
 
-def bind_listeners(config: Config) -> list[Listener]:
-    """Socket-activated sockets (plain HTTP) or the configured ``listen``; then ``tls_listen``."""
-    plain = [sock for _name, sock in systemd.listen_fds()]
-    plain = plain or [_bind(host, port) for host, port in config.server.listen]
-    return [("http", sock) for sock in plain] + [("https", _bind(h, p)) for h, p in config.server.tls_listen]
+class WorkerPool:
+    """The ``Backend`` of a supervisor: N worker processes on the same listening sockets."""
 
-
-def _bind(host: str, port: int) -> socket.socket:
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    return socket.create_server((host, port), family=family, backlog=BACKLOG)
-
-
-class Supervisor:
     def __init__(self, config: Config, config_path: str | None) -> None:
         self.config = config
         self.config_path = config_path
@@ -149,53 +137,23 @@ class Supervisor:
         self.workers = [Worker(i) for i in range(config.server.workers)]
         self.purges: dict[str, int] = {}  # purge commands by kind: each worker counts its share of one command
         self.listeners: list[Listener] = []
-        self.control: ControlServer | None = None
-        self.metrics_server: asyncio.AbstractServer | None = None
-        self.stopping = asyncio.Event()
         self.closing = False
-        self.timers: dict[str, asyncio.TimerHandle] = {}
+        self.timers = Timers(self.loop)
         self.tasks: set[asyncio.Task[Any]] = set()
         self.beating: asyncio.Task[None] | None = None
         self.started = time.time()
-        self.status = ""
         self.context = multiprocessing.get_context("spawn")
 
-    # ---- start ----
-    async def start(self) -> None:
-        self.listeners = bind_listeners(self.config)
+    async def start(self, listeners: list[Listener]) -> None:
+        self.listeners = listeners
         await asyncio.gather(*(self._spawn(w) for w in self.workers))
         if not all(w.ready for w in self.workers):
             raise OSError("a worker did not start (see its log lines above)")
-        s = self.config.server
-        self.control = ControlServer(s.control_socket or default_socket_path(), self.handle_command,
-                                     expected_errors=(ConfigError,),
-                                     group=s.control_group, allowed_uids=s.control_uids, allowed_gids=s.control_gids)
-        await self.control.start()
-        if self.config.metrics.listen is not None:
-            from edgeproxy.metrics_http import serve_metrics
+        log.info("supervisor %d: %d workers", os.getpid(), len(self.workers))
+        self.timers.every("heartbeat", HEARTBEAT, self._beat)
 
-            self.metrics_server = await serve_metrics(self._metrics_view(), *self.config.metrics.listen)
-        self._signals()
-        addresses = ", ".join(f"{scheme}://{sock.getsockname()[0]}:{sock.getsockname()[1]}"
-                              for scheme, sock in self.listeners)
-        log.info("supervisor %d: %d workers serving on %s", os.getpid(), len(self.workers), addresses)
-        systemd.notify("READY=1", f"STATUS={len(self.workers)} workers serving on {addresses}")
-        self._every("heartbeat", HEARTBEAT, self._beat)
-        interval = systemd.watchdog_interval()
-        if interval:
-            self._every("watchdog", interval, self._watchdog)
-
-    def _signals(self) -> None:
-        self.loop.add_signal_handler(signal.SIGTERM, self.stopping.set)
-        self.loop.add_signal_handler(signal.SIGINT, self.stopping.set)
-        self.loop.add_signal_handler(signal.SIGHUP, lambda: self._background(self._reload_logged()))
-        self.loop.add_signal_handler(signal.SIGUSR1, lambda: self._signal_workers(signal.SIGUSR1))
-
-    def _every(self, name: str, interval: float, action: Any) -> None:
-        def tick() -> None:
-            action()
-            self.timers[name] = self.loop.call_later(interval, tick)
-        self.timers[name] = self.loop.call_later(interval, tick)
+    def ready_status(self) -> str:
+        return f"{len(self.workers)} workers serving on {', '.join(addresses(self.listeners))}"
 
     def _background(self, coro: Any) -> None:
         task = self.loop.create_task(coro)
@@ -214,7 +172,7 @@ class Supervisor:
             child.close()
         w.process, w.snapshot = process, None
         w.started = w.last_reply = time.monotonic()
-        w.reader, w.writer = await asyncio.open_unix_connection(sock=parent, limit=CHANNEL_LIMIT)
+        w.reader, w.writer = await asyncio.open_unix_connection(sock=parent, limit=protocol.CHANNEL_LIMIT)
         self.loop.add_reader(process.sentinel, self._on_exit, w, process)
         w.ready = await self._ask(w, {"cmd": "ping"}, START_TIMEOUT) is not None
         if w.ready:
@@ -235,7 +193,7 @@ class Supervisor:
         w.restarts += 1
         log.error("worker %d (pid %d) exited with status %s after %.1fs; restarting in %gs",
                   w.index, process.pid, process.exitcode, lived, delay)
-        self.timers[f"restart-{w.index}"] = self.loop.call_later(delay, self._restart, w)
+        self.timers.once(f"restart-{w.index}", delay, lambda: self._restart(w))
 
     def _restart(self, w: Worker) -> None:
         if not self.closing and w.process is None:
@@ -266,15 +224,7 @@ class Supervisor:
 
     def _beat(self) -> None:
         if self.beating is None or self.beating.done():  # one heartbeat in flight: a slow worker can't pile them
-            self.beating = self.loop.create_task(self._heartbeat())
-
-    async def _heartbeat(self) -> None:
-        await self._collect(HANG_TIMEOUT)
-        summary = self.summary()
-        status = f"{sum(w.ready for w in self.workers)}/{len(self.workers)} workers, " + status_line(summary)
-        if status != self.status:
-            self.status = status
-            systemd.notify("STATUS=" + status)
+            self.beating = self.loop.create_task(self._collect(HANG_TIMEOUT))
 
     async def _collect(self, timeout: float) -> None:
         ready = [w for w in self.workers if w.ready]
@@ -283,13 +233,12 @@ class Supervisor:
             if reply is not None and reply["ok"]:
                 w.snapshot = reply
 
-    def _watchdog(self) -> None:
+    def healthy(self) -> bool:
         now = time.monotonic()
-        if all(not w.alive or now - w.last_reply < HANG_TIMEOUT + 2 * HEARTBEAT for w in self.workers):
-            systemd.notify("WATCHDOG=1")
+        return all(not w.alive or now - w.last_reply < HANG_TIMEOUT + 2 * HEARTBEAT for w in self.workers)
 
     # ---- figures ----
-    def totals(self) -> tuple[dict[str, Any], dict[str, Any]]:
+    def figures(self) -> tuple[dict[str, Any], dict[str, Any]]:
         """Counters and store stats summed over the ready workers' latest snapshots."""
         snaps = [w.snapshot for w in self.workers if w.ready and w.snapshot is not None]
         counters = metrics.merge([metrics.ProxyCounters().to_dict(), *(s["counters"] for s in snaps)])
@@ -301,70 +250,50 @@ class Supervisor:
         return counters, store
 
     def summary(self) -> dict[str, Any]:
-        counters, store = self.totals()
+        counters, store = self.figures()
         per_worker = {str(w.index): _worker_row(w) for w in self.workers}
-        return {**summarize(counters, store, self.started, time.time()), "pid": os.getpid(), "workers": per_worker}
+        return {**metrics.summarize(counters, store, self.started, time.time()), "workers": per_worker}
 
-    def _metrics_view(self) -> Any:
-        """What metrics_http reads of a server (``edge.store.stats()``, ``edge.counters.to_dict()``), answered
-        from the heartbeat snapshots summed over the workers."""
-        store = SimpleNamespace(stats=lambda: StoreStats(**self.totals()[1]))
-        counters = SimpleNamespace(to_dict=lambda: self.totals()[0])
-        return SimpleNamespace(edge=SimpleNamespace(store=store, counters=counters))
+    def status(self) -> str:
+        ready = sum(w.ready for w in self.workers)
+        return f"{ready}/{len(self.workers)} workers, " + metrics.status_line(self.summary())
 
-    # ---- control ----
-    async def handle_command(self, command: protocol.Command) -> dict[str, Any]:
-        match command:
-            case protocol.PurgeCommand():
-                replies = await self._broadcast(purge_fields(command))
-                self.purges[command.kind] = self.purges.get(command.kind, 0) + 1
-                return {"purged": sum(r.get("purged", 0) for r in replies), "workers": len(replies)}
-            case protocol.StatsCommand():
-                await self._collect(COMMAND_TIMEOUT)
-                return self.summary()
-            case protocol.PingCommand():
-                return {"pong": True, "pid": os.getpid(), "workers": sum(w.ready for w in self.workers)}
-            case protocol.ReloadCommand():
-                return await self.reload()
-        raise ValueError(f"unsupported command {command!r}")
+    # ---- answers ----
+    async def purge(self, command: protocol.PurgeCommand) -> dict[str, Any]:
+        replies = await self._broadcast(purge_fields(command))
+        self.purges[command.kind] = self.purges.get(command.kind, 0) + 1
+        return {"purged": sum(r.get("purged", 0) for r in replies), "workers": len(replies)}
 
-    async def _reload_logged(self) -> None:
-        try:
-            await self.reload()
-        except ConfigError:
-            pass  # load_for_reload logged it; the old config keeps serving
+    async def stats(self) -> dict[str, Any]:
+        await self._collect(COMMAND_TIMEOUT)
+        return self.summary()
 
-    async def reload(self) -> dict[str, Any]:
-        if self.config_path is None:
-            return {"reloaded": False, "reason": "no config file (started from flags)"}
-        systemd.reloading()
-        self.config, kept = load_for_reload(self.config, self.config_path)
+    def ping(self) -> dict[str, Any]:
+        return {"workers": sum(w.ready for w in self.workers)}
+
+    async def reload(self, config: Config) -> dict[str, Any]:
+        self.config = config  # what a restarted worker starts with
         replies = await self._broadcast({"cmd": "reload"})
         failed = [r["error"] for r in replies if not r["ok"]]
         if failed:  # the file changed again between our read and theirs
             log.error("reload: %d workers refused: %s", len(failed), failed[0])
-        log.info("reloaded %s in %d workers", self.config_path, len(replies) - len(failed))
-        systemd.notify("READY=1", "STATUS=reloaded")
-        return {"reloaded": not failed, "restart_needed": kept, "workers": len(replies) - len(failed),
+        return {"reloaded": not failed, "workers": len(replies) - len(failed),
                 **({"error": failed[0]} if failed else {})}
 
+    def reopen_logs(self) -> None:
+        self._signal_workers(signal.SIGUSR1)
+
     # ---- stop ----
-    async def stop(self) -> None:
+    async def stop(self, drain_timeout: float) -> None:
         self.closing = True
-        systemd.notify("STOPPING=1")
-        log.info("stopping %d workers (drain up to %gs)", len(self.workers), self.config.server.drain_timeout)
-        for timer in self.timers.values():
-            timer.cancel()
+        log.info("stopping %d workers (drain up to %gs)", len(self.workers), drain_timeout)
+        self.timers.cancel_all()
         for task in [*self.tasks, *([self.beating] if self.beating else [])]:
             task.cancel()
-        if self.control is not None:
-            self.control.close()
-        if self.metrics_server is not None:
-            self.metrics_server.close()
         for _scheme, sock in self.listeners:
             sock.close()  # the workers close their copies as they drain: then the port refuses
         self._signal_workers(signal.SIGTERM)
-        deadline = time.monotonic() + self.config.server.drain_timeout + STOP_GRACE
+        deadline = time.monotonic() + drain_timeout + STOP_GRACE
         while any(w.alive for w in self.workers) and time.monotonic() < deadline:
             await asyncio.sleep(0.05)
         for w in self.workers:
@@ -372,16 +301,3 @@ class Supervisor:
             if w.process is not None:
                 w.process.join(STOP_GRACE)
             w.close_channel()
-
-
-async def supervise(config: Config, config_path: str | None) -> int:
-    supervisor = Supervisor(config, config_path)
-    try:
-        await supervisor.start()
-    except OSError as e:
-        log.error("cannot start: %s", e)
-        await supervisor.stop()
-        return 1
-    await supervisor.stopping.wait()
-    await supervisor.stop()
-    return 0

@@ -1,7 +1,7 @@
-"""A worker process under the supervisor: one ``Server`` on inherited listeners, commanded over a private channel.
+"""A worker process under the supervisor: a ``Node`` whose face is the private channel, over a ``LocalEdge``.
 
-Owns: the process entry point (``worker_main``, a multiprocessing "spawn" target) and the worker's end of the
-channel: request lines of the control protocol in, one reply line each out, in order.
+Owns: the process entry point (``worker_main``, a multiprocessing "spawn" target): the environment and logging
+of a worker, then one Node on the inherited listeners with an equal share of the cache.
 
 Never: talks to systemd (the supervisor's variables are removed from the environment, so ``systemd.notify`` is a
 no-op here), binds a socket, or outlives its supervisor: when the channel closes, the worker drains and exits.
@@ -9,19 +9,14 @@ no-op here), binds a socket, or outlives its supervisor: when the channel closes
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import os
 import socket
 import sys
 
 from edgeproxy.config import Config
-from edgeproxy.control import protocol
-from edgeproxy.server import Listener, Server
+from edgeproxy.listeners import Listener
 
-log = logging.getLogger("edgeproxy")
-
-CHANNEL_LIMIT = 16 * 1024 * 1024  # a stats reply is a few KiB; the bound only stops a confused peer
 _SUPERVISOR_ENV = ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID")
 
 
@@ -39,29 +34,8 @@ def worker_main(config: Config, config_path: str | None, listeners: list[Listene
 
 async def _run_worker(config: Config, config_path: str | None, listeners: list[Listener], channel: socket.socket,
                       shards: int) -> int:
-    server = Server(config, config_path, inherited=listeners, shards=shards)
-    try:
-        await server.start()
-    except OSError as e:
-        log.error("worker cannot start: %s", e)
-        return 1
-    reader, writer = await asyncio.open_unix_connection(sock=channel, limit=CHANNEL_LIMIT)
-    channel_task = asyncio.get_running_loop().create_task(_serve_channel(server, reader, writer))
-    await server.run_until_stopped()
-    channel_task.cancel()
-    return 0
+    from edgeproxy.local import LocalEdge
+    from edgeproxy.node import Node, run
 
-
-async def _serve_channel(server: Server, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-    while line := await reader.readline():
-        writer.write(await _answer(server, line.rstrip(b"\n")))
-    log.error("supervisor gone: stopping")
-    server.stopping.set()
-
-
-async def _answer(server: Server, line: bytes) -> bytes:
-    try:
-        command = protocol.parse_request(line)
-        return protocol.encode_reply({**protocol.reply_echo(command), **await server.handle_command(command)})
-    except Exception as exc:  # the supervisor relays the message; the worker keeps serving
-        return protocol.encode_error(str(exc))
+    backend = LocalEdge(config, shards=shards)
+    return await run(Node(config, config_path, backend, channel=channel, inherited=listeners))

@@ -35,6 +35,8 @@ from edgeproxy.cache.purge import parse_selector
 
 VERSION = 1
 DEFAULT_MAX_LINE = 64 * 1024
+# A supervisor's private channel to a worker: a stats reply is a few KiB; the bound only stops a confused peer.
+CHANNEL_LIMIT = 16 * 1024 * 1024
 # Fields every request carries; they are checked before the command's own table.
 ENVELOPE = frozenset({"v", "cmd"})
 # Fields every reply carries; handler results can't override them.

@@ -1,0 +1,130 @@
+"""The local backend: one ``Edge`` (the cache and the request path) serving listening sockets on this loop.
+
+A ``Node`` serves it directly with ``[server] workers = 1``; under the supervisor each worker process runs one on
+the inherited sockets, with an equal share of ``cache.size`` (``shard``).
+
+Owns: serving the listeners, the Edge's lifetime, the garbage-collector policy's timer, draining on stop, and the
+answers about this process's cache (purge, stats, reload). Never: talks to systemd, serves the control socket
+(the Node does both) or binds a socket (``edgeproxy.listeners`` does).
+
+Stop: stop accepting, close idle keep-alive connections, let in-flight exchanges finish within the drain timeout,
+then cancel what is left.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import ssl
+import time
+from typing import Any
+
+from edgeproxy import gcpolicy
+from edgeproxy.config import Config
+from edgeproxy.control.protocol import PurgeCommand
+from edgeproxy.listeners import BACKLOG, Listener, addresses, server_ssl_context
+from edgeproxy.metrics import status_line, summarize
+from edgeproxy.proxy.client import IDLE, ClientConnection
+from edgeproxy.proxy.edge import Edge
+from edgeproxy.timers import Timers
+
+DRAIN_POLL = 0.05
+
+
+def shard(config: Config, shards: int) -> Config:
+    """A worker's view of the config: its LRU holds an equal share of ``cache.size``."""
+    if shards <= 1:
+        return config
+    size = max(config.cache.size // shards, config.cache.max_object_size)
+    return dataclasses.replace(config, cache=dataclasses.replace(config.cache, size=size))
+
+
+class LocalEdge:
+    """The ``Backend`` of one process that serves clients itself."""
+
+    def __init__(self, config: Config, *, shards: int = 1) -> None:
+        self.shards = shards
+        self.config = shard(config, shards)
+        self.listeners: list[Listener] = []
+        self.loop = asyncio.get_running_loop()
+        self.edge = Edge(self.config, self.loop)
+        self.servers: list[asyncio.AbstractServer] = []
+        self.tls_context: ssl.SSLContext | None = None
+        self.timers = Timers(self.loop)
+
+    async def start(self, listeners: list[Listener]) -> None:
+        self.listeners = listeners
+        s = self.config.server
+        if any(scheme == "https" for scheme, _ in self.listeners):
+            assert s.tls_cert and s.tls_key  # config validation requires both with tls_listen
+            self.tls_context = server_ssl_context(s.tls_cert, s.tls_key)
+        for scheme, sock in self.listeners:
+            self.servers.append(await self.loop.create_server(
+                lambda scheme=scheme: ClientConnection(self.edge, scheme), sock=sock, backlog=BACKLOG,
+                ssl=self.tls_context if scheme == "https" else None))
+        self.edge.start()
+        gcpolicy.watch(self.edge.counters.gc_pause)
+        gcpolicy.settle()  # everything made while starting: config, modules, listeners
+        self.timers.every("gc", gcpolicy.SETTLE_INTERVAL, gcpolicy.settle)
+
+    def ready_status(self) -> str:
+        return "serving on " + ", ".join(addresses(self.listeners))
+
+    # ---- answers ----
+    async def purge(self, command: PurgeCommand) -> dict[str, Any]:
+        return {"purged": self.edge.purge(command.selector, command.soft)}
+
+    async def stats(self) -> dict[str, Any]:
+        return self.summary()
+
+    def summary(self) -> dict[str, Any]:
+        counters, store = self.figures()
+        return summarize(counters, store, self.edge.started, time.time())
+
+    def figures(self) -> tuple[dict[str, Any], dict[str, Any]]:
+        """Counters and store stats, for /metrics."""
+        return self.edge.counters.to_dict(), dataclasses.asdict(self.edge.store.stats())
+
+    async def reload(self, config: Config) -> dict[str, Any]:
+        new = shard(config, self.shards)
+        self.config = new
+        self.edge.apply(new)
+        self.edge.store.max_object_size = new.cache.max_object_size
+        self.edge.store.max_variants = new.cache.max_variants
+        if self.tls_context is not None and new.server.tls_cert and new.server.tls_key:
+            self.tls_context.load_cert_chain(new.server.tls_cert, new.server.tls_key)
+        return {}
+
+    def ping(self) -> dict[str, Any]:
+        return {}
+
+    def healthy(self) -> bool:
+        return True  # this loop turning is the proof: the Node's watchdog timer runs on it
+
+    def status(self) -> str:
+        return status_line(self.summary())
+
+    def reopen_logs(self) -> None:
+        self.edge.access_log.reopen()
+
+    # ---- stop ----
+    async def stop(self, drain_timeout: float) -> None:
+        self.edge.draining = True
+        for server in self.servers:
+            server.close()
+        await self._drain(drain_timeout)
+        self.timers.cancel_all()
+        self.edge.stop()
+
+    async def _drain(self, drain_timeout: float) -> None:
+        deadline = self.loop.time() + drain_timeout
+        while self.edge.connections and self.loop.time() < deadline:
+            for client in list(self.edge.connections):
+                if client.phase == IDLE and client.task is None:
+                    client.transport.close()
+                    client.closed = True
+            await asyncio.sleep(DRAIN_POLL)
+        for client in list(self.edge.connections):
+            if client.task is not None:
+                client.task.cancel()
+            client.transport.abort()
