@@ -27,10 +27,13 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 from prometheus_client.registry import Collector, CollectorRegistry
 from prometheus_client.utils import floatToGoString
 
+from edgeproxy.cache.outcome import Outcome
+
 CONTENT_TYPE = CONTENT_TYPE_LATEST
 
-# The cache outcomes of a request, as Cache-Status reports them; exported even at zero so rates exist.
-CACHE_KINDS = ("hit", "stale", "miss", "revalidated", "pass", "collapsed", "error")
+# The cache outcomes of a request (cache/outcome.py); exported even at zero so rates exist. NONE (no answer went
+# out) is counted when it happens but not pre-exported.
+CACHE_KINDS = tuple(o.value for o in Outcome if o is not Outcome.NONE)
 STATUS_CLASSES = {1: "1xx", 2: "2xx", 3: "3xx", 4: "4xx", 5: "5xx"}
 ORIGIN_ERROR_KINDS = ("connect", "timeout", "protocol")
 # Seconds from sending a request to the origin until its response head arrived. An edge on a LAN origin sits
@@ -63,7 +66,7 @@ class ProxyCounters:
         self.gc_buckets = [0] * (len(GC_PAUSE_BUCKETS) + 1)
         self.gc_sum = 0.0
 
-    def response(self, cache: str, status: int, sent_bytes: int) -> None:
+    def response(self, cache: Outcome, status: int, sent_bytes: int) -> None:
         """A response went to a client: its cache outcome, status code and bytes written (head + body)."""
         self.requests[cache] = self.requests.get(cache, 0) + 1
         status_class = STATUS_CLASSES.get(status // 100, "other")

@@ -1,58 +1,89 @@
 """Background revalidation for stale-while-revalidate (RFC 5861 §3): the client already has its stale answer.
 
 Rules kept here:
-- One at a time per key (the Collapser's ``revalidating`` set), with the stored validators; the client's own
-  conditionals and Range never reach the origin.
-- A 304 that validates freshens the entry; a storable full response replaces it, bounded as on the client-facing
-  path (head, body and per-entry overhead within max_object_size: reading stops as soon as it can't fit); anything
-  else leaves the cache as it was. Failures are logged at debug level: nobody is waiting for them.
+- One at a time per key (the Collapser's ``revalidating`` set), with the stored validators.
+- The fetch carries none of the identity of the client whose request happened to trigger it: it is the edge's
+  own request (``Revalidation.of``), keeping only the fields the stored response varies on, so the origin picks
+  the same variant, and ``Origin`` (which site asks, not who: origin-mode CORS keys on it). No cookie,
+  credentials, user agent or X-Forwarded-For unless the response varies on it, no conditionals or Range of the
+  client's, and no reference to the client's exchange or connection, which may be long gone.
+- A 304 that validates freshens the entry (``upstream.freshen_stored``, the same as on the client-facing path);
+  a storable full response replaces it, bounded as on the client-facing path (head, body and per-entry overhead
+  within max_object_size: reading stops as soon as it can't fit); anything else leaves the cache as it was.
+  Failures are logged at debug level: nobody is waiting for them.
 """
 
 from __future__ import annotations
 
 import logging
 import time
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from edgeproxy.cache.key import CacheRequest
 from edgeproxy.cache.policy import conditional_headers
-from edgeproxy.cache.storability import freshen, storable, validates
+from edgeproxy.cache.storability import storable
 from edgeproxy.errors import ProxyError
-from edgeproxy.proxy.upstream import CLIENT_CONDITIONALS, body_room, response_fields, store_response
+from edgeproxy.http.headers import Headers
+from edgeproxy.proxy.upstream import (
+    CLIENT_CONDITIONALS,
+    body_room,
+    freshen_stored,
+    response_fields,
+    store_response,
+)
 
 if TYPE_CHECKING:
     from edgeproxy.cache.entry import Entry
-    from edgeproxy.proxy.edge import Edge
+    from edgeproxy.proxy.edge import Edge, SiteRuntime
     from edgeproxy.proxy.exchange import Exchange
 
 log = logging.getLogger("edgeproxy.revalidate")
 
 
-async def revalidate(edge: Edge, ex: Exchange, entry: Entry) -> None:
+@dataclass(frozen=True, slots=True)
+class Revalidation:
+    """The edge's own conditional GET for a stored entry."""
+
+    key: str
+    site: SiteRuntime
+    creq: CacheRequest  # the request as this fetch makes it: only the fields the entry varies on, and Origin
+    entry: Entry
+    fields: Headers  # to the origin
+
+    @classmethod
+    def of(cls, edge: Edge, ex: Exchange, entry: Entry) -> Revalidation:
+        keep = (frozenset(entry.vary) | {b"origin"}) - CLIENT_CONDITIONALS
+        headers = [(k, v) for k, v in ex.head.headers if k in keep]
+        creq = CacheRequest(b"GET", ex.client.scheme, ex.host, ex.target, headers)
+        fields = edge.request_fields(ex.site, ex.host, ex.client.scheme, headers, client_ip=None)
+        return cls(ex.key, ex.site, creq, entry, fields + conditional_headers(entry))
+
+
+async def revalidate(edge: Edge, job: Revalidation) -> None:
     try:
-        await _revalidate(edge, ex, entry)
+        await _revalidate(edge, job)
     except ProxyError as e:
         edge.note_origin_error(e)
-        log.debug("background revalidation of %s failed: %s", ex.key, e)
+        log.debug("background revalidation of %s failed: %s", job.key, e)
     finally:
-        edge.collapser.revalidating.discard(ex.key)
+        edge.collapser.revalidating.discard(job.key)
 
 
-async def _revalidate(edge: Edge, ex: Exchange, entry: Entry) -> None:
-    site, timeout = ex.site, edge.config.origin.read_timeout
-    fields = [(k, v) for k, v in edge.origin_request_fields(ex) if k not in CLIENT_CONDITIONALS]
-    fields += conditional_headers(entry)
+async def _revalidate(edge: Edge, job: Revalidation) -> None:
+    site, timeout = job.site, edge.config.origin.read_timeout
     generation = edge.store.generation()
     request_time = time.time()
     conn = await edge.pool.acquire(site.address)
     try:
-        conn.send_head(b"GET", ex.target, fields)
+        conn.send_head(b"GET", job.creq.target, job.fields)
         conn.send_end()
         response = await conn.response_head(timeout)
         response_time = time.time()
         headers = response.headers
-        fields = response_fields(ex, headers)
+        fields = response_fields(edge, site, headers)
         # What the store would take: head, body and per-entry overhead, as on the client-facing path.
-        limit = body_room(ex, response.status, fields)
+        limit = body_room(edge.store, response.status, fields)
         body, size = [], 0
         async for chunk in conn.body(timeout):
             size += len(chunk)
@@ -62,8 +93,7 @@ async def _revalidate(edge: Edge, ex: Exchange, entry: Entry) -> None:
     finally:
         edge.pool.release(conn)
     if response.status == 304:
-        if validates(entry, headers):
-            edge.store.put(freshen(entry, headers, request_time, response_time, site.policy), since=generation)
+        freshen_stored(edge, site, job.entry, headers, request_time, response_time, generation)
         return
-    if storable(ex.creq, response.status, headers, site.policy) is None:
-        store_response(ex, response.status, fields, b"".join(body), request_time, generation)
+    if storable(job.creq, response.status, headers, site.policy) is None:
+        store_response(edge, site, job.creq, response.status, fields, b"".join(body), request_time, generation)

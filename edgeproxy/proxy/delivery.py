@@ -12,14 +12,15 @@ Rules kept here:
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from edgeproxy import cors
 from edgeproxy.cache.conditional import respond_from_entry
 from edgeproxy.cache.entry import Entry
+from edgeproxy.cache.outcome import HIT
 from edgeproxy.http.headers import Headers
 from edgeproxy.http.wire import serialize_head
-from edgeproxy.proxy.hot import memoizable
 from edgeproxy.proxy.parser import RequestHead
 
 if TYPE_CHECKING:
@@ -37,27 +38,35 @@ def connection_line(head: RequestHead, close: bool = False) -> bytes:
     return b""
 
 
+def write_stored(write: Callable[[bytes], object], entry: Entry, age: float, cache_status: bytes, tail: bytes,
+                 head_only: bool) -> int:
+    """The one writer of a stored response as it is (every hit, the head memo's too): the prepared head, Age,
+    Cache-Status, ``tail`` (CORS fields, Connection, the blank line), then the body. The body's length."""
+    body = b"" if head_only else entry.body
+    head = entry.head + b"age: %d\r\ncache-status: " % age + cache_status + b"\r\n" + tail
+    if len(body) > COPY_LIMIT:
+        write(head)
+        write(body)
+    else:
+        write(head + body)
+    return len(body)
+
+
 def deliver(ex: Exchange, entry: Entry, age: float, cache_status: bytes) -> None:
     """Answer ``ex`` from ``entry``."""
     answer = respond_from_entry(ex.creq, entry)
     head_only = ex.head.method == b"HEAD"
-    tail = (b"age: %d\r\ncache-status: " % age + cache_status + b"\r\n" + ex.cors + connection_line(ex.head)
-            + b"\r\n")
-    write = ex.client.transport.write
+    tail = ex.cors + connection_line(ex.head) + b"\r\n"
     if answer is None:
         client = ex.client
-        if client.candidate is not None and memoizable(ex.head) and ex.edge.memo is not None and ex.cache == "hit":
-            ex.edge.memo.remember(client.candidate, ex.head, entry, ex.cors + connection_line(ex.head) + b"\r\n")
-        body = b"" if head_only else entry.body
-        if len(body) > COPY_LIMIT:
-            write(entry.head + tail)
-            write(body)
-        else:
-            write(entry.head + tail + body)
-        ex.status, ex.sent = entry.status, len(body)
+        if client.candidate is not None and ex.edge.memo is not None and ex.cache is HIT:
+            ex.edge.memo.consider(client.candidate, ex.head, entry, tail)
+        ex.sent = write_stored(client.transport.write, entry, age, cache_status, tail, head_only)
+        ex.status = entry.status
     else:
         body = b"" if head_only else answer.body
-        write(serialize_head(answer.status, cors.keep_origin_cors(answer.headers, entry.headers)) + tail + body)
+        ex.client.transport.write(serialize_head(answer.status, cors.keep_origin_cors(answer.headers, entry.headers))
+                                  + b"age: %d\r\ncache-status: " % age + cache_status + b"\r\n" + tail + body)
         ex.status, ex.sent = answer.status, len(body)
     ex.edge.store.touch(entry)
 

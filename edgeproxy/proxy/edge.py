@@ -19,12 +19,13 @@ from typing import TYPE_CHECKING
 from edgeproxy.accesslog import AccessLog, LogRecord
 from edgeproxy.cache.cachestatus import CacheStatus
 from edgeproxy.cache.entry import Entry
+from edgeproxy.cache.outcome import Outcome
 from edgeproxy.cache.policy import CachePolicy
 from edgeproxy.cache.purge import PurgeURL, Selector, normalize_url
 from edgeproxy.cache.store import Store
 from edgeproxy.config import Config, SiteConfig
 from edgeproxy.errors import BadRequest, MisdirectedRequest, OriginConnectError, OriginError, OriginTimeout, ProxyError
-from edgeproxy.http.headers import get
+from edgeproxy.http.headers import Headers, get
 from edgeproxy.http.wire import serialize_head
 from edgeproxy.metrics import ProxyCounters
 from edgeproxy.proxy import forwarding
@@ -206,26 +207,32 @@ class Edge:
         return found
 
     def origin_request_fields(self, ex: Exchange) -> list[tuple[bytes, bytes]]:
-        head, site = ex.head, ex.site
+        head = ex.head
+        length = get(head.headers, b"content-length")
+        return self.request_fields(ex.site, ex.host, ex.client.scheme, head.headers, client_ip=ex.client.peer,
+                                   body_length=int(length) if length is not None else None,
+                                   chunked=head.has_body and length is None)
+
+    def request_fields(self, site: SiteRuntime, host: str, scheme: str, headers: Headers, *, client_ip: str | None,
+                       body_length: int | None = None, chunked: bool = False) -> Headers:
+        """The fields a request for ``host`` sends the origin; ``client_ip`` None: a request of the edge's own."""
         # The origin sees the host the cache key was made from, never the raw field: `Host: EXAMPLE.com.` must not
         # reach the origin as sent and be stored under `example.com` for everyone (cache poisoning).
-        key_host = ex.host.encode()
-        host = site.address.authority if site.config.host_header == "origin" else key_host
-        length = get(head.headers, b"content-length")
+        key_host = host.encode()
+        origin_host = site.address.authority if site.config.host_header == "origin" else key_host
         return forwarding.request_fields(
-            head.headers, host=host, via=self.via, client_ip=ex.client.peer, scheme=ex.client.scheme,
+            headers, host=origin_host, via=self.via, client_ip=client_ip, scheme=scheme,
             x_forwarded=site.config.x_forwarded, allowed_unkeyed=site.allowed_unkeyed,
-            body_length=int(length) if length is not None else None,
-            chunked=head.has_body and length is None, client_host=key_host)
+            body_length=body_length, chunked=chunked, client_host=key_host)
 
     def revalidate_in_background(self, ex: Exchange, entry: Entry) -> None:
         """stale-while-revalidate: one background revalidation per key (RFC 5861 §3)."""
         if ex.key in self.collapser.revalidating:
             return
-        from edgeproxy.proxy.background import revalidate
+        from edgeproxy.proxy.background import Revalidation, revalidate
 
         self.collapser.revalidating.add(ex.key)
-        task = self.loop.create_task(revalidate(self, ex, entry))
+        task = self.loop.create_task(revalidate(self, Revalidation.of(self, ex, entry)))
         self.background.add(task)
         task.add_done_callback(self.background.discard)
 
@@ -272,13 +279,13 @@ class Edge:
         if self.access_log.enabled:
             self._record(ex.client, ex.head, ex.status, ex.sent, ex.cache, ex.origin_ms, ex.started)
 
-    def log_exchange(self, client: ClientConnection, head: RequestHead, status: int, sent: int, cache: str,
+    def log_exchange(self, client: ClientConnection, head: RequestHead, status: int, sent: int, cache: Outcome,
                      origin_ms: float, started: float) -> None:
         self.counters.response(cache, status, sent)
         if self.access_log.enabled:
             self._record(client, head, status, sent, cache, origin_ms, started)
 
-    def _record(self, client: ClientConnection, head: RequestHead, status: int, sent: int, cache: str,
+    def _record(self, client: ClientConnection, head: RequestHead, status: int, sent: int, cache: Outcome,
                 origin_ms: float, started: float) -> None:
         self.access_log.log(LogRecord(
             client=client.peer, method=head.method, target=head.target, version=head.http_version, status=status,

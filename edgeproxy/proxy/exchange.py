@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING
 from edgeproxy import cors
 from edgeproxy.cache.freshness import current_age, ttl
 from edgeproxy.cache.key import CacheRequest, primary_key
+from edgeproxy.cache.outcome import COLLAPSED, ERROR, HIT, MISS, NONE, PASS, REVALIDATED, STALE, Outcome
 from edgeproxy.cache.policy import (
     Decision,
     Hit,
@@ -35,7 +36,6 @@ from edgeproxy.cache.policy import (
     counts_as_error,
     lookup,
 )
-from edgeproxy.cache.storability import freshen, validates
 from edgeproxy.errors import (
     BadRequest,
     ClientError,
@@ -54,6 +54,7 @@ from edgeproxy.proxy.parser import RequestHead
 from edgeproxy.proxy.upstream import (
     CLIENT_CONDITIONALS,
     ClientGone,
+    freshen_stored,
     relay,
     send_request,
 )
@@ -79,7 +80,7 @@ class Exchange:
     cors: bytes = b""  # edge-mode CORS field lines for this request
     status: int = 0
     sent: int = 0
-    cache: str = "-"  # the metrics/log label: hit, stale, miss, revalidated, pass, collapsed, error
+    cache: Outcome = NONE  # the access log's and the metrics' label
     origin_ms: float = 0.0
     stored: bool = False
     uncacheable: bool = False  # the origin's complete answer is one we won't store (hit-for-miss)
@@ -95,12 +96,12 @@ def begin(edge: Edge, client: ClientConnection, head: RequestHead) -> bool:
         ex = _prepare(edge, client, head, started)
     except ClientError as e:  # no site yet: a plain error
         edge.write_error(client, e, None)
-        edge.log_exchange(client, head, e.status, 0, "error", 0.0, started)
+        edge.log_exchange(client, head, e.status, 0, ERROR, 0.0, started)
         return client.response_done(head.keep_alive and not e.close)
     if ex.refusal is not None:  # the site is known: its edge-mode CORS fields let a script read the error
         if ex.site.cors is not None:
             ex.cors = ex.site.cors.response_fields(get(head.headers, b"origin"))
-        ex.cache = "error"
+        ex.cache = ERROR
         edge.write_error(client, ex.refusal, ex)
         edge.log(ex)
         return client.response_done(head.keep_alive and not ex.refusal.close)
@@ -111,21 +112,21 @@ def begin(edge: Edge, client: ClientConnection, head: RequestHead) -> bool:
     else:
         decision = Pass("method")
     if type(decision) is Hit:  # the hot path skips the pattern match below (measured: ~1 µs)
-        ex.cache = "hit"
+        ex.cache = HIT
         deliver(ex, decision.entry, decision.age, edge.cache_status.hit(decision.ttl))
         edge.log(ex)
         return client.response_done(head.keep_alive)
     match decision:
         case Hit(entry=entry, age=age, ttl=left):
-            ex.cache = "hit"
+            ex.cache = HIT
             deliver(ex, entry, age, edge.cache_status.hit(left))
         case StaleHit(entry=entry, age=age, revalidate=revalidate):
-            ex.cache = "stale"
+            ex.cache = STALE
             deliver(ex, entry, age, edge.cache_status.hit(entry.freshness_lifetime - age, detail="stale"))
             if revalidate:
                 edge.revalidate_in_background(ex, entry)
         case OnlyIfCachedMiss():
-            ex.cache = "miss"
+            ex.cache = MISS
             write_answer(ex, 504, [(b"content-length", b"0")], b"", edge.cache_status.plain(detail="only-if-cached"))
         case _:
             client.task = edge.loop.create_task(run(ex, decision))
@@ -188,14 +189,14 @@ def _edge_cors(ex: Exchange) -> bool:
     if cors.is_preflight(ex.head.method, headers):
         pre = policy.preflight(origin, get(headers, b"access-control-request-method") or b"",
                                get(headers, b"access-control-request-headers"))
-        ex.cache = "pass"
+        ex.cache = PASS
         # pre.headers carries its own framing (Content-Length: 0 on the 403, none on the 204).
         write_answer(ex, pre.status, pre.headers, b"", ex.edge.cache_status.plain(detail="preflight"))
         ex.edge.log(ex)
         return True
     ex.cors = policy.response_fields(origin)
     if policy.reject(origin):
-        ex.cache = "error"
+        ex.cache = ERROR
         ex.edge.write_error(ex.client, Forbidden("origin not allowed"), ex)
         ex.edge.log(ex)
         return True
@@ -232,7 +233,7 @@ def _failed(ex: Exchange, decision: Decision, error: ProxyError) -> bool:
         return False
     if isinstance(decision, Revalidate) and isinstance(error, OriginError) and _stale_on_error(ex, decision, error):
         return True
-    ex.cache = "error"
+    ex.cache = ERROR
     edge.write_error(client, error, ex)
     return not error.close and client.body_done
 
@@ -243,7 +244,7 @@ def _stale_on_error(ex: Exchange, decision: Revalidate, error: OriginError) -> b
     entry = decision.entry
     if not counts_as_error(error.status) or not can_serve_stale_on_error(entry, time.time(), ex.creq, ex.site.policy):
         return False
-    ex.cache = "stale"
+    ex.cache = STALE
     cache_status = ex.edge.cache_status.forward("stale", detail="stale-if-error " + error.detail)
     deliver(ex, entry, current_age(entry, time.time()), cache_status)
     return True
@@ -261,7 +262,7 @@ async def _from_origin(ex: Exchange, decision: Decision) -> bool:
         again = lookup(ex.creq, edge.store.get(ex.key), time.time(), ex.site.policy)
         match again:
             case Hit(entry=entry, age=age, ttl=left):
-                ex.cache = "collapsed"
+                ex.cache = COLLAPSED
                 deliver(ex, entry, age, edge.cache_status.hit(left, detail="collapsed"))
                 return True
             case Miss() | Revalidate():
@@ -305,19 +306,18 @@ async def _revalidated(ex: Exchange, decision: Revalidate, conn: OriginConnectio
     if status == 304:
         async for _ in conn.body(edge.config.origin.read_timeout):
             pass
-        if not validates(entry, headers):
-            # The 304 is about another representation (§4.3.4): ask again without conditions.
+        freshened = freshen_stored(edge, ex.site, entry, headers, request_time, response_time, generation)
+        if freshened is None:  # about another representation: ask again without conditions
             return await _fetch(ex, Miss("stale"), cacheable=True)
-        fresh = freshen(entry, headers, request_time, response_time, policy)
-        ex.stored = edge.store.put(fresh, since=generation)
-        ex.cache = "revalidated"
+        fresh, ex.stored = freshened
+        ex.cache = REVALIDATED
         now = time.time()
         deliver(ex, fresh, current_age(fresh, now),
                 edge.cache_status.forward(decision.detail, fwd_status=304, stored=ex.stored, ttl=ttl(fresh, now)))
         return True
     if counts_as_error(status) and can_serve_stale_on_error(entry, time.time(), ex.creq, policy):
         conn.close()  # don't read the error body
-        ex.cache = "stale"
+        ex.cache = STALE
         deliver(ex, entry, current_age(entry, time.time()),
                 edge.cache_status.forward("stale", fwd_status=status, detail="stale-if-error"))
         return True

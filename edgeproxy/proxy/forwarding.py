@@ -45,7 +45,7 @@ def request_fields(
     *,
     host: bytes,
     via: bytes,
-    client_ip: str,
+    client_ip: str | None,
     scheme: str,
     x_forwarded: bool,
     allowed_unkeyed: frozenset[bytes],
@@ -55,7 +55,8 @@ def request_fields(
 ) -> Headers:
     """End-to-end request fields for the origin, with Host, Via, X-Forwarded-* and framing set.
 
-    ``client_host`` is the host the cache key was made from (normalized); it defaults to the raw Host field."""
+    ``client_host`` is the host the cache key was made from (normalized); it defaults to the raw Host field.
+    ``client_ip`` None: the edge asks on its own behalf (a background revalidation), so no X-Forwarded-For."""
     drop = HOP_BY_HOP | FRAMING | _SET_BY_US | (UNKEYED_REQUEST_FIELDS - allowed_unkeyed)
     named = connection_tokens(headers)
     if named:
@@ -67,7 +68,8 @@ def request_fields(
     out.append((b"via", b", ".join([*old_via, via])))
     out.append(SURROGATE_CAPABILITY)
     if x_forwarded:
-        out.append((b"x-forwarded-for", b", ".join([*xff, client_ip.encode()])))
+        if client_ip is not None:
+            out.append((b"x-forwarded-for", b", ".join([*xff, client_ip.encode()])))
         out.append((b"x-forwarded-proto", scheme.encode()))
         if client_host is None:
             client_host = _client_host(headers)

@@ -20,6 +20,9 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from edgeproxy.cache.entry import Entry
+from edgeproxy.cache.freshness import current_age
+from edgeproxy.cache.outcome import HIT
+from edgeproxy.proxy.delivery import write_stored
 from edgeproxy.proxy.parser import RequestHead
 
 if TYPE_CHECKING:
@@ -60,7 +63,10 @@ class HeadMemo:
         self.edge = edge
         self.heads: dict[bytes, Remembered] = {}
 
-    def remember(self, data: bytes, head: RequestHead, entry: Entry, tail: bytes) -> None:
+    def consider(self, data: bytes, head: RequestHead, entry: Entry, tail: bytes) -> None:
+        """Remember ``data`` if its head may be answered again without parsing (a plain fresh hit just sent)."""
+        if not memoizable(head):
+            return
         if len(self.heads) >= MEMO_SIZE:
             self.heads.clear()
         self.heads[data] = Remembered(entry, head, tail, head.keep_alive, head.method == b"HEAD")
@@ -71,25 +77,18 @@ class HeadMemo:
         if found is None:
             return False
         entry, edge = found.entry, self.edge
-        now = time.time()
-        age = entry.corrected_initial_age + max(0.0, now - entry.response_time)
+        age = current_age(entry, time.time())
         left = entry.freshness_lifetime - age
         if left <= 0.0 or entry.invalidated or not edge.store.touch(entry):
             del self.heads[data]
             return False
-        body = b"" if found.head_only else entry.body
-        head = entry.head + b"age: %d\r\ncache-status: " % age + edge.cache_status.hit(left) + b"\r\n" + found.tail
-        write = client.transport.write
-        if len(body) > 65536:
-            write(head)
-            write(body)
-        else:
-            write(head + body)
+        sent = write_stored(client.transport.write, entry, age, edge.cache_status.hit(left), found.tail,
+                            found.head_only)
         edge.counters.memo_hits += 1
         if edge.access_log.enabled:  # counts too
-            edge.log_exchange(client, found.head, entry.status, len(body), "hit", 0.0, time.monotonic())
+            edge.log_exchange(client, found.head, entry.status, sent, HIT, 0.0, time.monotonic())
         else:
-            edge.counters.response("hit", entry.status, len(body))
+            edge.counters.response(HIT, entry.status, sent)
         client.requests += 1
         client.response_done_fast(found.keep_alive)
         return True

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING
 
 from edgeproxy import cors
 from edgeproxy.cache.entry import ENTRY_OVERHEAD
+from edgeproxy.cache.outcome import MISS, PASS
 from edgeproxy.cache.policy import (
     SAFE_METHODS,
     Decision,
@@ -26,7 +27,7 @@ from edgeproxy.cache.policy import (
     Revalidate,
     invalidation_keys,
 )
-from edgeproxy.cache.storability import make_entry, storable
+from edgeproxy.cache.storability import freshen, make_entry, storable, validates
 from edgeproxy.errors import OriginError
 from edgeproxy.http.headers import get
 from edgeproxy.http.wire import serialize_head
@@ -36,6 +37,10 @@ from edgeproxy.proxy.origin import OriginClosed, OriginClosedUnsent, OriginConne
 from edgeproxy.proxy.origin_parser import ResponseHead
 
 if TYPE_CHECKING:
+    from edgeproxy.cache.entry import Entry
+    from edgeproxy.cache.key import CacheRequest
+    from edgeproxy.cache.store import Store
+    from edgeproxy.proxy.edge import Edge, SiteRuntime
     from edgeproxy.proxy.exchange import Exchange
 
 IDEMPOTENT: frozenset[bytes] = frozenset({b"GET", b"HEAD", b"OPTIONS", b"PUT", b"DELETE", b"TRACE"})
@@ -153,16 +158,16 @@ async def relay(ex: Exchange, conn: OriginConnection, response: ResponseHead, de
     status = response.status
     origin_headers = response.headers
     framing, length, chunked = client_framing(ex, status, origin_headers)
-    fields = response_fields(ex, origin_headers)
+    fields = response_fields(edge, site, origin_headers)
     reason = storable(ex.creq, status, origin_headers, site.policy) if cacheable else "pass"
-    limit = body_room(ex, status, fields) if reason is None else 0  # only a kept copy needs it
+    limit = body_room(edge.store, status, fields) if reason is None else 0  # only a kept copy needs it
     if reason is None and length is not None and length > limit:
         reason = "too-large"
     if cacheable and reason is not None:
         edge.store.count_not_stored(reason)
         ex.uncacheable = True
     keep_copy = reason is None
-    ex.cache = "miss" if cacheable else "pass"
+    ex.cache = MISS if cacheable else PASS
     close_delimited = length is None and not chunked
     client_fields = [f for f in fields if f[0] not in EDGE_CONSUMED]
     # "stored" goes out before the body: claim it only when the length says the body fits the store; a body of
@@ -182,7 +187,7 @@ async def relay(ex: Exchange, conn: OriginConnection, response: ResponseHead, de
         ex.uncacheable = True
         edge.store.count_not_stored("framing")
     if parts is not None:
-        ex.stored = store_response(ex, status, fields, b"".join(parts), request_time, generation)
+        ex.stored = store_response(edge, site, ex.creq, status, fields, b"".join(parts), request_time, generation)
     if ex.head.method not in SAFE_METHODS:
         _invalidate(ex, status, origin_headers)
     return not close_delimited
@@ -236,11 +241,10 @@ async def _stream_body(ex: Exchange, conn: OriginConnection, head: bytes, chunke
     return parts
 
 
-def body_room(ex: Exchange, status: int, fields: list[tuple[bytes, bytes]]) -> int:
+def body_room(store: Store, status: int, fields: list[tuple[bytes, bytes]]) -> int:
     """The largest body the store will take with these fields. It charges head + body + ENTRY_OVERHEAD against
     max_object_size and capacity (cache/store.py); judging by the body alone would announce "stored" for a body
     of exactly max_object_size that the store then refuses."""
-    store = ex.edge.store
     head = len(serialize_head(status, fields)) + STORED_HEAD_EXTRA
     return min(store.max_object_size, store.capacity) - ENTRY_OVERHEAD - head
 
@@ -251,21 +255,31 @@ def _self_delimited(status: int, headers: list[tuple[bytes, bytes]]) -> bool:
         headers, b"transfer-encoding") is not None
 
 
-def response_fields(ex: Exchange, origin_headers: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
+def response_fields(edge: Edge, site: SiteRuntime, origin_headers: list[tuple[bytes, bytes]]
+                    ) -> list[tuple[bytes, bytes]]:
     """The origin's end-to-end fields as this site delivers and stores them (Via added, CORS per mode)."""
-    fields = forwarding.response_fields(origin_headers, ex.edge.via)
-    return cors.strip_origin_cors(fields) if ex.site.cors is not None else cors.fix_origin_response(fields)
+    fields = forwarding.response_fields(origin_headers, edge.via)
+    return cors.strip_origin_cors(fields) if site.cors is not None else cors.fix_origin_response(fields)
 
 
-def store_response(ex: Exchange, status: int, fields: list[tuple[bytes, bytes]], body: bytes, request_time: float,
-                   generation: int) -> bool:
-    """Make and store the entry for a complete response (``fields`` from ``response_fields``)."""
-    site = ex.site
+def store_response(edge: Edge, site: SiteRuntime, creq: CacheRequest, status: int, fields: list[tuple[bytes, bytes]],
+                   body: bytes, request_time: float, generation: int) -> bool:
+    """Make and store the entry for a complete response to ``creq`` (``fields`` from ``response_fields``)."""
     extra_vary = () if site.cors is not None else cors.origin_mode_vary(
-        get(ex.head.headers, b"origin") is not None, fields)
-    entry = make_entry(ex.creq, status, [*fields, (b"content-length", b"%d" % len(body))], body, request_time,
+        get(creq.headers, b"origin") is not None, fields)
+    entry = make_entry(creq, status, [*fields, (b"content-length", b"%d" % len(body))], body, request_time,
                        time.time(), site.policy, extra_vary)
-    return ex.edge.store.put(entry, since=generation)
+    return edge.store.put(entry, since=generation)
+
+
+def freshen_stored(edge: Edge, site: SiteRuntime, entry: Entry, headers: list[tuple[bytes, bytes]],
+                   request_time: float, response_time: float, generation: int) -> tuple[Entry, bool] | None:
+    """The one place a 304 is applied (client-facing and background revalidation alike): the freshened entry and
+    whether the store took it, or None when the 304 is about another representation (RFC 9111 §4.3.4)."""
+    if not validates(entry, headers):
+        return None
+    fresh = freshen(entry, headers, request_time, response_time, site.policy)
+    return fresh, edge.store.put(fresh, since=generation)
 
 
 def _invalidate(ex: Exchange, status: int, origin_headers: list[tuple[bytes, bytes]]) -> None:

@@ -543,6 +543,25 @@ def test_stale_while_revalidate_with_a_304(edge: Proc, origin: ScriptOrigin) -> 
     assert len(origin.seen("/swr304")) == 2
 
 
+def test_a_background_revalidation_carries_none_of_the_clients_identity(edge: Proc, origin: ScriptOrigin) -> None:
+    """The client whose request found the entry stale is not the one asking the origin: only what the stored
+    response varies on goes, with the validators (and Origin, which names a site, not a person)."""
+    origin.routes["/who"] = validating(cacheable(b"shared", "max-age=1, stale-while-revalidate=30", '"p1"',
+                                                 vary="Accept-Language"), '"p1"', [("cache-control", "max-age=60")])
+    fetch(edge, "/who", {"accept-language": "fr", "origin": "https://app.example"})
+    time.sleep(STALE)
+    trigger = {"accept-language": "fr", "cookie": "session=alice",
+               "user-agent": "alice-browser", "x-forwarded-for": "198.51.100.7", "if-none-match": '"zzz"',
+               "origin": "https://app.example"}
+    assert fetch(edge, "/who", trigger).body == b"shared"
+    assert origin.wait_for(lambda: len(origin.seen("/who")) == 2)
+    background = origin.seen("/who")[1]
+    names = {k.lower() for k, _ in background.headers}
+    assert background.header("accept-language") == "fr" and background.header("if-none-match") == '"p1"'
+    assert background.header("origin") == "https://app.example"
+    assert not names & {"cookie", "user-agent", "x-forwarded-for"}, background.headers
+
+
 @pytest.mark.parametrize("name, headers, status, body", [
     ("inm", {"if-none-match": '"s1"'}, 304, b""),
     ("range", {"range": "bytes=0-1"}, 206, b"01"),
