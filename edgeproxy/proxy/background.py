@@ -16,7 +16,6 @@ Rules kept here:
 from __future__ import annotations
 
 import logging
-import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -73,13 +72,13 @@ async def revalidate(edge: Edge, job: Revalidation) -> None:
 async def _revalidate(edge: Edge, job: Revalidation) -> None:
     site, timeout = job.site, edge.config.origin.read_timeout
     generation = edge.store.generation()
-    request_time = time.time()
+    request_time = edge.clock()
     conn = await edge.pool.acquire(site.address)
     try:
         conn.send_head(b"GET", job.creq.target, job.fields)
         conn.send_end()
         response = await conn.response_head(timeout)
-        response_time = time.time()
+        response_time = edge.clock()
         headers = response.headers
         fields = response_fields(edge, site, headers)
         # What the store would take: head, body and per-entry overhead, as on the client-facing path.

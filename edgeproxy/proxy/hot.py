@@ -77,7 +77,7 @@ class HeadMemo:
         if found is None:
             return False
         entry, edge = found.entry, self.edge
-        age = current_age(entry, time.time())
+        age = current_age(entry, edge.clock())
         left = entry.freshness_lifetime - age
         if left <= 0.0 or entry.invalidated or not edge.store.touch(entry):
             del self.heads[data]

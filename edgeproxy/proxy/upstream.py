@@ -170,9 +170,10 @@ async def relay(ex: Exchange, conn: OriginConnection, response: ResponseHead, de
     ex.cache = MISS if cacheable else PASS
     close_delimited = length is None and not chunked
     client_fields = [f for f in fields if f[0] not in EDGE_CONSUMED]
-    # "stored" goes out before the body: claim it only when the length says the body fits the store; a body of
-    # unknown length may still outgrow max_object_size (it is stored all the same when it doesn't).
-    announce_stored = keep_copy and length is not None
+    # "stored" goes out before the body: claim it only when the length says the body fits the store and no purge
+    # came in since the fetch began (the store would refuse the copy); a body of unknown length may still outgrow
+    # max_object_size (it is stored all the same when it doesn't).
+    announce_stored = keep_copy and length is not None and edge.store.generation() == generation
     head = (serialize_head(status, client_fields, response.reason) + b"cache-status: "
             + _cache_status(ex, decision, status, announce_stored) + b"\r\n" + ex.cors + framing
             + connection_line(ex.head, close_delimited))
@@ -268,7 +269,7 @@ def store_response(edge: Edge, site: SiteRuntime, creq: CacheRequest, status: in
     extra_vary = () if site.cors is not None else cors.origin_mode_vary(
         get(creq.headers, b"origin") is not None, fields)
     entry = make_entry(creq, status, [*fields, (b"content-length", b"%d" % len(body))], body, request_time,
-                       time.time(), site.policy, extra_vary)
+                       edge.clock(), site.policy, extra_vary)
     return edge.store.put(entry, since=generation)
 
 

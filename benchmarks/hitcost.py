@@ -1,0 +1,104 @@
+"""Instructions per cache hit, in-process: deterministic, so a change on the hit path is measured on a busy machine.
+
+One ``ClientConnection`` over a null transport is fed the same keep-alive request head ``--n`` times; the entry is
+stored beforehand, so every request is a hit: parsed by h11 or httptools with the head memo off, or answered by
+the memo. No sockets, no wrk. Under callgrind the difference between two ``--n`` counts, divided by the
+difference in requests, is the cost of one hit with start-up cancelled out:
+
+    python -m benchmarks.hitcost --compare            # runs callgrind itself: instructions per hit, each mode
+    python -m benchmarks.hitcost --mode parsed-h11 --n 1000   # one loop (what --compare runs under callgrind)
+
+It uses only the public shapes of ``Edge`` and ``ClientConnection``, so the same file measures an older
+checkout (copy it there) for a before/after table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import time
+from typing import Any
+
+MODES = ("parsed-h11", "parsed-httptools", "memo-httptools")
+HEAD = (b"GET /bytes/1024 HTTP/1.1\r\nHost: a.test\r\nUser-Agent: hitcost/1\r\nAccept: */*\r\n"
+        b"Accept-Language: en-GB,en;q=0.9\r\nAccept-Encoding: gzip, deflate, br\r\n\r\n")
+
+
+class NullTransport:
+    def __init__(self) -> None:
+        self.sent = 0
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        return ("203.0.113.9", 40000) if name == "peername" else default
+
+    def write(self, data: bytes) -> None:
+        self.sent += len(data)
+
+    def pause_reading(self) -> None: ...
+    def resume_reading(self) -> None: ...
+    def close(self) -> None: ...
+    def abort(self) -> None: ...
+
+    def is_closing(self) -> bool:
+        return False
+
+
+async def loop_hits(mode: str, n: int) -> int:
+    from edgeproxy.cache.key import CacheRequest
+    from edgeproxy.cache.storability import make_entry
+    from edgeproxy.config import config_from_dict
+    from edgeproxy.proxy.client import ClientConnection
+    from edgeproxy.proxy.edge import Edge
+
+    parser = mode.rpartition("-")[2]
+    config = config_from_dict({"server": {"parser": parser, "head_memo": mode.startswith("memo")},
+                               "site": [{"origin": "http://127.0.0.1:9"}]})
+    edge = Edge(config, asyncio.get_running_loop())
+    site = edge.runtimes[id(config.sites[0])]
+    now = time.time()
+    creq = CacheRequest(b"GET", "http", "a.test", b"/bytes/1024", [])
+    fields = [(b"cache-control", b"max-age=3600"), (b"content-type", b"application/octet-stream"),
+              (b"content-length", b"1024")]
+    edge.store.put(make_entry(creq, 200, fields, b"x" * 1024, now, now, site.policy))
+    conn, transport = ClientConnection(edge, "http"), NullTransport()
+    conn.connection_made(transport)
+    for _ in range(n):
+        conn.data_received(HEAD)
+    return transport.sent
+
+
+def callgrind_total(mode: str, n: int) -> int:
+    with tempfile.TemporaryDirectory() as tmp:
+        out = os.path.join(tmp, "cg.out")
+        subprocess.run(["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}", sys.executable, "-m",
+                        "benchmarks.hitcost", "--mode", mode, "--n", str(n)],
+                       check=True, capture_output=True, env={**os.environ, "PYTHONHASHSEED": "0"})
+        with open(out) as f:
+            return int(re.search(r"^summary: (\d+)", f.read(), re.M).group(1))  # type: ignore[union-attr]
+
+
+def main() -> None:
+    args = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    args.add_argument("--mode", choices=MODES)
+    args.add_argument("--n", type=int, default=1000)
+    args.add_argument("--compare", action="store_true", help="instructions per hit for every mode (callgrind)")
+    opts = args.parse_args()
+    if opts.compare:
+        print("| mode | instructions per hit |\n|---|---|")
+        for mode in MODES:
+            low, high = callgrind_total(mode, 200), callgrind_total(mode, 1200)
+            print(f"| {mode} | {(high - low) / 1000 / 1000:.1f}k |")
+        return
+    if opts.mode is None:
+        args.error("--mode or --compare")
+    sent = asyncio.run(loop_hits(opts.mode, opts.n))
+    assert sent > opts.n * 1024, f"not every request was a hit: {sent} bytes for {opts.n}"
+
+
+if __name__ == "__main__":
+    main()
