@@ -33,7 +33,9 @@ CONTENT_TYPE = CONTENT_TYPE_LATEST
 
 # The cache outcomes of a request (cache/outcome.py); exported even at zero so rates exist. NONE (no answer went
 # out) is counted when it happens but not pre-exported.
-CACHE_KINDS = tuple(o.value for o in Outcome if o is not Outcome.NONE)
+# The members themselves are the keys (not their string values): the hit path's dict lookups then match by
+# identity instead of comparing a str subclass with a str (~28 ns a response).
+CACHE_KINDS = tuple(o for o in Outcome if o is not Outcome.NONE)
 STATUS_CLASSES = {1: "1xx", 2: "2xx", 3: "3xx", 4: "4xx", 5: "5xx"}
 ORIGIN_ERROR_KINDS = ("connect", "timeout", "protocol")
 # Seconds from sending a request to the origin until its response head arrived. An edge on a LAN origin sits

@@ -20,7 +20,6 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from edgeproxy.cache.entry import Entry
-from edgeproxy.cache.freshness import current_age
 from edgeproxy.cache.outcome import HIT
 from edgeproxy.proxy.delivery import write_stored
 from edgeproxy.proxy.parser import RequestHead
@@ -77,7 +76,8 @@ class HeadMemo:
         if found is None:
             return False
         entry, edge = found.entry, self.edge
-        age = current_age(entry, edge.clock())
+        # freshness.current_age, inlined: the call is ~1k instructions of a ~65k memo hit (benchmarks/hitcost.py).
+        age = entry.corrected_initial_age + max(0.0, edge.clock() - entry.response_time)
         left = entry.freshness_lifetime - age
         if left <= 0.0 or entry.invalidated or not edge.store.touch(entry):
             del self.heads[data]
