@@ -210,10 +210,11 @@ class Harness:
         conn.connection_made(transport)
         return conn, transport
 
-    async def get(self, path: str, headers: dict[str, str] | None = None, timeout: float = 3.0) -> Answer:
-        """One GET on a new connection; its answer, once complete."""
+    async def get(self, path: str, headers: dict[str, str] | None = None, timeout: float = 3.0,
+                  method: str = "GET") -> Answer:
+        """One request (a GET unless ``method`` says otherwise) on a new connection; its answer, once complete."""
         conn, transport = self.client()
-        conn.data_received(request(path, headers))
+        conn.data_received(request(path, headers, method))
         return await answer_on(transport, timeout)
 
     def origin_down(self) -> None:

@@ -6,9 +6,10 @@
 - ``STALE``: answered from a stale one (stale-while-revalidate, stale-if-error, max-stale);
 - ``MISS``: fetched from the origin to be stored (whether or not it could be);
 - ``REVALIDATED``: a stored response the origin confirmed with 304;
-- ``PASS``: sent to the origin with no intent to store (method, Range on a miss, preflight answered here);
+- ``PASS``: sent to the origin with no intent to store (method, Range on a miss), or an OPTIONS answered here
+  (a preflight, ``OPTIONS *``, ``Max-Forwards: 0``);
 - ``COLLAPSED``: answered from what a concurrent fetch of the same key stored;
-- ``ERROR``: an error response made here (client error, origin failure, refused CORS origin);
+- ``ERROR``: an error response made here (client error, origin failure, refused CORS origin, TRACE);
 - ``NONE``: no answer went out (the client left first).
 Pure: values are the label strings, so an Outcome is usable wherever the string was.
 """

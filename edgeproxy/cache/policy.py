@@ -14,6 +14,10 @@ Rules kept here:
   for max-stale, stale-while-revalidate nor stale-if-error (§4.2.4, §5.2.2.2, §5.2.2.8).
 - An invalidated (soft-purged) entry is stale; it may still be served inside its stale windows.
 - Miss and Revalidate details are RFC 9211 ``fwd`` values: uri-miss, vary-miss, stale, request.
+- A decision is the whole plan: the shell executes it without deciding again. ``store`` on Miss and Revalidate
+  says whether the fetch is one to keep (then the client's own conditionals and Range stay out of it and
+  concurrent ones collapse onto it): only for GET, and for a miss only without Range, which passes through
+  untouched (no full fetch of a huge object just to serve a slice).
 Pure: no I/O, no clock.
 """
 
@@ -74,11 +78,13 @@ class Revalidate:
     entry: Entry
     headers_to_add: Headers  # If-None-Match / If-Modified-Since from the stored validators (may be empty)
     detail: str = "stale"  # "stale" or "request" (the request asked for validation)
+    store: bool = True  # a GET: the answer replaces or freshens the entry; a HEAD is forwarded as it is
 
 
 @dataclass(frozen=True, slots=True)
 class Miss:
     detail: str  # "uri-miss", "vary-miss", "stale" or "request" (nothing to validate with)
+    store: bool = True  # fetch to keep: a GET without Range
 
 
 @dataclass(frozen=True, slots=True)
@@ -179,7 +185,8 @@ def lookup(
     if entry is None:
         if "only-if-cached" in rcc:
             return OnlyIfCachedMiss()
-        return Miss("vary-miss" if variants else "uri-miss")
+        store = req.method == b"GET" and get(req.headers, b"range") is None
+        return Miss("vary-miss" if variants else "uri-miss", store)
     age = current_age(entry, now)
     left = entry.freshness_lifetime - age
     reason = _validation_reason(entry, rcc, age, left)
@@ -193,7 +200,7 @@ def lookup(
         return OnlyIfCachedMiss()
     # Without validators the fetch is unconditional, but it is still a Revalidate: the stale entry stays at hand
     # for stale-if-error (RFC 5861 §4 applies whether or not the origin can validate).
-    return Revalidate(entry, conditional_headers(entry), reason)
+    return Revalidate(entry, conditional_headers(entry), reason, req.method == b"GET")
 
 
 def counts_as_error(status: int) -> bool:

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 from edgeproxy.errors import BadRequest, ClientError, ProxyError, RequestTimeout
 from edgeproxy.netutil import set_nodelay
+from edgeproxy.proxy.delivery import write_error
 from edgeproxy.proxy.exchange import begin
 from edgeproxy.proxy.hot import single_head
 from edgeproxy.proxy.parser import CLOSED, END, NEED_DATA, RequestHead
@@ -212,7 +213,7 @@ class ClientConnection(asyncio.Protocol):
     def fail(self, error: ProxyError) -> None:
         """Answer a client error (when nothing was written yet) and close."""
         if not self.closed:
-            self.edge.write_error(self, error, None)
+            write_error(self, error, None)
             self.transport.close()
             self.closed = True
 

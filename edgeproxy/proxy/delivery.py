@@ -24,6 +24,8 @@ from edgeproxy.http.wire import serialize_head
 from edgeproxy.proxy.parser import RequestHead
 
 if TYPE_CHECKING:
+    from edgeproxy.errors import ProxyError
+    from edgeproxy.proxy.client import ClientConnection
     from edgeproxy.proxy.exchange import Exchange
 
 COPY_LIMIT = 64 * 1024
@@ -69,6 +71,33 @@ def deliver(ex: Exchange, entry: Entry, age: float, cache_status: bytes) -> None
                                   + b"age: %d\r\ncache-status: " % age + cache_status + b"\r\n" + tail + body)
         ex.status, ex.sent = answer.status, len(body)
     ex.edge.store.touch(entry)
+
+
+ALLOW = b"GET, HEAD, POST, PUT, DELETE, OPTIONS"
+
+
+def write_local(ex: Exchange, status: int, body: bytes) -> None:
+    """An answer this node gives itself (TRACE refused, OPTIONS with Max-Forwards: 0 or ``*``)."""
+    fields = [(b"allow", ALLOW), (b"content-type", b"text/plain; charset=utf-8"),
+              (b"content-length", b"%d" % len(body))]
+    write_answer(ex, status, fields, body, ex.edge.cache_status.plain(detail="local"))
+
+
+def write_error(client: ClientConnection, error: ProxyError, ex: Exchange | None) -> None:
+    """A short error response, never stored; edge-mode CORS fields included so scripts can read it."""
+    edge = client.edge
+    body = f"{error.status} {error}\n".encode("utf-8", "replace")
+    fields = [(b"content-type", b"text/plain; charset=utf-8"), (b"content-length", b"%d" % len(body)),
+              (b"cache-control", b"no-store"),
+              (b"cache-status", edge.cache_status.plain(detail=error.detail))]
+    if error.close:
+        fields.append((b"connection", b"close"))
+    head_only = ex is not None and ex.head.method == b"HEAD"
+    extra = ex.cors if ex is not None else b""
+    client.transport.write(serialize_head(error.status, fields) + edge.date_line() + extra + b"\r\n"
+                           + (b"" if head_only else body))
+    if ex is not None:
+        ex.status, ex.sent = error.status, len(body)
 
 
 def write_answer(ex: Exchange, status: int, headers: Headers, body: bytes, cache_status: bytes) -> None:

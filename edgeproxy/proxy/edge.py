@@ -27,14 +27,13 @@ from edgeproxy.cache.store import Store
 from edgeproxy.config import Config, SiteConfig
 from edgeproxy.errors import BadRequest, MisdirectedRequest, OriginConnectError, OriginError, OriginTimeout, ProxyError
 from edgeproxy.http.headers import Headers, get
-from edgeproxy.http.wire import serialize_head
 from edgeproxy.metrics import ProxyCounters
 from edgeproxy.proxy import forwarding
+from edgeproxy.proxy.backends import make_parser
 from edgeproxy.proxy.collapse import Collapser
-from edgeproxy.proxy.delivery import write_answer
 from edgeproxy.proxy.hot import HeadMemo
 from edgeproxy.proxy.origin import OriginAddress, OriginPool
-from edgeproxy.proxy.parser import Limits, RequestHead, RequestParser, make_parser
+from edgeproxy.proxy.parser import Limits, RequestHead, RequestParser
 from edgeproxy.sites import SiteTable, normalize_host
 
 if TYPE_CHECKING:
@@ -45,7 +44,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("edgeproxy")
 SWEEP_INTERVAL = 1.0
 HOST_MEMO = 4096
-ALLOW = b"GET, HEAD, POST, PUT, DELETE, OPTIONS"
+
 
 
 @dataclass(frozen=True, slots=True)
@@ -179,21 +178,6 @@ class Edge:
         return selector if mode == "keep" else PurgeURL(normalize_url(selector.url, mode))
 
     # ---- exchanges ----
-    def answer_locally(self, ex: Exchange) -> bool:
-        """Requests this node answers itself (Max-Forwards: 0, TRACE, OPTIONS *). True when answered."""
-        method = ex.head.method
-        if method == b"TRACE":
-            # TRACE would reflect credentials to scripts (cross-site tracing); edges refuse it.
-            self.write_local(ex, 405, b"TRACE is not allowed\n")
-            return True
-        if method == b"OPTIONS":
-            headers, before = forwarding.decrement_max_forwards(ex.head.headers)
-            if before == 0 or ex.target == b"*":
-                self.write_local(ex, 200, b"")
-                return True
-            ex.head.headers = headers
-        return False
-
     def resolve_host(self, host_field: bytes, scheme: str) -> tuple[str, SiteRuntime]:
         """The normalized host and its site for a Host field value; memoized (bounded), it runs on every hit."""
         key = (host_field, scheme)
@@ -247,28 +231,6 @@ class Edge:
             self._date_second = now
             self._date_line = b"date: " + formatdate(now, usegmt=True).encode() + b"\r\n"
         return self._date_line
-
-    def write_local(self, ex: Exchange, status: int, body: bytes) -> None:
-        """An answer this node gives itself (TRACE refused, OPTIONS with Max-Forwards: 0 or ``*``)."""
-        fields = [(b"allow", ALLOW), (b"content-type", b"text/plain; charset=utf-8"),
-                  (b"content-length", b"%d" % len(body))]
-        write_answer(ex, status, fields, body, self.cache_status.plain(detail="local"))
-        self.log(ex)
-
-    def write_error(self, client: ClientConnection, error: ProxyError, ex: Exchange | None) -> None:
-        """A short error response, never stored; edge-mode CORS fields included so scripts can read it."""
-        body = f"{error.status} {error}\n".encode("utf-8", "replace")
-        fields = [(b"content-type", b"text/plain; charset=utf-8"), (b"content-length", b"%d" % len(body)),
-                  (b"cache-control", b"no-store"),
-                  (b"cache-status", self.cache_status.plain(detail=error.detail))]
-        if error.close:
-            fields.append((b"connection", b"close"))
-        head_only = ex is not None and ex.head.method == b"HEAD"
-        extra = ex.cors if ex is not None else b""
-        client.transport.write(serialize_head(error.status, fields) + self.date_line() + extra + b"\r\n"
-                               + (b"" if head_only else body))
-        if ex is not None:
-            ex.status, ex.sent = error.status, len(body)
 
     def note_origin_error(self, error: ProxyError) -> None:
         if isinstance(error, OriginTimeout):

@@ -4,9 +4,9 @@ Rules kept here:
 - ``begin`` runs synchronously inside ``data_received``: whatever it can answer without waiting (fresh hits,
   stale-while-revalidate hits, errors, preflights) it answers there with one write; anything else becomes one
   task running ``run``. The lookup's outcome is a closed set (cache/policy.py) dispatched with ``match``.
-- On the way to the origin for a cacheable GET, the client's own conditionals and Range are dropped: we want a full
-  response to store, and answer the client's conditionals from the entry (RFC 9111 §4.3.2). A Range request on
-  a miss passes through untouched (no full fetch of a huge object just to serve a slice).
+- The decision is the plan (cache/policy.py): the shell runs it. On the way to the origin for a fetch to store, the
+  client's own conditionals and Range are dropped: we want a full response to store, and answer the client's
+  conditionals from the entry (RFC 9111 §4.3.2).
 - Once response bytes have gone out, an origin failure can't become a 502: the client connection is aborted so a
   truncated body can't pass for a complete one; and nothing incomplete is stored (the entry is built only after
   the origin's EndOfMessage).
@@ -29,7 +29,6 @@ from edgeproxy.cache.policy import (
     Hit,
     Miss,
     OnlyIfCachedMiss,
-    Pass,
     Revalidate,
     StaleHit,
     can_serve_stale_on_error,
@@ -47,7 +46,7 @@ from edgeproxy.errors import (
 )
 from edgeproxy.http.headers import get
 from edgeproxy.proxy import forwarding
-from edgeproxy.proxy.delivery import deliver, write_answer
+from edgeproxy.proxy.delivery import deliver, write_answer, write_error, write_local
 from edgeproxy.proxy.origin import OriginConnection
 from edgeproxy.proxy.origin_parser import ResponseHead
 from edgeproxy.proxy.parser import RequestHead
@@ -95,22 +94,19 @@ def begin(edge: Edge, client: ClientConnection, head: RequestHead) -> bool:
     try:
         ex = _prepare(edge, client, head, started)
     except ClientError as e:  # no site yet: a plain error
-        edge.write_error(client, e, None)
+        write_error(client, e, None)
         edge.log_exchange(client, head, e.status, 0, ERROR, 0.0, started)
         return client.response_done(head.keep_alive and not e.close)
     if ex.refusal is not None:  # the site is known: its edge-mode CORS fields let a script read the error
         if ex.site.cors is not None:
             ex.cors = ex.site.cors.response_fields(get(head.headers, b"origin"))
         ex.cache = ERROR
-        edge.write_error(client, ex.refusal, ex)
+        write_error(client, ex.refusal, ex)
         edge.log(ex)
         return client.response_done(head.keep_alive and not ex.refusal.close)
-    if edge.answer_locally(ex) or _edge_cors(ex):
+    if _answer_locally(ex) or _edge_cors(ex):
         return client.response_done(head.keep_alive)
-    if head.method == b"GET" or head.method == b"HEAD":
-        decision = lookup(ex.creq, edge.store.get(ex.key), edge.clock(), ex.site.policy)
-    else:
-        decision = Pass("method")
+    decision = lookup(ex.creq, edge.store.get(ex.key), edge.clock(), ex.site.policy)
     if type(decision) is Hit:  # the hot path skips the pattern match below (measured: ~1 µs)
         ex.cache = HIT
         deliver(ex, decision.entry, decision.age, edge.cache_status.hit(decision.ttl))
@@ -162,6 +158,26 @@ def _prepare(edge: Edge, client: ClientConnection, head: RequestHead, started: f
     return ex
 
 
+def _answer_locally(ex: Exchange) -> bool:
+    """Requests this node answers itself (Max-Forwards: 0, TRACE, OPTIONS *). True when answered."""
+    method = ex.head.method
+    if method == b"TRACE":
+        # TRACE would reflect credentials to scripts (cross-site tracing); edges refuse it.
+        ex.cache = ERROR
+        write_local(ex, 405, b"TRACE is not allowed\n")
+    elif method == b"OPTIONS":
+        headers, before = forwarding.decrement_max_forwards(ex.head.headers)
+        if before != 0 and ex.target != b"*":
+            ex.head.headers = headers
+            return False
+        ex.cache = PASS  # as a preflight answered here: no origin, nothing stored
+        write_local(ex, 200, b"")
+    else:
+        return False
+    ex.edge.log(ex)
+    return True
+
+
 def _origin_form(target: bytes) -> tuple[bytes, bytes | None]:
     """Absolute-form (RFC 9112 §3.2.2) to origin-form plus its authority; ``*`` stays as is."""
     if target == b"*":
@@ -197,7 +213,7 @@ def _edge_cors(ex: Exchange) -> bool:
     ex.cors = policy.response_fields(origin)
     if policy.reject(origin):
         ex.cache = ERROR
-        ex.edge.write_error(ex.client, Forbidden("origin not allowed"), ex)
+        write_error(ex.client, Forbidden("origin not allowed"), ex)
         ex.edge.log(ex)
         return True
     return False
@@ -234,7 +250,7 @@ def _failed(ex: Exchange, decision: Decision, error: ProxyError) -> bool:
     if isinstance(decision, Revalidate) and isinstance(error, OriginError) and _stale_on_error(ex, decision, error):
         return True
     ex.cache = ERROR
-    edge.write_error(client, error, ex)
+    write_error(client, error, ex)
     return not error.close and client.body_done
 
 
@@ -252,8 +268,7 @@ def _stale_on_error(ex: Exchange, decision: Revalidate, error: OriginError) -> b
 
 async def _from_origin(ex: Exchange, decision: Decision) -> bool:
     edge = ex.edge
-    cacheable = isinstance(decision, Miss | Revalidate) and ex.head.method == b"GET" and not (
-        isinstance(decision, Miss) and get(ex.head.headers, b"range") is not None)
+    cacheable = isinstance(decision, Miss | Revalidate) and decision.store
     if not cacheable or not edge.config.cache.collapse:
         return await _fetch(ex, decision, cacheable)
     collapser = edge.collapser

@@ -25,12 +25,8 @@ from typing import Any
 from edgeproxy.errors import OriginConnectError, OriginProtocolError, OriginTimeout, PoolTimeout
 from edgeproxy.http.headers import Headers
 from edgeproxy.netutil import set_nodelay
-from edgeproxy.proxy.origin_parser import (
-    OriginEvent,
-    ResponseError,
-    ResponseHead,
-    make_response_parser,
-)
+from edgeproxy.proxy.backends import make_response_parser
+from edgeproxy.proxy.origin_parser import OriginEvent, ResponseError, ResponseHead
 from edgeproxy.proxy.parser import CLOSED, END, NEED_DATA
 
 

@@ -141,12 +141,3 @@ class H11ResponseParser:
         self.conn.start_next_cycle()
 
 
-BACKENDS: dict[str, type] = {"h11": H11ResponseParser}
-
-
-def make_response_parser(name: str) -> ResponseParser:
-    if name == "httptools" and name not in BACKENDS:
-        from edgeproxy.proxy.origin_parser_httptools import HttptoolsResponseParser  # optional: edgeproxy[fast]
-
-        BACKENDS[name] = HttptoolsResponseParser
-    return BACKENDS[name]()

@@ -331,12 +331,3 @@ def keep_alive(headers: Headers, version: bytes) -> bool:
     return b"close" not in tokens
 
 
-BACKENDS: dict[str, type] = {"h11": H11Parser}
-
-
-def make_parser(name: str, limits: Limits) -> RequestParser:
-    if name == "httptools" and name not in BACKENDS:
-        from edgeproxy.proxy.parser_httptools import HttptoolsParser  # optional: edgeproxy[fast]
-
-        BACKENDS[name] = HttptoolsParser
-    return BACKENDS[name](limits)

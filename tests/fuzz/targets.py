@@ -21,7 +21,8 @@ from edgeproxy.config import CACHE_KEYS, ORIGIN_KEYS, SERVER_KEYS, SITE_KEYS, Co
 from edgeproxy.control.protocol import ProtocolError, parse_request
 from edgeproxy.errors import ClientError
 from edgeproxy.http import cachecontrol
-from edgeproxy.proxy.origin_parser import ResponseError, ResponseHead, make_response_parser
+from edgeproxy.proxy.backends import make_response_parser
+from edgeproxy.proxy.origin_parser import ResponseError, ResponseHead
 from edgeproxy.proxy.parser import CLOSED, END, NEED_DATA, H11Parser, Limits, RequestHead, RequestParser
 
 SMALL = Limits(max_uri=256, max_header_bytes=1024, max_headers=16, max_body=4096)

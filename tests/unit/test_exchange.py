@@ -186,3 +186,19 @@ def test_pass_and_error_outcomes_are_labelled():
         assert (await h.get("/down")).status == 502
         assert h.outcomes() == {"pass": 1, "error": 1}
     run(scenario)
+
+
+def test_answers_the_edge_makes_itself():
+    async def scenario() -> None:
+        h = Harness(site=[{"origin": "http://origin.test:8080",
+                           "cors": {"mode": "edge", "allow_origins": ["https://app.example"],
+                                    "reject_disallowed": True}}])
+        assert (await h.get("/t", method="TRACE")).status == 405
+        assert (await h.get("*", method="OPTIONS")).status == 200
+        refused = await h.get("/x", {"origin": "https://evil.example"})
+        assert refused.status == 403 and "access-control-allow-origin" not in refused.headers
+        preflight = await h.get("/x", {"origin": "https://app.example", "access-control-request-method": "GET"},
+                                method="OPTIONS")
+        assert preflight.status == 204 and preflight.headers["access-control-allow-origin"] == "https://app.example"
+        assert h.origin.seen == [] and h.outcomes() == {"error": 2, "pass": 2}  # none left unlabelled
+    run(scenario)

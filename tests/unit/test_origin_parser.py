@@ -11,13 +11,8 @@ import random
 
 import pytest
 
-from edgeproxy.proxy.origin_parser import (
-    RequestError,
-    ResponseError,
-    ResponseHead,
-    ResponseParser,
-    make_response_parser,
-)
+from edgeproxy.proxy.backends import make_response_parser
+from edgeproxy.proxy.origin_parser import RequestError, ResponseError, ResponseHead, ResponseParser
 from edgeproxy.proxy.parser import CLOSED, END, NEED_DATA
 
 BACKENDS = ("h11", "httptools")

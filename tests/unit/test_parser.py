@@ -22,7 +22,8 @@ from edgeproxy.errors import (
     UriTooLong,
     VersionNotSupported,
 )
-from edgeproxy.proxy.parser import CLOSED, END, NEED_DATA, Limits, RequestHead, RequestParser, make_parser
+from edgeproxy.proxy.backends import make_parser
+from edgeproxy.proxy.parser import CLOSED, END, NEED_DATA, Limits, RequestHead, RequestParser
 
 pytest.importorskip("httptools")
 

@@ -234,3 +234,23 @@ def test_core_is_pure(path):
         elif isinstance(node, ast.ImportFrom) and node.module:
             imported.add(node.module.split(".")[0])
     assert not imported & FORBIDDEN
+
+
+@pytest.mark.parametrize(
+    ("method", "headers", "expected"),
+    [
+        (b"GET", [], Miss("uri-miss", store=True)),
+        (b"GET", [(b"range", b"bytes=0-9")], Miss("uri-miss", store=False)),  # passes through untouched
+        (b"HEAD", [], Miss("uri-miss", store=False)),
+        (b"POST", [], Pass("method")),
+    ],
+)
+def test_the_decision_is_the_whole_plan(method, headers, expected):
+    assert lookup(req(headers, method=method), [], NOW) == expected
+
+
+@pytest.mark.parametrize(("method", "store"), [(b"GET", True), (b"HEAD", False)])
+def test_a_revalidation_stores_only_for_get(method, store):
+    entry = stored(b"max-age=10", ETAG)
+    decision = lookup(req(method=method), [entry], NOW + 60)
+    assert isinstance(decision, Revalidate) and decision.store is store
