@@ -24,6 +24,7 @@ from edgeproxy.errors import BadRequest, ClientError, ProxyError, RequestTimeout
 from edgeproxy.netutil import set_nodelay
 from edgeproxy.proxy.delivery import write_error
 from edgeproxy.proxy.exchange import begin
+from edgeproxy.proxy.flow import FlowControl
 from edgeproxy.proxy.hot import single_head
 from edgeproxy.proxy.parser import CLOSED, END, NEED_DATA, RequestHead
 
@@ -41,7 +42,7 @@ RATE_WINDOW = 5.0
 
 class ClientConnection(asyncio.Protocol):
     __slots__ = (
-        "edge", "scheme", "parser", "transport", "peer", "task", "closed", "write_paused", "drain_waiter",
+        "edge", "scheme", "parser", "transport", "peer", "task", "closed", "flow",
         "body_waiter", "deadline", "phase", "continue_due", "requests", "body_done", "candidate", "body_error",
         "body_deadline", "rate_mark", "rate_bytes", "waited_until",
     )
@@ -54,8 +55,7 @@ class ClientConnection(asyncio.Protocol):
         self.peer = "-"
         self.task: asyncio.Task[None] | None = None
         self.closed = False
-        self.write_paused = False
-        self.drain_waiter: asyncio.Future[None] | None = None
+        self.flow = FlowControl(edge.loop)
         self.body_waiter: asyncio.Future[None] | None = None
         self.deadline = INF
         self.phase = HEAD
@@ -85,7 +85,7 @@ class ClientConnection(asyncio.Protocol):
         if self.closed:
             return
         memo = self.edge.memo
-        if memo is not None and self.task is None and not self.write_paused and self.parser.idle:
+        if memo is not None and self.task is None and not self.flow.paused and self.parser.idle:
             if memo.answer(self, data):
                 return
             self.candidate = data if single_head(data) else None
@@ -124,22 +124,20 @@ class ClientConnection(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
         self.edge.release(self)
-        for fut in (self.drain_waiter, self.body_waiter):
-            if fut is not None and not fut.done():
-                fut.set_result(None)
+        self.flow.release()
+        if self.body_waiter is not None and not self.body_waiter.done():
+            self.body_waiter.set_result(None)
 
     def pause_writing(self) -> None:
         # A client that doesn't read its answers must not make us queue more of them: hits are answered
         # synchronously, so pipelined requests would pile whole bodies into the write buffer. Stop reading (and
         # answering) until the buffer drains.
-        self.write_paused = True
+        self.flow.pause()
         if not self.closed:
             self.transport.pause_reading()
 
     def resume_writing(self) -> None:
-        self.write_paused = False
-        if self.drain_waiter is not None and not self.drain_waiter.done():
-            self.drain_waiter.set_result(None)
+        self.flow.resume()
         if self.task is None and not self.closed:
             self.transport.resume_reading()
             self.serve()  # requests that arrived meanwhile wait in the parser
@@ -148,7 +146,7 @@ class ClientConnection(asyncio.Protocol):
     def serve(self) -> None:
         """Parse and answer requests until one needs a task or more bytes are needed."""
         parser = self.parser
-        while not self.closed and not self.write_paused:
+        while not self.closed and not self.flow.paused:
             try:
                 event = parser.next_event()
                 if type(event) is RequestHead:
@@ -219,10 +217,8 @@ class ClientConnection(asyncio.Protocol):
 
     # ---- used by exchanges ----
     async def drain(self) -> None:
-        if self.write_paused and not self.closed:
-            self.drain_waiter = self.edge.loop.create_future()
-            await self.drain_waiter
-            self.drain_waiter = None
+        if not self.closed:
+            await self.flow.drain()
 
     async def read_body(self) -> bytes | None:
         """The next request body chunk, or None at its end; raises ClientError on timeout or close."""

@@ -26,6 +26,7 @@ from edgeproxy.errors import OriginConnectError, OriginProtocolError, OriginTime
 from edgeproxy.http.headers import Headers
 from edgeproxy.netutil import set_nodelay
 from edgeproxy.proxy.backends import make_response_parser
+from edgeproxy.proxy.flow import FlowControl
 from edgeproxy.proxy.origin_parser import OriginEvent, ResponseError, ResponseHead
 from edgeproxy.proxy.parser import CLOSED, END, NEED_DATA
 
@@ -89,8 +90,7 @@ class OriginConnection(asyncio.Protocol):
         self.last_used = 0.0
         self.reused = False
         self.received = 0  # response bytes since the request was sent
-        self.can_write = True
-        self.write_waiter: asyncio.Future[None] | None = None
+        self.flow = FlowControl(self.loop)
 
     # ---- asyncio.Protocol ----
     def connection_made(self, transport: Any) -> None:
@@ -120,17 +120,13 @@ class OriginConnection(asyncio.Protocol):
         self.lost = True
         self.parser.receive_data(b"")
         self._wake()
-        self.can_write = True
-        if self.write_waiter is not None and not self.write_waiter.done():
-            self.write_waiter.set_result(None)
+        self.flow.release()
 
     def pause_writing(self) -> None:
-        self.can_write = False
+        self.flow.pause()
 
     def resume_writing(self) -> None:
-        self.can_write = True
-        if self.write_waiter is not None and not self.write_waiter.done():
-            self.write_waiter.set_result(None)
+        self.flow.resume()
 
     def _wake(self) -> None:
         if self.waiter is not None and not self.waiter.done():
@@ -155,9 +151,8 @@ class OriginConnection(asyncio.Protocol):
     async def send_body(self, chunk: bytes) -> None:
         if chunk:
             self._write_more(self.parser.send_data(chunk))
-            if not self.can_write and not self.lost:
-                self.write_waiter = self.loop.create_future()
-                await self.write_waiter
+            if not self.lost:
+                await self.flow.drain()
 
     def send_end(self) -> None:
         self._write_more(self.parser.send_end())

@@ -214,7 +214,7 @@ async def _stream_body(ex: Exchange, conn: OriginConnection, head: bytes, chunke
             if event is None:  # nothing more is here: send what is, then wait
                 write(b"".join(pending))
                 pending.clear()
-                if client.write_paused:
+                if client.flow.paused:
                     await client.drain()
                 event = await conn.next_event(timeout)
             if (chunk := body_chunk(event)) is None:

@@ -168,7 +168,7 @@ def test_back_pressure_from_a_slow_reader_stops_the_relay_until_it_drains():
         await asyncio.sleep(0.1)  # the origin has sent everything by now
         written = len(transport.out)
         await asyncio.sleep(0.1)
-        assert len(transport.out) == written and transport.out.count(b"x") < 600 and conn.write_paused
+        assert len(transport.out) == written and transport.out.count(b"x") < 600 and conn.flow.paused
         conn.resume_writing()
         got = await answer_on(transport)
         assert got.body == b"x" * 600
