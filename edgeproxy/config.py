@@ -213,6 +213,7 @@ class CacheConfig:
     collapse: bool = True
     collapse_timeout: float = 10 * SECONDS
     hit_for_miss_ttl: float = 30 * SECONDS
+    revalidate_interval: float = 1 * SECONDS  # origin shielding: see cache/policy.py (0: off)
 
 
 @dataclass(frozen=True)
@@ -277,7 +278,7 @@ ORIGIN_KEYS: dict[str, Callable[[Any], Any]] = {
 CACHE_KEYS: dict[str, Callable[[Any], Any]] = {
     "size": parse_size, "max_object_size": parse_size, "max_variants": _int(1, 10**4),
     "heuristic_max": parse_duration, "max_ttl": parse_duration, "collapse": _bool,
-    "collapse_timeout": parse_duration, "hit_for_miss_ttl": parse_duration,
+    "collapse_timeout": parse_duration, "hit_for_miss_ttl": parse_duration, "revalidate_interval": parse_duration,
 }
 LOG_KEYS: dict[str, Callable[[Any], Any]] = {
     "access": _access_log, "format": _choice("combined", "json"),

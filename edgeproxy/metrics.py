@@ -36,6 +36,7 @@ CONTENT_TYPE = CONTENT_TYPE_LATEST
 # The members themselves are the keys (not their string values): the hit path's dict lookups then match by
 # identity instead of comparing a str subclass with a str (~28 ns a response).
 CACHE_KINDS = tuple(o for o in Outcome if o is not Outcome.NONE)
+FORCED_ANSWERS = ("origin", "collapsed", "interval")
 STATUS_CLASSES = {1: "1xx", 2: "2xx", 3: "3xx", 4: "4xx", 5: "5xx"}
 ORIGIN_ERROR_KINDS = ("connect", "timeout", "protocol")
 # Seconds from sending a request to the origin until its response head arrived. An edge on a LAN origin sits
@@ -51,6 +52,7 @@ class ProxyCounters:
     __slots__ = (
         "requests", "responses", "response_bytes", "origin_requests", "origin_errors", "memo_hits",
         "latency_buckets", "latency_sum", "open_connections", "purges", "gc_buckets", "gc_sum",
+        "forced",
     )
 
     def __init__(self) -> None:
@@ -65,6 +67,8 @@ class ProxyCounters:
         self.latency_sum = 0.0
         self.open_connections = 0
         self.purges: dict[str, int] = {}
+        # Requests whose own directives asked for validation, by what answered them (origin shielding).
+        self.forced: dict[str, int] = dict.fromkeys(FORCED_ANSWERS, 0)
         self.gc_buckets = [0] * (len(GC_PAUSE_BUCKETS) + 1)
         self.gc_sum = 0.0
 
@@ -108,6 +112,7 @@ class ProxyCounters:
             "origin_latency": {"buckets": list(self.latency_buckets), "sum": self.latency_sum},
             "open_connections": self.open_connections,
             "purges": dict(self.purges),
+            "forced": dict(self.forced),
             "gc_pause": {"buckets": list(self.gc_buckets), "sum": self.gc_sum},
         }
 
@@ -145,6 +150,9 @@ _LABELLED = (
     ("proxy", "origin_errors", "edgeproxy_origin_errors_total",
      "Origin requests that failed before a response head.", "kind"),
     ("proxy", "purges", "edgeproxy_purges_total", "Purge commands applied, by kind.", "kind"),
+    ("proxy", "forced", "edgeproxy_forced_revalidations_total",
+     "Requests whose own directives (no-cache, max-age, min-fresh) asked for validation, by what answered them: "
+     "the origin, a concurrent validation (collapsed) or one within revalidate_interval.", "answered"),
     ("store", "not_stored", "edgeproxy_cache_not_stored_total", "Responses the store refused, by reason.",
      "reason"),
 )

@@ -45,4 +45,7 @@ class Entry:
     last_modified: bytes | None = None
     tags: frozenset[str] = field(default_factory=frozenset)
     invalidated: bool = False  # soft purge or §4.4 invalidation: stale from now on
+    # When a client's request directive (no-cache, max-age=0, ...) last made the origin validate this response
+    # (0: never): a forced request within revalidate_interval of it is answered from here (cache/policy.py).
+    validated_at: float = 0.0
     size: int = 0

@@ -60,6 +60,7 @@ class SiteRuntime:
 
 def site_runtime(site: SiteConfig, config: Config) -> SiteRuntime:
     policy = CachePolicy(heuristic_max=config.cache.heuristic_max, max_ttl=config.cache.max_ttl,
+                         revalidate_interval=config.cache.revalidate_interval,
                          ignore_request_cache_control=site.ignore_request_cache_control,
                          store_set_cookie=site.store_set_cookie, query_mode=site.query,
                          cache_name=config.server.name.encode())

@@ -188,7 +188,9 @@ async def relay(ex: Exchange, conn: OriginConnection, response: ResponseHead, de
         ex.uncacheable = True
         edge.store.count_not_stored("framing")
     if parts is not None:
-        ex.stored = store_response(edge, site, ex.creq, status, fields, b"".join(parts), request_time, generation)
+        forced = isinstance(decision, Miss | Revalidate) and decision.detail == "request"
+        ex.stored = store_response(edge, site, ex.creq, status, fields, b"".join(parts), request_time, generation,
+                                   forced=forced)
     if ex.head.method not in SAFE_METHODS:
         _invalidate(ex, status, origin_headers)
     return not close_delimited
@@ -264,22 +266,30 @@ def response_fields(edge: Edge, site: SiteRuntime, origin_headers: list[tuple[by
 
 
 def store_response(edge: Edge, site: SiteRuntime, creq: CacheRequest, status: int, fields: list[tuple[bytes, bytes]],
-                   body: bytes, request_time: float, generation: int) -> bool:
-    """Make and store the entry for a complete response to ``creq`` (``fields`` from ``response_fields``)."""
+                   body: bytes, request_time: float, generation: int, *, forced: bool = False) -> bool:
+    """Make and store the entry for a complete response to ``creq`` (``fields`` from ``response_fields``);
+    ``forced``: a client's request directives sent it to the origin (``Entry.validated_at``)."""
     extra_vary = () if site.cors is not None else cors.origin_mode_vary(
         get(creq.headers, b"origin") is not None, fields)
+    response_time = edge.clock()
     entry = make_entry(creq, status, [*fields, (b"content-length", b"%d" % len(body))], body, request_time,
-                       edge.clock(), site.policy, extra_vary)
+                       response_time, site.policy, extra_vary)
+    if forced:
+        entry.validated_at = response_time
     return edge.store.put(entry, since=generation)
 
 
 def freshen_stored(edge: Edge, site: SiteRuntime, entry: Entry, headers: list[tuple[bytes, bytes]],
-                   request_time: float, response_time: float, generation: int) -> tuple[Entry, bool] | None:
+                   request_time: float, response_time: float, generation: int, *, forced: bool = False
+                   ) -> tuple[Entry, bool] | None:
     """The one place a 304 is applied (client-facing and background revalidation alike): the freshened entry and
-    whether the store took it, or None when the 304 is about another representation (RFC 9111 §4.3.4)."""
+    whether the store took it, or None when the 304 is about another representation (RFC 9111 §4.3.4).
+    ``forced``: a client's request directives asked for this validation (``Entry.validated_at``)."""
     if not validates(entry, headers):
         return None
     fresh = freshen(entry, headers, request_time, response_time, site.policy)
+    if forced:
+        fresh.validated_at = response_time
     return fresh, edge.store.put(fresh, since=generation)
 
 

@@ -467,6 +467,28 @@ def test_request_cache_control_forces_revalidation(edge: Proc, origin: ScriptOri
     assert len(seen) == 2 and seen[1].header("if-none-match") == '"r1"'
 
 
+@pytest.mark.parametrize("forcing", [{"cache-control": "no-cache"}, {"cache-control": "max-age=0"},
+                                     {"pragma": "no-cache"}], ids=["no-cache", "max-age=0", "pragma"])
+def test_forced_revalidations_shield_the_origin(edge: Proc, origin: ScriptOrigin, forcing: dict[str, str]) -> None:
+    """Origin shielding, counted at the origin: bursts of forced requests within revalidate_interval (1 s by
+    default) cost one conditional request; the next one after it costs one more."""
+    name, value = next(iter(forcing.items()))
+    path = f"/shield-{edge.port}-{name}-{value.replace('=', '')}"  # one origin for both edges
+    origin.routes[path] = validating(cacheable(b"shielded", "max-age=600", '"s1"'), '"s1"',
+                                     [("cache-control", "max-age=600")])
+    fetch(edge, path)
+    time.sleep(0.05)  # the stored copy has an age: max-age=0 forces too
+    for _ in range(3):
+        answers = concurrently(edge, path, 16, forcing)
+        assert {a.body for a in answers} == {b"shielded"}
+        time.sleep(0.1)
+    seen = origin.seen(path)
+    assert len(seen) == 2 and seen[1].header("if-none-match") == '"s1"', [s.headers for s in seen]
+    time.sleep(1.1)
+    concurrently(edge, path, 16, forcing)
+    assert len(origin.seen(path)) == 3
+
+
 def test_only_if_cached_miss_is_504(edge: Proc, origin: ScriptOrigin) -> None:
     got = fetch(edge, "/never-fetched", {"cache-control": "only-if-cached"})
     assert got.status == 504 and "only-if-cached" in status_of(got)

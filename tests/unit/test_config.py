@@ -145,6 +145,7 @@ GOOD = [
     ("cache", "collapse", True, True),
     ("cache", "collapse_timeout", "10s", 10.0),
     ("cache", "hit_for_miss_ttl", "30s", 30.0),
+    ("cache", "revalidate_interval", "250ms", 0.25),
     ("log", "access", True, "-"),
     ("log", "access", "-", "-"),
     ("log", "access", False, None),

@@ -202,3 +202,47 @@ def test_answers_the_edge_makes_itself():
         assert preflight.status == 204 and preflight.headers["access-control-allow-origin"] == "https://app.example"
         assert h.origin.seen == [] and h.outcomes() == {"error": 2, "pass": 2}  # none left unlabelled
     run(scenario)
+
+
+def validating_origin(seen: Seen) -> Reply:
+    """Stores with an ETag; answers a conditional request with 304 after a moment (so forced ones overlap)."""
+    if seen.headers.get("if-none-match") == '"e1"':
+        return Reply(304, [("etag", '"e1"'), ("cache-control", "max-age=600")], delay=0.05)
+    return cacheable(b"payload", "max-age=600")
+
+
+@pytest.mark.parametrize("forcing", [{"cache-control": "no-cache"}, {"cache-control": "max-age=0"},
+                                     {"pragma": "no-cache"}])
+def test_forced_revalidations_collapse_revalidate_and_satisfy_the_next_ones(forcing: dict[str, str]):
+    async def scenario() -> None:
+        h = Harness()
+        h.origin.script = validating_origin
+        await h.get("/f")
+        h.clock.now += 5  # the stored copy is 5 s old: max-age=0 forces too
+        answers = await asyncio.gather(*(h.get("/f", forcing) for _ in range(8)))
+        assert [a.body for a in answers] == [b"payload"] * 8
+        assert [s.headers.get("if-none-match") for s in h.origin.seen] == [None, '"e1"']  # one, conditional
+        h.clock.now += 0.5  # within revalidate_interval (1 s) of that validation
+        again = await h.get("/f", forcing)
+        assert again.headers["cache-status"].endswith('detail="validated-recently"') and len(h.origin.seen) == 2
+        h.clock.now += 1.0  # past it: the next forced request goes to the origin again
+        await h.get("/f", forcing)
+        assert len(h.origin.seen) == 3
+        assert h.edge.counters.forced == {"origin": 2, "collapsed": 7, "interval": 1}
+    run(scenario)
+
+
+def test_forced_waiters_still_collapse_with_the_interval_off():
+    async def scenario() -> None:
+        h = Harness(cache={"revalidate_interval": "0s"})
+
+        def slow_clock(seen: Seen) -> Reply:  # time passes while the origin works: its answer is newer
+            h.clock.now += 0.05
+            return validating_origin(seen)
+        h.origin.script = slow_clock
+        await h.get("/g")
+        await asyncio.gather(*(h.get("/g", {"cache-control": "no-cache"}) for _ in range(5)))
+        assert len(h.origin.seen) == 2  # the waiters take the validation that finished after they came
+        await h.get("/g", {"cache-control": "no-cache"})
+        assert len(h.origin.seen) == 3  # and nothing more: every later forced request is validated
+    run(scenario)

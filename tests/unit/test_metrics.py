@@ -144,6 +144,7 @@ def test_render_exposes_every_family_with_its_values():
         ("edgeproxy_origin_errors_total", (("kind", "protocol"),)): 1,
         ("edgeproxy_origin_errors_total", (("kind", "connect"),)): 0,
         ("edgeproxy_purges_total", (("kind", "prefix"),)): 1,
+        ("edgeproxy_forced_revalidations_total", (("answered", "interval"),)): 0,
         ("edgeproxy_open_connections", ()): 5,
         ("edgeproxy_origin_latency_seconds_bucket", (("le", "0.001"),)): 0,
         ("edgeproxy_origin_latency_seconds_bucket", (("le", "0.005"),)): 1,
@@ -179,7 +180,7 @@ def test_render_exposes_every_family_with_its_values():
         "edgeproxy_cache_capacity_bytes": "gauge", "edgeproxy_cache_hits": "counter",
         "edgeproxy_cache_misses": "counter", "edgeproxy_cache_evictions": "counter",
         "edgeproxy_cache_inserts": "counter", "edgeproxy_cache_purged": "counter",
-        "edgeproxy_cache_not_stored": "counter",
+        "edgeproxy_cache_not_stored": "counter", "edgeproxy_forced_revalidations": "counter",
     }
 
 

@@ -13,6 +13,7 @@ from edgeproxy.cache.policy import (
     Pass,
     Revalidate,
     StaleHit,
+    Validated,
     can_serve_stale_on_error,
     counts_as_error,
     invalidation_keys,
@@ -254,3 +255,45 @@ def test_a_revalidation_stores_only_for_get(method, store):
     entry = stored(b"max-age=10", ETAG)
     decision = lookup(req(method=method), [entry], NOW + 60)
     assert isinstance(decision, Revalidate) and decision.store is store
+
+
+SHIELD = CachePolicy(revalidate_interval=1.0)
+LATER = NOW + 0.3  # the entry is 0.3 s old: max-age=0 forces validation
+
+
+def forced_entry(cc: bytes = b"max-age=600", validated_ago: float | None = 0.5):
+    entry = stored(cc, ETAG)
+    if validated_ago is not None:
+        entry.validated_at = LATER - validated_ago
+    return entry
+
+
+@pytest.mark.parametrize(
+    ("request_headers", "entry_args", "opts", "expected"),
+    [
+        # a validation a client forced 0.5 s ago answers the next forced requests...
+        ([(b"cache-control", b"no-cache")], {}, SHIELD, Validated),
+        ([(b"cache-control", b"max-age=0")], {}, SHIELD, Validated),
+        ([(b"pragma", b"no-cache")], {}, SHIELD, Validated),
+        ([(b"cache-control", b"min-fresh=100000")], {}, SHIELD, Validated),
+        # ...but not after the interval, not with the interval off, not without a forced validation before
+        ([(b"cache-control", b"no-cache")], {"validated_ago": 1.5}, SHIELD, Revalidate),
+        ([(b"cache-control", b"no-cache")], {}, CachePolicy(), Revalidate),
+        ([(b"cache-control", b"no-cache")], {"validated_ago": None}, SHIELD, Revalidate),
+        # an entry the origin says to validate every time is validated every time
+        ([(b"cache-control", b"no-cache")], {"cc": b"no-cache"}, SHIELD, Revalidate),
+        # sites that ignore request directives never get here: a plain hit
+        ([(b"cache-control", b"no-cache")], {}, CachePolicy(ignore_request_cache_control=True), Hit),
+    ],
+)
+def test_origin_shielding_answers_forced_requests_from_a_recent_forced_validation(request_headers, entry_args, opts,
+                                                                                  expected):
+    decision = lookup(req(request_headers), [forced_entry(**entry_args)], LATER, opts)
+    assert type(decision) is expected
+
+
+def test_a_forced_validation_that_finished_after_the_request_arrived_answers_it_with_the_interval_off():
+    entry = forced_entry(validated_ago=0.2)  # finished 0.2 s ago; this request arrived 0.3 s ago and waited
+    no_cache = req([(b"cache-control", b"no-cache")])
+    assert type(lookup(no_cache, [entry], LATER, CachePolicy(), arrived=LATER - 0.3)) is Validated
+    assert type(lookup(no_cache, [entry], LATER, CachePolicy(), arrived=LATER - 0.1)) is Revalidate
