@@ -22,9 +22,9 @@ Rules kept here:
   ``no-cache``, or that is stale or soft-purged, is validated every time.
 - Miss and Revalidate details are RFC 9211 ``fwd`` values: uri-miss, vary-miss, stale, request.
 - A decision is the whole plan: the shell executes it without deciding again. ``store`` on Miss and Revalidate
-  says whether the fetch is one to keep (then the client's own conditionals and Range stay out of it and
-  concurrent ones collapse onto it): only for GET, and for a miss only without Range, which passes through
-  untouched (no full fetch of a huge object just to serve a slice).
+  says whether the fetch is one to keep (then the client's own conditionals and Range stay out of it, concurrent
+  ones collapse onto it, and a range is answered from the stored copy): for GET. A ranged miss whose full
+  response can't be kept (too large, not storable) is fetched again as the range alone, by the shell.
 Pure: no I/O, no clock.
 """
 
@@ -101,7 +101,7 @@ class Revalidate:
 @dataclass(frozen=True, slots=True)
 class Miss:
     detail: str  # "uri-miss", "vary-miss", "stale" or "request" (nothing to validate with)
-    store: bool = True  # fetch to keep: a GET without Range
+    store: bool = True  # fetch to keep: a GET
 
 
 @dataclass(frozen=True, slots=True)
@@ -204,8 +204,7 @@ def lookup(
     if entry is None:
         if "only-if-cached" in rcc:
             return OnlyIfCachedMiss()
-        store = req.method == b"GET" and get(req.headers, b"range") is None
-        return Miss("vary-miss" if variants else "uri-miss", store)
+        return Miss("vary-miss" if variants else "uri-miss", req.method == b"GET")
     age = current_age(entry, now)
     left = entry.freshness_lifetime - age
     reason = _validation_reason(entry, rcc, age, left)

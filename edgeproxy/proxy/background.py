@@ -28,6 +28,7 @@ from edgeproxy.proxy.upstream import (
     CLIENT_CONDITIONALS,
     body_room,
     freshen_stored,
+    read_body,
     response_fields,
     store_response,
 )
@@ -82,13 +83,9 @@ async def _revalidate(edge: Edge, job: Revalidation) -> None:
         headers = response.headers
         fields = response_fields(edge, site, headers)
         # What the store would take: head, body and per-entry overhead, as on the client-facing path.
-        limit = body_room(edge.store, response.status, fields)
-        body, size = [], 0
-        async for chunk in conn.body(timeout):
-            size += len(chunk)
-            if size > limit:
-                return  # not kept: the connection is closed by release (the body was not read to its end)
-            body.append(chunk)
+        body = await read_body(conn, body_room(edge.store, response.status, fields), timeout)
+        if body is None:
+            return  # not kept: the connection is closed by release (the body was not read to its end)
     finally:
         edge.pool.release(conn)
     if response.status == 304:

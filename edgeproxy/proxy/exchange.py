@@ -54,6 +54,7 @@ from edgeproxy.proxy.parser import RequestHead
 from edgeproxy.proxy.upstream import (
     CLIENT_CONDITIONALS,
     ClientGone,
+    PassInstead,
     freshen_stored,
     relay,
     send_request,
@@ -296,6 +297,10 @@ async def _from_origin(ex: Exchange, decision: Decision) -> bool:
             case Miss() | Revalidate():
                 decision = again
     leading = collapser.lead(ex.key)
+    if not leading and get(ex.head.headers, b"range") is not None:
+        # Someone else leads, or the key's full response was not storable a moment ago (hit-for-miss): a range
+        # goes on its own rather than fetching the whole object again.
+        decision, cacheable = Miss(decision.detail, store=False), False
     try:
         return await _fetch(ex, decision, cacheable)
     finally:
@@ -323,8 +328,11 @@ async def _fetch(ex: Exchange, decision: Decision, cacheable: bool) -> bool:
             if done is not None:
                 return done
         return await relay(ex, conn, response, decision, cacheable, request_time, generation)
+    except PassInstead:  # a ranged miss whose full response can't be kept: ask for the range alone
+        pass
     finally:
         edge.pool.release(conn)
+    return await _fetch(ex, Miss(getattr(decision, "detail", "uri-miss"), store=False), cacheable=False)
 
 
 async def _revalidated(ex: Exchange, decision: Revalidate, conn: OriginConnection, response: ResponseHead,

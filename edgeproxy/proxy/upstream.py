@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING
 
 from edgeproxy import cors
 from edgeproxy.cache.entry import ENTRY_OVERHEAD
+from edgeproxy.cache.freshness import current_age
 from edgeproxy.cache.outcome import MISS, PASS
 from edgeproxy.cache.policy import (
     SAFE_METHODS,
@@ -32,7 +33,7 @@ from edgeproxy.errors import OriginError
 from edgeproxy.http.headers import get
 from edgeproxy.http.wire import serialize_head
 from edgeproxy.proxy import forwarding
-from edgeproxy.proxy.delivery import connection_line
+from edgeproxy.proxy.delivery import connection_line, deliver
 from edgeproxy.proxy.origin import OriginClosed, OriginClosedUnsent, OriginConnection, body_chunk
 from edgeproxy.proxy.origin_parser import ResponseHead
 
@@ -56,6 +57,10 @@ EDGE_CONSUMED: frozenset[bytes] = frozenset(
 
 class ClientGone(Exception):
     """The client went away while we were writing to it."""
+
+
+class PassInstead(Exception):
+    """A ranged miss whose full response can't be kept: the range is fetched on its own, uncached."""
 
 
 async def send_request(ex: Exchange, fields: list[tuple[bytes, bytes]]) -> tuple[OriginConnection, ResponseHead]:
@@ -157,6 +162,8 @@ async def relay(ex: Exchange, conn: OriginConnection, response: ResponseHead, de
     edge, site = ex.edge, ex.site
     status = response.status
     origin_headers = response.headers
+    if cacheable and status == 200 and get(ex.head.headers, b"range") is not None:
+        return await _answer_range_from_copy(ex, conn, response, decision, request_time, generation)
     framing, length, chunked = client_framing(ex, status, origin_headers)
     fields = response_fields(edge, site, origin_headers)
     reason = storable(ex.creq, status, origin_headers, site.policy) if cacheable else "pass"
@@ -189,11 +196,54 @@ async def relay(ex: Exchange, conn: OriginConnection, response: ResponseHead, de
         edge.store.count_not_stored("framing")
     if parts is not None:
         forced = isinstance(decision, Miss | Revalidate) and decision.detail == "request"
-        ex.stored = store_response(edge, site, ex.creq, status, fields, b"".join(parts), request_time, generation,
-                                   forced=forced)
+        _, ex.stored = store_response(edge, site, ex.creq, status, fields, b"".join(parts), request_time, generation,
+                                      forced=forced)
     if ex.head.method not in SAFE_METHODS:
         _invalidate(ex, status, origin_headers)
     return not close_delimited
+
+
+async def _answer_range_from_copy(ex: Exchange, conn: OriginConnection, response: ResponseHead, decision: Decision,
+                                  request_time: float, generation: int) -> bool:
+    """A Range request that missed: the full response was asked for (concurrent ones collapse onto it); it is read
+    whole, stored, and the client's range answered from the copy (cache/ranges.py), so a burst of ranged requests
+    costs the origin one fetch. One that can't be kept raises PassInstead before any byte reached the client."""
+    edge, site = ex.edge, ex.site
+    status, origin_headers = response.status, response.headers
+    fields = response_fields(edge, site, origin_headers)
+    reason = storable(ex.creq, status, origin_headers, site.policy)
+    limit = body_room(edge.store, status, fields)
+    length = get(origin_headers, b"content-length")
+    if reason is None and length is not None and int(length) > limit:
+        reason = "too-large"  # decided before reading: no huge body is fetched for a slice of it
+    parts = None
+    if reason is None:
+        parts = await read_body(conn, limit, edge.config.origin.read_timeout)
+        if parts is None:
+            reason = "too-large"
+        elif conn.answered_twice() or not _self_delimited(status, origin_headers):
+            reason = "framing"
+    if reason is not None or parts is None:
+        edge.store.count_not_stored(reason or "too-large")
+        ex.uncacheable = True
+        raise PassInstead(reason)
+    forced = isinstance(decision, Miss | Revalidate) and decision.detail == "request"
+    entry, ex.stored = store_response(edge, site, ex.creq, status, fields, b"".join(parts), request_time, generation,
+                                      forced=forced)
+    ex.cache = MISS
+    deliver(ex, entry, current_age(entry, edge.clock()), _cache_status(ex, decision, status, ex.stored))
+    return True
+
+
+async def read_body(conn: OriginConnection, limit: int, timeout: float) -> list[bytes] | None:
+    """The whole response body in parts, or None as soon as it exceeds ``limit`` (the rest is left unread)."""
+    parts, size = [], 0
+    async for chunk in conn.body(timeout):
+        size += len(chunk)
+        if size > limit:
+            return None
+        parts.append(chunk)
+    return parts
 
 
 async def _stream_body(ex: Exchange, conn: OriginConnection, head: bytes, chunked: bool,
@@ -266,9 +316,11 @@ def response_fields(edge: Edge, site: SiteRuntime, origin_headers: list[tuple[by
 
 
 def store_response(edge: Edge, site: SiteRuntime, creq: CacheRequest, status: int, fields: list[tuple[bytes, bytes]],
-                   body: bytes, request_time: float, generation: int, *, forced: bool = False) -> bool:
-    """Make and store the entry for a complete response to ``creq`` (``fields`` from ``response_fields``);
-    ``forced``: a client's request directives sent it to the origin (``Entry.validated_at``)."""
+                   body: bytes, request_time: float, generation: int, *, forced: bool = False
+                   ) -> tuple[Entry, bool]:
+    """Make and store the entry for a complete response to ``creq`` (``fields`` from ``response_fields``): the
+    entry and whether the store took it. ``forced``: a client's request directives sent it to the origin
+    (``Entry.validated_at``)."""
     extra_vary = () if site.cors is not None else cors.origin_mode_vary(
         get(creq.headers, b"origin") is not None, fields)
     response_time = edge.clock()
@@ -276,7 +328,7 @@ def store_response(edge: Edge, site: SiteRuntime, creq: CacheRequest, status: in
                        response_time, site.policy, extra_vary)
     if forced:
         entry.validated_at = response_time
-    return edge.store.put(entry, since=generation)
+    return entry, edge.store.put(entry, since=generation)
 
 
 def freshen_stored(edge: Edge, site: SiteRuntime, entry: Entry, headers: list[tuple[bytes, bytes]],

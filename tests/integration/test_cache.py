@@ -445,12 +445,25 @@ def test_client_conditionals_answered_from_the_cache(edge: Proc, origin: ScriptO
     assert len(origin.seen(path)) == 1
 
 
-def test_range_on_a_miss_passes_through(edge: Proc, origin: ScriptOrigin) -> None:
-    origin.routes["/partial"] = Reply(206, [("content-range", "bytes 0-3/10"), ("cache-control", "max-age=60")],
-                                      b"0123")
+def test_range_on_a_miss_fetches_the_whole_object_once(edge: Proc, origin: ScriptOrigin) -> None:
+    """A client's Range is no lever on the origin: the object is fetched whole once, and ranges come from the copy."""
+    origin.routes["/partial"] = cacheable(b"0123456789")
     got = fetch(edge, "/partial", {"range": "bytes=0-3"})
     assert got.status == 206 and got.body == b"0123" and got.header("content-range") == "bytes 0-3/10"
-    assert [s.header("range") for s in origin.seen("/partial")] == ["bytes=0-3"]
+    again = fetch(edge, "/partial", {"range": "bytes=6-"})
+    assert again.status == 206 and again.body == b"6789" and status_of(again).startswith("edgeproxy; hit")
+    assert [s.header("range") for s in origin.seen("/partial")] == [None]
+
+
+def test_range_on_a_miss_too_large_to_keep_passes_through(edge: Proc, origin: ScriptOrigin) -> None:
+    def script(seen: Seen) -> Reply:
+        if seen.header("range"):
+            return Reply(206, [("content-range", "bytes 0-3/50000000"), ("cache-control", "max-age=60")], b"0123")
+        return Reply(200, [("cache-control", "max-age=60"), ("content-length", "50000000")], b"", framing="none")
+    origin.routes["/huge-partial"] = script
+    got = fetch(edge, "/huge-partial", {"range": "bytes=0-3"})
+    assert got.status == 206 and got.body == b"0123" and got.header("content-range") == "bytes 0-3/50000000"
+    assert [s.header("range") for s in origin.seen("/huge-partial")] == [None, "bytes=0-3"]
 
 
 # ---- request Cache-Control ----

@@ -246,3 +246,36 @@ def test_forced_waiters_still_collapse_with_the_interval_off():
         await h.get("/g", {"cache-control": "no-cache"})
         assert len(h.origin.seen) == 3  # and nothing more: every later forced request is validated
     run(scenario)
+
+
+def test_ranged_misses_share_one_full_fetch_and_are_answered_from_the_copy():
+    async def scenario() -> None:
+        h = Harness()
+        body = bytes(range(256)) * 4
+        h.origin.script = lambda seen: Reply(headers=[("cache-control", "max-age=60"), ("etag", '"r"')], body=body,
+                                             delay=0.05)
+        ranges = [(0, 9), (100, 199), (1000, 1023), (5, 5)]
+        answers = await asyncio.gather(*(h.get("/r", {"range": f"bytes={a}-{b}"}) for a, b in ranges))
+        assert [a.status for a in answers] == [206] * 4
+        assert [a.body for a in answers] == [body[a:b + 1] for a, b in ranges]
+        assert answers[2].headers["content-range"] == "bytes 1000-1023/1024"
+        assert len(h.origin.seen) == 1 and "range" not in h.origin.seen[0].headers
+        assert (await h.get("/r")).headers["cache-status"].startswith("edgeproxy; hit")
+    run(scenario)
+
+
+def test_a_ranged_miss_too_large_to_keep_fetches_the_range_alone():
+    async def scenario() -> None:
+        h = Harness(cache={"max_object_size": "64KiB", "size": "1MiB"})
+
+        def origin(seen: Seen) -> Reply:
+            if "range" in seen.headers:
+                return Reply(206, [("content-range", "bytes 0-9/200000")], b"0123456789")
+            return Reply(headers=[("cache-control", "max-age=60"), ("content-length", "200000")], body=b"")
+
+        h.origin.script = origin
+        got = await h.get("/huge", {"range": "bytes=0-9"})
+        assert got.status == 206 and got.body == b"0123456789"
+        assert [s.headers.get("range") for s in h.origin.seen] == [None, "bytes=0-9"]
+        assert h.edge.store.stats().entries == 0
+    run(scenario)

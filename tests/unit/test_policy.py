@@ -241,7 +241,7 @@ def test_core_is_pure(path):
     ("method", "headers", "expected"),
     [
         (b"GET", [], Miss("uri-miss", store=True)),
-        (b"GET", [(b"range", b"bytes=0-9")], Miss("uri-miss", store=False)),  # passes through untouched
+        (b"GET", [(b"range", b"bytes=0-9")], Miss("uri-miss", store=True)),  # fetched whole, answered from it
         (b"HEAD", [], Miss("uri-miss", store=False)),
         (b"POST", [], Pass("method")),
     ],
