@@ -109,7 +109,6 @@ class LocalEdge:
 
     # ---- stop ----
     async def stop(self, drain_timeout: float) -> None:
-        self.edge.draining = True
         for server in self.servers:
             server.close()
         await self._drain(drain_timeout)

@@ -84,7 +84,6 @@ class Edge:
         self._date_second = -1
         self._date_line = b""
         self.sweeper: asyncio.TimerHandle | None = None
-        self.draining = False
         self.store = Store(config.cache.size, config.cache.max_object_size, config.cache.max_variants)
         self.collapser = Collapser(config.cache.collapse_timeout, config.cache.hit_for_miss_ttl)
         self.background: set[asyncio.Task[None]] = set()
@@ -120,7 +119,10 @@ class Edge:
 
     def admit(self, client: ClientConnection) -> bool:
         s = self.config.server
-        if self.draining or len(self.connections) >= s.max_connections:
+        # Not refused while draining: a connection accepted in the instant before the listener closed carries a
+        # request a client is waiting on (with socket activation, the next process would have served it); it is
+        # answered, then closed as idle by the drain.
+        if len(self.connections) >= s.max_connections:
             return False
         n = self.per_ip.get(client.peer, 0)
         if n >= s.max_connections_per_ip:
