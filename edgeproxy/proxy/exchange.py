@@ -332,7 +332,9 @@ async def _fetch(ex: Exchange, decision: Decision, cacheable: bool) -> bool:
         pass
     finally:
         edge.pool.release(conn)
-    return await _fetch(ex, Miss(getattr(decision, "detail", "uri-miss"), store=False), cacheable=False)
+    # Only a fetch to store (a Miss or Revalidate) reads a range's full response, so only those get here.
+    detail = decision.detail if isinstance(decision, Miss | Revalidate) else "uri-miss"
+    return await _fetch(ex, Miss(detail, store=False), cacheable=False)
 
 
 async def _revalidated(ex: Exchange, decision: Revalidate, conn: OriginConnection, response: ResponseHead,
