@@ -67,8 +67,14 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("edgeproxy.exchange")
 
+
 @dataclass(slots=True)
 class Exchange:
+    """One request and what became of it. ``begin`` (below) makes it and answers what needs no waiting; the phases
+    that do are methods: ``run`` (the task) → ``_from_origin`` (collapse) → ``_fetch`` (send, then
+    ``_revalidated`` for a 304 or ``relay``), and ``_failed`` / ``_stale_on_error`` when the origin fails. Each
+    writes its fields here; the answer itself is written by delivery.py or upstream.relay."""
+
     edge: Edge
     client: ClientConnection
     head: RequestHead
@@ -87,6 +93,178 @@ class Exchange:
     uncacheable: bool = False  # the origin's complete answer is one we won't store (hit-for-miss)
     refusal: ClientError | None = None  # decided by _prepare, answered by begin
     arrived: float = 0.0  # the wall clock of the first lookup, for one made again after waiting (collapsing)
+
+    def answer_locally(self) -> bool:
+        """Requests this node answers itself (Max-Forwards: 0, TRACE, OPTIONS *). True when answered."""
+        method = self.head.method
+        if method == b"TRACE":
+            # TRACE would reflect credentials to scripts (cross-site tracing); edges refuse it.
+            self.cache = ERROR
+            write_local(self, 405, b"TRACE is not allowed\n")
+        elif method == b"OPTIONS":
+            headers, before = forwarding.decrement_max_forwards(self.head.headers)
+            if before != 0 and self.target != b"*":
+                self.head.headers = headers
+                return False
+            self.cache = PASS  # as a preflight answered here: no origin, nothing stored
+            write_local(self, 200, b"")
+        else:
+            return False
+        self.edge.log(self)
+        return True
+
+    def edge_cors(self) -> bool:
+        """Edge-mode CORS: answer preflights and refused origins here; otherwise note the fields to deliver."""
+        policy = self.site.cors
+        if policy is None:
+            return False
+        headers = self.head.headers
+        origin = get(headers, b"origin")
+        if cors.is_preflight(self.head.method, headers):
+            pre = policy.preflight(origin, get(headers, b"access-control-request-method") or b"",
+                                   get(headers, b"access-control-request-headers"))
+            self.cache = PASS
+            # pre.headers carries its own framing (Content-Length: 0 on the 403, none on the 204).
+            write_answer(self, pre.status, pre.headers, b"", self.edge.cache_status.plain(detail="preflight"))
+            self.edge.log(self)
+            return True
+        self.cors = policy.response_fields(origin)
+        if policy.reject(origin):
+            self.cache = ERROR
+            write_error(self.client, Forbidden("origin not allowed"), self)
+            self.edge.log(self)
+            return True
+        return False
+
+    async def run(self, decision: Decision) -> None:
+        """The exchange task: collapse, fetch, store, answer; every failure gets a defined outcome."""
+        edge, client = self.edge, self.client
+        keep_alive = self.head.keep_alive
+        try:
+            keep_alive = await self._from_origin(decision) and keep_alive
+        except ProxyError as e:
+            keep_alive = self._failed(decision, e) and keep_alive
+        except ClientGone:
+            keep_alive = False
+        except Exception:
+            log.exception("exchange failed: %s %r", self.head.method, self.target)
+            client.transport.abort()
+            keep_alive = False
+        edge.log(self)
+        client.exchange_done(keep_alive)
+
+    def _failed(self, decision: Decision, error: ProxyError) -> bool:
+        """An origin or client error: stale-if-error, a short error response, or an aborted connection."""
+        edge, client = self.edge, self.client
+        if isinstance(error, OriginError):
+            edge.note_origin_error(error)
+        if self.status:  # the head is out: the body can't be mended, cut the connection
+            client.transport.abort()
+            return False
+        if isinstance(decision, Revalidate) and isinstance(error, OriginError) and self._stale_on_error(decision,
+                                                                                                       error):
+            return True
+        self.cache = ERROR
+        write_error(client, error, self)
+        return not error.close and client.body_done
+
+    def _stale_on_error(self, decision: Revalidate, error: OriginError) -> bool:
+        """stale-if-error for an origin failure. RFC 5861 §4 defines an error by the status the client would get: an
+        origin that can't be reached, times out or hangs up (our 502/503/504) counts as much as an origin 503."""
+        entry, now = decision.entry, self.edge.clock()
+        if not counts_as_error(error.status) or not can_serve_stale_on_error(entry, now, self.creq, self.site.policy):
+            return False
+        self.cache = STALE
+        cache_status = self.edge.cache_status.forward("stale", detail="stale-if-error " + error.detail)
+        deliver(self, entry, current_age(entry, now), cache_status)
+        return True
+
+    async def _from_origin(self, decision: Decision) -> bool:
+        edge = self.edge
+        cacheable = isinstance(decision, Miss | Revalidate) and decision.store
+        if not cacheable or not edge.config.cache.collapse:
+            return await self._fetch(decision, cacheable)
+        collapser = edge.collapser
+        waiting = collapser.inflight.get(self.key)
+        if waiting is None or await collapser.wait(waiting):
+            # Look again: a concurrent fetch may have finished between begin's decision and this task's start, or
+            # while we waited for it. One lookup per fetch to store (~2 µs of a miss), against a second origin request.
+            again = lookup(self.creq, edge.store.get(self.key), edge.clock(), self.site.policy, arrived=self.arrived)
+            match again:
+                # Validated: a validation this request's own directives asked for, finished after it came.
+                case Hit(entry=entry, age=age, ttl=left) | Validated(entry=entry, age=age, ttl=left):
+                    self.cache = COLLAPSED
+                    if decision.detail == "request":
+                        edge.counters.forced["collapsed"] += 1
+                    deliver(self, entry, age, edge.cache_status.hit(left, detail="collapsed"))
+                    return True
+                case Miss() | Revalidate():
+                    decision = again
+        leading = collapser.lead(self.key)
+        if not leading and get(self.head.headers, b"range") is not None:
+            # Someone else leads, or the key's full response was not storable a moment ago (hit-for-miss): a range
+            # goes on its own rather than fetching the whole object again.
+            decision, cacheable = Miss(decision.detail, store=False), False
+        try:
+            return await self._fetch(decision, cacheable)
+        finally:
+            if leading:
+                collapser.done(self.key, self.uncacheable)
+
+    async def _fetch(self, decision: Decision, cacheable: bool) -> bool:
+        edge = self.edge
+        generation = edge.store.generation()
+        if isinstance(decision, Miss | Revalidate) and decision.detail == "request":
+            edge.counters.forced["origin"] += 1
+        fields = edge.origin_request_fields(self)
+        if cacheable:
+            fields = [(k, v) for k, v in fields if k not in CLIENT_CONDITIONALS]
+            if isinstance(decision, Revalidate):
+                fields += decision.headers_to_add
+        request_time = edge.clock()
+        conn, response = await send_request(self, fields)
+        response_time = edge.clock()
+        edge.counters.origin_response(response_time - request_time)
+        try:
+            if isinstance(decision, Revalidate):
+                done = await self._revalidated(decision, conn, response, request_time, response_time, generation)
+                if done is not None:
+                    return done
+            return await relay(self, conn, response, decision, cacheable, request_time, generation)
+        except PassInstead:  # a ranged miss whose full response can't be kept: ask for the range alone
+            pass
+        finally:
+            edge.pool.release(conn)
+        # Only a fetch to store (a Miss or Revalidate) reads a range's full response, so only those get here.
+        detail = decision.detail if isinstance(decision, Miss | Revalidate) else "uri-miss"
+        return await self._fetch(Miss(detail, store=False), cacheable=False)
+
+    async def _revalidated(self, decision: Revalidate, conn: OriginConnection, response: ResponseHead,
+                           request_time: float, response_time: float, generation: int) -> bool | None:
+        """Handle the origin's answer to our conditional request; None means relay it as a normal response."""
+        edge, entry, policy = self.edge, decision.entry, self.site.policy
+        status = response.status
+        headers = response.headers
+        if status == 304:
+            async for _ in conn.body(edge.config.origin.read_timeout):
+                pass
+            freshened = freshen_stored(edge, self.site, entry, headers, request_time, response_time, generation,
+                                       forced=decision.detail == "request")
+            if freshened is None:  # about another representation: ask again without conditions
+                return await self._fetch(Miss("stale"), cacheable=True)
+            fresh, self.stored = freshened
+            self.cache = REVALIDATED
+            now = edge.clock()
+            deliver(self, fresh, current_age(fresh, now),
+                    edge.cache_status.forward(decision.detail, fwd_status=304, stored=self.stored, ttl=ttl(fresh, now)))
+            return True
+        if counts_as_error(status) and can_serve_stale_on_error(entry, edge.clock(), self.creq, policy):
+            conn.close()  # don't read the error body
+            self.cache = STALE
+            deliver(self, entry, current_age(entry, edge.clock()),
+                    edge.cache_status.forward("stale", fwd_status=status, detail="stale-if-error"))
+            return True
+        return None
 
 
 # ---- the synchronous part ----
@@ -107,7 +285,7 @@ def begin(edge: Edge, client: ClientConnection, head: RequestHead) -> bool:
         write_error(client, ex.refusal, ex)
         edge.log(ex)
         return client.response_done(head.keep_alive and not ex.refusal.close)
-    if _answer_locally(ex) or _edge_cors(ex):
+    if ex.answer_locally() or ex.edge_cors():
         return client.response_done(head.keep_alive)
     now = edge.clock()
     decision = lookup(ex.creq, edge.store.get(ex.key), now, ex.site.policy)
@@ -134,7 +312,7 @@ def begin(edge: Edge, client: ClientConnection, head: RequestHead) -> bool:
             write_answer(ex, 504, [(b"content-length", b"0")], b"", edge.cache_status.plain(detail="only-if-cached"))
         case _:
             ex.arrived = now
-            client.task = edge.loop.create_task(run(ex, decision))
+            client.task = edge.loop.create_task(ex.run(decision))
             return False
     edge.log(ex)
     return client.response_done(head.keep_alive)
@@ -167,26 +345,6 @@ def _prepare(edge: Edge, client: ClientConnection, head: RequestHead, started: f
     return ex
 
 
-def _answer_locally(ex: Exchange) -> bool:
-    """Requests this node answers itself (Max-Forwards: 0, TRACE, OPTIONS *). True when answered."""
-    method = ex.head.method
-    if method == b"TRACE":
-        # TRACE would reflect credentials to scripts (cross-site tracing); edges refuse it.
-        ex.cache = ERROR
-        write_local(ex, 405, b"TRACE is not allowed\n")
-    elif method == b"OPTIONS":
-        headers, before = forwarding.decrement_max_forwards(ex.head.headers)
-        if before != 0 and ex.target != b"*":
-            ex.head.headers = headers
-            return False
-        ex.cache = PASS  # as a preflight answered here: no origin, nothing stored
-        write_local(ex, 200, b"")
-    else:
-        return False
-    ex.edge.log(ex)
-    return True
-
-
 def _origin_form(target: bytes) -> tuple[bytes, bytes | None]:
     """Absolute-form (RFC 9112 §3.2.2) to origin-form plus its authority; ``*`` stays as is."""
     if target == b"*":
@@ -202,164 +360,3 @@ def _origin_form(target: bytes) -> tuple[bytes, bytes | None]:
     if not authority or b"@" in authority:
         raise BadRequest("invalid authority in request target")
     return path, authority
-
-
-def _edge_cors(ex: Exchange) -> bool:
-    """Edge-mode CORS: answer preflights and refused origins here; otherwise note the fields to deliver."""
-    policy = ex.site.cors
-    if policy is None:
-        return False
-    headers = ex.head.headers
-    origin = get(headers, b"origin")
-    if cors.is_preflight(ex.head.method, headers):
-        pre = policy.preflight(origin, get(headers, b"access-control-request-method") or b"",
-                               get(headers, b"access-control-request-headers"))
-        ex.cache = PASS
-        # pre.headers carries its own framing (Content-Length: 0 on the 403, none on the 204).
-        write_answer(ex, pre.status, pre.headers, b"", ex.edge.cache_status.plain(detail="preflight"))
-        ex.edge.log(ex)
-        return True
-    ex.cors = policy.response_fields(origin)
-    if policy.reject(origin):
-        ex.cache = ERROR
-        write_error(ex.client, Forbidden("origin not allowed"), ex)
-        ex.edge.log(ex)
-        return True
-    return False
-
-
-# ---- the task ----
-
-async def run(ex: Exchange, decision: Decision) -> None:
-    """The exchange task: collapse, fetch, store, answer; every failure gets a defined outcome."""
-    edge, client = ex.edge, ex.client
-    keep_alive = ex.head.keep_alive
-    try:
-        keep_alive = await _from_origin(ex, decision) and keep_alive
-    except ProxyError as e:
-        keep_alive = _failed(ex, decision, e) and keep_alive
-    except ClientGone:
-        keep_alive = False
-    except Exception:
-        log.exception("exchange failed: %s %r", ex.head.method, ex.target)
-        client.transport.abort()
-        keep_alive = False
-    edge.log(ex)
-    client.exchange_done(keep_alive)
-
-
-def _failed(ex: Exchange, decision: Decision, error: ProxyError) -> bool:
-    """An origin or client error: stale-if-error, a short error response, or an aborted connection."""
-    edge, client = ex.edge, ex.client
-    if isinstance(error, OriginError):
-        edge.note_origin_error(error)
-    if ex.status:  # the head is out: the body can't be mended, cut the connection
-        client.transport.abort()
-        return False
-    if isinstance(decision, Revalidate) and isinstance(error, OriginError) and _stale_on_error(ex, decision, error):
-        return True
-    ex.cache = ERROR
-    write_error(client, error, ex)
-    return not error.close and client.body_done
-
-
-def _stale_on_error(ex: Exchange, decision: Revalidate, error: OriginError) -> bool:
-    """stale-if-error for an origin failure. RFC 5861 §4 defines an error by the status the client would get: an
-    origin that can't be reached, times out or hangs up (our 502/503/504) counts as much as an origin 503."""
-    entry, now = decision.entry, ex.edge.clock()
-    if not counts_as_error(error.status) or not can_serve_stale_on_error(entry, now, ex.creq, ex.site.policy):
-        return False
-    ex.cache = STALE
-    cache_status = ex.edge.cache_status.forward("stale", detail="stale-if-error " + error.detail)
-    deliver(ex, entry, current_age(entry, now), cache_status)
-    return True
-
-
-async def _from_origin(ex: Exchange, decision: Decision) -> bool:
-    edge = ex.edge
-    cacheable = isinstance(decision, Miss | Revalidate) and decision.store
-    if not cacheable or not edge.config.cache.collapse:
-        return await _fetch(ex, decision, cacheable)
-    collapser = edge.collapser
-    waiting = collapser.inflight.get(ex.key)
-    if waiting is None or await collapser.wait(waiting):
-        # Look again: a concurrent fetch may have finished between begin's decision and this task's start, or
-        # while we waited for it. One lookup per fetch to store (~2 µs of a miss), against a second origin request.
-        again = lookup(ex.creq, edge.store.get(ex.key), edge.clock(), ex.site.policy, arrived=ex.arrived)
-        match again:
-            # Validated: a validation this request's own directives asked for, finished after it came.
-            case Hit(entry=entry, age=age, ttl=left) | Validated(entry=entry, age=age, ttl=left):
-                ex.cache = COLLAPSED
-                if decision.detail == "request":
-                    edge.counters.forced["collapsed"] += 1
-                deliver(ex, entry, age, edge.cache_status.hit(left, detail="collapsed"))
-                return True
-            case Miss() | Revalidate():
-                decision = again
-    leading = collapser.lead(ex.key)
-    if not leading and get(ex.head.headers, b"range") is not None:
-        # Someone else leads, or the key's full response was not storable a moment ago (hit-for-miss): a range
-        # goes on its own rather than fetching the whole object again.
-        decision, cacheable = Miss(decision.detail, store=False), False
-    try:
-        return await _fetch(ex, decision, cacheable)
-    finally:
-        if leading:
-            collapser.done(ex.key, ex.uncacheable)
-
-
-async def _fetch(ex: Exchange, decision: Decision, cacheable: bool) -> bool:
-    edge = ex.edge
-    generation = edge.store.generation()
-    if isinstance(decision, Miss | Revalidate) and decision.detail == "request":
-        edge.counters.forced["origin"] += 1
-    fields = edge.origin_request_fields(ex)
-    if cacheable:
-        fields = [(k, v) for k, v in fields if k not in CLIENT_CONDITIONALS]
-        if isinstance(decision, Revalidate):
-            fields += decision.headers_to_add
-    request_time = edge.clock()
-    conn, response = await send_request(ex, fields)
-    response_time = edge.clock()
-    edge.counters.origin_response(response_time - request_time)
-    try:
-        if isinstance(decision, Revalidate):
-            done = await _revalidated(ex, decision, conn, response, request_time, response_time, generation)
-            if done is not None:
-                return done
-        return await relay(ex, conn, response, decision, cacheable, request_time, generation)
-    except PassInstead:  # a ranged miss whose full response can't be kept: ask for the range alone
-        pass
-    finally:
-        edge.pool.release(conn)
-    # Only a fetch to store (a Miss or Revalidate) reads a range's full response, so only those get here.
-    detail = decision.detail if isinstance(decision, Miss | Revalidate) else "uri-miss"
-    return await _fetch(ex, Miss(detail, store=False), cacheable=False)
-
-
-async def _revalidated(ex: Exchange, decision: Revalidate, conn: OriginConnection, response: ResponseHead,
-                       request_time: float, response_time: float, generation: int) -> bool | None:
-    """Handle the origin's answer to our conditional request; None means relay it as a normal response."""
-    edge, entry, policy = ex.edge, decision.entry, ex.site.policy
-    status = response.status
-    headers = response.headers
-    if status == 304:
-        async for _ in conn.body(edge.config.origin.read_timeout):
-            pass
-        freshened = freshen_stored(edge, ex.site, entry, headers, request_time, response_time, generation,
-                                   forced=decision.detail == "request")
-        if freshened is None:  # about another representation: ask again without conditions
-            return await _fetch(ex, Miss("stale"), cacheable=True)
-        fresh, ex.stored = freshened
-        ex.cache = REVALIDATED
-        now = edge.clock()
-        deliver(ex, fresh, current_age(fresh, now),
-                edge.cache_status.forward(decision.detail, fwd_status=304, stored=ex.stored, ttl=ttl(fresh, now)))
-        return True
-    if counts_as_error(status) and can_serve_stale_on_error(entry, edge.clock(), ex.creq, policy):
-        conn.close()  # don't read the error body
-        ex.cache = STALE
-        deliver(ex, entry, current_age(entry, edge.clock()),
-                edge.cache_status.forward("stale", fwd_status=status, detail="stale-if-error"))
-        return True
-    return None
