@@ -97,11 +97,21 @@ class Revalidate:
     detail: str = "stale"  # "stale" or "request" (the request asked for validation)
     store: bool = True  # a GET: the answer replaces or freshens the entry; a HEAD is forwarded as it is
 
+    @property
+    def forced(self) -> bool:
+        """The request's own directives sent it to the origin (origin shielding counts these)."""
+        return self.detail == "request"
+
 
 @dataclass(frozen=True, slots=True)
 class Miss:
     detail: str  # "uri-miss", "vary-miss", "stale" or "request" (nothing to validate with)
     store: bool = True  # fetch to keep: a GET
+
+    @property
+    def forced(self) -> bool:
+        """The request's own directives sent it to the origin (nothing stored to validate with)."""
+        return self.detail == "request"
 
 
 @dataclass(frozen=True, slots=True)

@@ -194,7 +194,7 @@ class Exchange:
                 # Validated: a validation this request's own directives asked for, finished after it came.
                 case Hit(entry=entry, age=age, ttl=left) | Validated(entry=entry, age=age, ttl=left):
                     self.cache = COLLAPSED
-                    if decision.detail == "request":
+                    if decision.forced:
                         edge.counters.forced["collapsed"] += 1
                     deliver(self, entry, age, edge.cache_status.hit(left, detail="collapsed"))
                     return True
@@ -214,7 +214,7 @@ class Exchange:
     async def _fetch(self, decision: Decision, cacheable: bool) -> bool:
         edge = self.edge
         generation = edge.store.generation()
-        if isinstance(decision, Miss | Revalidate) and decision.detail == "request":
+        if isinstance(decision, Miss | Revalidate) and decision.forced:
             edge.counters.forced["origin"] += 1
         fields = edge.origin_request_fields(self)
         if cacheable:
@@ -249,7 +249,7 @@ class Exchange:
             async for _ in conn.body(edge.config.origin.read_timeout):
                 pass
             freshened = freshen_stored(edge, self.site, entry, headers, request_time, response_time, generation,
-                                       forced=decision.detail == "request")
+                                       forced=decision.forced)
             if freshened is None:  # about another representation: ask again without conditions
                 return await self._fetch(Miss("stale"), cacheable=True)
             fresh, self.stored = freshened

@@ -195,9 +195,8 @@ async def relay(ex: Exchange, conn: OriginConnection, response: ResponseHead, de
         ex.uncacheable = True
         edge.store.count_not_stored("framing")
     if parts is not None:
-        forced = isinstance(decision, Miss | Revalidate) and decision.detail == "request"
         _, ex.stored = store_response(edge, site, ex.creq, status, fields, b"".join(parts), request_time, generation,
-                                      forced=forced)
+                                      forced=_forced(decision))
     if ex.head.method not in SAFE_METHODS:
         _invalidate(ex, status, origin_headers)
     return not close_delimited
@@ -216,23 +215,24 @@ async def _answer_range_from_copy(ex: Exchange, conn: OriginConnection, response
     length = get(origin_headers, b"content-length")
     if reason is None and length is not None and int(length) > limit:
         reason = "too-large"  # decided before reading: no huge body is fetched for a slice of it
-    parts = None
-    if reason is None:
-        parts = await read_body(conn, limit, edge.config.origin.read_timeout)
-        if parts is None:
-            reason = "too-large"
-        elif conn.answered_twice() or not _self_delimited(status, origin_headers):
-            reason = "framing"
+    parts = await read_body(conn, limit, edge.config.origin.read_timeout) if reason is None else None
+    if reason is None and parts is None:
+        reason = "too-large"
+    elif parts is not None and (conn.answered_twice() or not _self_delimited(status, origin_headers)):
+        reason = "framing"
     if reason is not None or parts is None:
         edge.store.count_not_stored(reason or "too-large")
         ex.uncacheable = True
         raise PassInstead(reason)
-    forced = isinstance(decision, Miss | Revalidate) and decision.detail == "request"
     entry, ex.stored = store_response(edge, site, ex.creq, status, fields, b"".join(parts), request_time, generation,
-                                      forced=forced)
+                                      forced=_forced(decision))
     ex.cache = MISS
     deliver(ex, entry, current_age(entry, edge.clock()), _cache_status(ex, decision, status, ex.stored))
     return True
+
+
+def _forced(decision: Decision) -> bool:
+    return isinstance(decision, Miss | Revalidate) and decision.forced
 
 
 async def read_body(conn: OriginConnection, limit: int, timeout: float) -> list[bytes] | None:
