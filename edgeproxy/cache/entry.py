@@ -49,3 +49,7 @@ class Entry:
     # (0: never): a forced request within revalidate_interval of it is answered from here (cache/policy.py).
     validated_at: float = 0.0
     size: int = 0
+    # Where the host's shared store keeps it, and which version of that slot this copy is (edgeproxy/shared):
+    # a copy in a worker's hot tier is current while the slot map still shows this version. -1: not shared.
+    slot: int = -1
+    version: int = 0

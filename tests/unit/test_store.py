@@ -91,9 +91,19 @@ PURGES: list[tuple[Selector, frozenset[str]]] = [
 ]
 
 
+def ident(entry: Entry) -> tuple[Any, ...]:
+    """What tells stored objects apart without identity: a shared store hands out copies."""
+    return entry.primary_key, entry.variant_key, entry.size, entry.tags
+
+
+def idents(entries: Iterable[Entry]) -> list[tuple[Any, ...]]:
+    return [ident(e) for e in entries]
+
+
 class StorageContract:
     """Every storage backend must pass these: subclass with ``factory`` building a backend from
-    ``(capacity, max_object_size=None, max_variants=32)``."""
+    ``(capacity, max_object_size=None, max_variants=32)``. Objects are compared with ``ident``: a backend may
+    hand out copies (edgeproxy/shared), so the suite never relies on getting the very object it stored."""
 
     factory: ClassVar[Callable[..., Storage]]
 
@@ -116,7 +126,7 @@ class StorageContract:
         store = self.make()
         entry = make_entry(size=123)
         assert store.put(entry)
-        assert store.get(entry.primary_key) == [entry]
+        assert idents(store.get(entry.primary_key)) == [ident(entry)]
         assert store.get("https://a.example/other") == []
         stats = store.stats()
         assert (stats.entries, stats.bytes, stats.inserts, stats.hits, stats.misses) == (1, 123, 1, 1, 1)
@@ -126,7 +136,7 @@ class StorageContract:
         old, new = make_entry(size=100), make_entry(size=250)
         store.put(old)
         store.put(new)
-        assert store.get(new.primary_key) == [new]
+        assert idents(store.get(new.primary_key)) == [ident(new)]
         stats = store.stats()
         assert (stats.entries, stats.bytes, stats.evictions, stats.inserts) == (1, 250, 0, 2)
 
@@ -135,16 +145,16 @@ class StorageContract:
         en, fr = make_entry(variant=(b"en",)), make_entry(variant=(b"fr",))
         store.put(en)
         store.put(fr)
-        assert set(store.get(en.primary_key)) == {en, fr}
+        assert set(idents(store.get(en.primary_key))) == {ident(en), ident(fr)}
 
     def test_variant_cap_evicts_the_least_recently_used_variant(self) -> None:
         store = self.make(max_variants=3)
         v1, v2, v3, v4 = (make_entry(variant=(bytes([i]),)) for i in range(4))
         for v in (v1, v2, v3):
             store.put(v)
-        store.touch(v1)
+        store.touch(next(e for e in store.get(v1.primary_key) if ident(e) == ident(v1)))  # as a hit does
         assert store.put(v4)
-        assert set(store.get(v1.primary_key)) == {v1, v3, v4}
+        assert set(idents(store.get(v1.primary_key))) == set(idents([v1, v3, v4]))
         assert store.stats().evictions == 1
 
     @pytest.mark.parametrize(
@@ -157,7 +167,7 @@ class StorageContract:
         assert store.stats().not_stored.get(TOO_LARGE, 0) == (0 if stored else 1)
         assert store.stats().bytes == (size if stored else 0)
 
-    def test_least_recently_used_is_evicted_first(self) -> None:
+    def test_an_object_read_outlives_one_not_read(self) -> None:
         store = self.make(300)
         a, b, c, d = (make_entry(path=f"/{n}") for n in "abcd")
         for e in (a, b, c):
@@ -177,7 +187,7 @@ class StorageContract:
             if rng.random() < 0.1:
                 store.remove(rng.choice(store.get(entry.primary_key) or [entry]))
             elif store.put(entry):
-                assert entry in store.get(entry.primary_key)
+                assert ident(entry) in idents(store.get(entry.primary_key))
             stored = [e for k in keys for e in store.get(f"https://a.example{k}")]
             stats = store.stats()
             assert stats.bytes <= stats.capacity
@@ -191,7 +201,7 @@ class StorageContract:
         store.put(old)
         store.put(new)
         assert store.remove(old) is False
-        assert store.get(new.primary_key) == [new]
+        assert idents(store.get(new.primary_key)) == [ident(new)]
         assert store.remove(new) is True
         assert store.get(new.primary_key) == []
         assert store.stats().bytes == 0
@@ -210,7 +220,7 @@ class StorageContract:
         entries = self.populate(store)
         assert store.purge(selector, soft=False, now=NOW) == len(expected)
         for label, entry in entries.items():
-            assert (entry in store.get(entry.primary_key)) is (label not in expected), label
+            assert (ident(entry) in idents(store.get(entry.primary_key))) is (label not in expected), label
         stats = store.stats()
         assert (stats.entries, stats.purged) == (len(ALL) - len(expected), len(expected))
         assert stats.bytes == 100 * stats.entries
@@ -221,8 +231,8 @@ class StorageContract:
         entries = self.populate(store)
         assert store.purge(selector, soft=True, now=NOW) == len(expected)
         for label, entry in entries.items():
-            assert entry in store.get(entry.primary_key), label
-            assert entry.invalidated is (label in expected), label
+            (stored,) = [e for e in store.get(entry.primary_key) if ident(e) == ident(entry)]
+            assert stored.invalidated is (label in expected), label
         assert store.stats().entries == len(ALL)
 
     def test_purge_records_its_time(self) -> None:
@@ -264,7 +274,7 @@ class StorageContract:
         token = store.generation()
         fresh = make_entry()
         assert store.put(fresh, since=token)
-        assert store.get(fresh.primary_key) == [fresh]
+        assert idents(store.get(fresh.primary_key)) == [ident(fresh)]
 
     def test_race_replaces_only_after_a_later_fetch(self) -> None:
         store = self.make()
@@ -274,7 +284,7 @@ class StorageContract:
         fast, slow = make_entry(size=10), make_entry(size=20)
         assert store.put(fast, since=fast_token)
         assert not store.put(slow, since=slow_token)
-        assert store.get(fast.primary_key) == [fast]
+        assert idents(store.get(fast.primary_key)) == [ident(fast)]
 
     def test_count_not_stored(self) -> None:
         store = self.make()

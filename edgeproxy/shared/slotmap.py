@@ -1,0 +1,80 @@
+"""The slot map: per stored object, the version every copy must match and the S3-FIFO read counter, in a file
+that every process of the host maps.
+
+Rules kept here:
+- A hit costs a read here (is my copy's version still the slot's?) and, when the counter is below its cap, one
+  byte written; never an LMDB transaction. Writes need no lock: a version is one aligned 8-byte store (a reader
+  sees the old or the new value), and a counter that loses a race to a concurrent hit loses one count of an
+  approximate figure.
+- The store writes a slot's new version *after* committing the change: a copy read before the change then fails
+  the check from that moment on, and a copy read after it fails only until the write lands (a spurious miss).
+- The file lives beside the LMDB files and is rebuilt from the store's records by the process that owns the store
+  when it opens it (versions only; counters start at zero), so a stale file from an older run can never vouch for
+  a copy.
+"""
+
+from __future__ import annotations
+
+import mmap
+import os
+import struct
+
+MAGIC = b"EPSLOTS1"
+_HEADER = struct.Struct("<8sQQ")  # magic, slots, the LMDB map size the owner chose
+
+
+class SlotMap:
+    __slots__ = ("_map", "_view", "versions", "freqs", "slots", "map_size")
+
+    def __init__(self, path: str, slots: int = 0, map_size: int = 0, create: bool = False) -> None:
+        """Create (the owner: ``slots`` and ``map_size`` given) or open the map; an opener learns both from it."""
+        if not create:
+            with open(path, "rb") as f:
+                magic, slots, map_size = _HEADER.unpack(f.read(_HEADER.size).ljust(_HEADER.size, b"\0"))
+            if magic != MAGIC:
+                raise ValueError(f"slot map {path}: not a slot map of this version")
+        size = _HEADER.size + slots * 9
+        flags = os.O_RDWR | (os.O_CREAT | os.O_TRUNC if create else 0)
+        fd = os.open(path, flags, 0o640)
+        try:
+            if create:
+                os.ftruncate(fd, size)
+            elif os.fstat(fd).st_size != size:
+                raise ValueError(f"slot map {path} has {os.fstat(fd).st_size} bytes, expected {size}")
+            self._map = mmap.mmap(fd, size)
+        finally:
+            os.close(fd)
+        if create:
+            self._map[:_HEADER.size] = _HEADER.pack(MAGIC, slots, map_size)
+        self.slots, self.map_size = slots, map_size
+        self._view = view = memoryview(self._map)
+        self.versions = view[_HEADER.size:_HEADER.size + slots * 8].cast("Q")
+        self.freqs = view[_HEADER.size + slots * 8:]
+
+    def reset(self, slot: int, version: int) -> None:
+        """A slot taken by a new object (or emptied): its version, counter zero."""
+        self.versions[slot] = version
+        self.freqs[slot] = 0
+
+    def hit(self, slot: int, version: int) -> bool:
+        """Whether a copy of ``version`` is still current; counts the read when it is."""
+        if self.versions[slot] != version:
+            return False
+        freq = self.freqs[slot]
+        if freq < 3:
+            self.freqs[slot] = freq + 1
+        return True
+
+    def retire_all(self, version: int) -> None:
+        """Every slot at ``version`` (newer than any copy's): after the whole store was dropped."""
+        self._map[_HEADER.size:_HEADER.size + self.slots * 8] = version.to_bytes(8, "little") * self.slots
+        self._map[_HEADER.size + self.slots * 8:] = bytes(self.slots)
+
+    def close(self) -> None:
+        self.versions.release()
+        self.freqs.release()
+        self._view.release()
+        try:
+            self._map.close()
+        except BufferError:  # a view still held by a caller: the mapping goes with the process
+            pass

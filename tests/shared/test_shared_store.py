@@ -1,0 +1,164 @@
+"""The shared LMDB store: the storage conformance suite, then what only a store shared by processes must do
+(copies that know their version, a store that outlives its opener, two openers, a full map, long keys)."""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import pathlib
+import signal
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+from edgeproxy.cache.purge import PurgeAll, PurgePrefix, PurgeURL
+from edgeproxy.shared.store import KEY_KEEP, CacheInUse, SharedStore
+from tests.unit.test_store import NOW, StorageContract, ident, idents, make_entry
+
+
+class TestSharedStore(StorageContract):
+    @pytest.fixture(autouse=True)
+    def _directory(self, tmp_path: pathlib.Path) -> Any:
+        self.tmp = tmp_path
+        self.opened: list[SharedStore] = []
+        yield
+        for store in self.opened:
+            store.close()
+
+    def make(self, capacity: int = 10_000, **options: Any) -> SharedStore:  # type: ignore[override]
+        store = SharedStore(str(self.tmp / f"cache{len(self.opened)}"), capacity, **options)
+        self.opened.append(store)
+        return store
+
+    def test_copies_carry_their_version(self) -> None:
+        store = self.make()
+        entry = make_entry()
+        store.put(entry)
+        (copy,) = store.get(entry.primary_key)
+        assert copy is not entry and (copy.slot, copy.version) == (entry.slot, entry.version)
+        assert store.touch(copy)
+        store.purge(PurgeURL(entry.primary_key), soft=True, now=NOW)
+        assert not store.touch(copy)  # a soft purge is a new version: hot copies must be read again
+        (again,) = store.get(entry.primary_key)
+        assert again.invalidated and store.touch(again)
+
+    def test_a_new_variant_retires_the_copies_of_its_siblings(self) -> None:
+        store = self.make()
+        store.put(make_entry(variant=(b"en",)))
+        (en,) = store.get("https://a.example/a")
+        store.put(make_entry(variant=(b"fr",)))
+        assert not store.touch(en)
+        assert len(store.get("https://a.example/a")) == 2
+
+    def test_the_store_outlives_its_opener(self) -> None:
+        path = str(self.tmp / "kept")
+        first = SharedStore(path, 10_000)
+        first.put(make_entry(body=b"kept"))
+        first.close()
+        second = SharedStore(path, 10_000)
+        self.opened.append(second)
+        (found,) = second.get("https://a.example/a")
+        assert found.body == b"kept" and second.stats().entries == 1
+
+    def test_an_incompatible_store_is_dropped(self, caplog: pytest.LogCaptureFixture) -> None:
+        path = str(self.tmp / "old")
+        first = SharedStore(path, 10_000)
+        first.put(make_entry())
+        with first.env.begin(write=True) as txn:
+            txn.put(b"format", b"edgeproxy-shared-cache layout=0", db=first.meta)
+        first.close()
+        second = SharedStore(path, 10_000)
+        self.opened.append(second)
+        assert second.get("https://a.example/a") == [] and second.stats().entries == 0
+        assert "dropped and created anew" in caplog.text
+
+    def test_a_damaged_store_is_dropped(self, caplog: pytest.LogCaptureFixture) -> None:
+        path = self.tmp / "damaged"
+        SharedStore(str(path), 10_000).close()
+        (path / "lmdb" / "data.mdb").write_bytes(b"\xff" * 8192)
+        store = SharedStore(str(path), 10_000)
+        self.opened.append(store)
+        assert store.put(make_entry()) and len(store.get("https://a.example/a")) == 1
+        assert "dropped and created anew" in caplog.text
+
+    def test_one_owner_per_path(self) -> None:
+        path = str(self.tmp / "owned")
+        owner = SharedStore(path, 10_000)
+        self.opened.append(owner)
+        with pytest.raises(CacheInUse, match="in use by another edgeproxy"):
+            SharedStore(path, 10_000)
+
+    def test_another_process_stores_and_the_owner_purges(self) -> None:
+        path = str(self.tmp / "owned")
+        owner = SharedStore(path, 10_000)
+        self.opened.append(owner)
+        assert _in_child(_store_one, path) == 0
+        (stored,) = owner.get("https://a.example/a")
+        assert stored.body == b"from a worker"
+        assert owner.purge(PurgeAll(), now=NOW) == 1
+        assert owner.get("https://a.example/a") == [] and not owner.touch(stored)
+
+    def test_a_writer_killed_mid_transaction_leaves_the_store_whole(self) -> None:
+        path = str(self.tmp / "killed")
+        owner = SharedStore(path, 10_000)
+        self.opened.append(owner)
+        owner.put(make_entry(path="/before"))
+        assert _in_child(_die_while_writing, path) == -signal.SIGKILL
+        assert owner.reader_check() >= 0
+        assert owner.put(make_entry(path="/after"))  # the write lock was released by the kernel (robust mutex)
+        assert owner.get("https://a.example/half") == []
+        assert owner.get("https://a.example/before") and owner.get("https://a.example/after")
+        assert owner.stats().entries == 2 and owner.stats().bytes == 200
+
+    def test_long_keys_are_cut_and_checked(self) -> None:
+        store = self.make(100_000)
+        long_a = "/" + "a" * (KEY_KEEP + 50)
+        a, b = make_entry(path=long_a), make_entry(path=long_a + "b")
+        assert store.put(a) and store.put(b)
+        assert idents(store.get(a.primary_key)) == [ident(a)]
+        assert idents(store.get(b.primary_key)) == [ident(b)]
+        assert store.purge(PurgePrefix(long_a[:KEY_KEEP + 20], "a.example"), now=NOW) == 2
+
+    def test_a_scan_does_not_flush_what_is_read(self) -> None:
+        store = self.make(100 * 50)
+        hot = [make_entry(path=f"/hot{i}") for i in range(10)]
+        for entry in hot:
+            store.put(entry)
+        for n in range(500):  # one-hit wonders, each read never
+            for entry in hot:
+                store.touch(entry)
+            store.put(make_entry(path=f"/scan{n}"))
+        assert all(store.get(e.primary_key) for e in hot)
+        assert store.stats().bytes <= 100 * 50
+
+    def test_map_full_refuses_and_keeps_serving(self) -> None:
+        store = self.make(1_000_000)
+        big = b"x" * 200_000
+        stored = 0
+        for n in range(400):  # 80 MB of bodies through a 1 MB cache: evictions keep it bounded, never an error
+            entry = make_entry(path=f"/big{n}", body=big, size=len(big) + 100)
+            stored += store.put(entry)
+        assert stored >= 300 and store.stats().bytes <= 1_000_000
+        assert store.map_bytes() < 3 * 1_000_000 + 64 * 1024 * 1024
+
+
+def _store_one(path: str) -> None:
+    store = SharedStore(path, owner=False)
+    store.put(make_entry(body=b"from a worker"))
+    store.close()
+
+
+def _die_while_writing(path: str) -> None:
+    store = SharedStore(path, owner=False)
+    txn = store.env.begin(write=True)
+    txn.put(b"https://a.example/half", b"\0\0\0\1", db=store.keys)
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+def _in_child(target: Callable[[str], None], path: str) -> int | None:
+    """Run ``target(path)`` in a spawned process (LMDB: one environment per process); its exit code."""
+    process = multiprocessing.get_context("spawn").Process(target=target, args=(path,))
+    process.start()
+    process.join(30)
+    return process.exitcode
