@@ -7,6 +7,11 @@ difference in requests, is the cost of one hit with start-up cancelled out:
 
     python -m benchmarks.hitcost --compare            # runs callgrind itself: instructions per hit, each mode
     python -m benchmarks.hitcost --mode parsed-h11 --n 1000   # one loop (what --compare runs under callgrind)
+    python -m benchmarks.hitcost --stores             # microseconds per hit by store: in-process, hot tier, shared
+
+``--store`` picks where the entry lives: ``memory`` (the in-process LRU of ``workers = 1``), ``hot`` (a worker's hot
+tier over the host's shared LMDB store: the copy is checked against the slot map) or ``shared`` (no hot tier:
+every hit reads the shared store, decodes the entry and checks its version).
 
 It uses only the public shapes of ``Edge`` and ``ClientConnection``, so the same file measures an older
 checkout (copy it there) for a before/after table.
@@ -25,6 +30,7 @@ import time
 from typing import Any
 
 MODES = ("parsed-h11", "parsed-httptools", "memo-httptools")
+STORES = ("memory", "hot", "shared")
 HEAD = (b"GET /bytes/1024 HTTP/1.1\r\nHost: a.test\r\nUser-Agent: hitcost/1\r\nAccept: */*\r\n"
         b"Accept-Language: en-GB,en;q=0.9\r\nAccept-Encoding: gzip, deflate, br\r\n\r\n")
 
@@ -48,7 +54,18 @@ class NullTransport:
         return False
 
 
-async def loop_hits(mode: str, n: int) -> int:
+def make_store(kind: str, directory: str) -> Any:
+    """The store a hit reads: None (the Edge's default in-process store), or a tiered store over LMDB."""
+    if kind == "memory":
+        return None
+    from edgeproxy.shared.store import SharedStore
+    from edgeproxy.shared.tiered import TieredStore
+
+    shared = SharedStore(directory, 64 * 1024 * 1024)
+    return TieredStore(shared, 4 * 1024 * 1024 if kind == "hot" else 0, 1024 * 1024)
+
+
+async def loop_hits(mode: str, n: int, store: str = "memory") -> int:
     from edgeproxy.cache.key import CacheRequest
     from edgeproxy.cache.storability import make_entry
     from edgeproxy.config import config_from_dict
@@ -58,7 +75,8 @@ async def loop_hits(mode: str, n: int) -> int:
     parser = mode.rpartition("-")[2]
     config = config_from_dict({"server": {"parser": parser, "head_memo": mode.startswith("memo")},
                                "site": [{"origin": "http://127.0.0.1:9"}]})
-    edge = Edge(config, asyncio.get_running_loop())
+    directory = tempfile.mkdtemp(prefix="hitcost-")
+    edge = Edge(config, asyncio.get_running_loop(), store=make_store(store, directory))
     site = edge.runtimes[id(config.sites[0])]
     now = time.time()
     creq = CacheRequest(b"GET", "http", "a.test", b"/bytes/1024", [])
@@ -70,6 +88,17 @@ async def loop_hits(mode: str, n: int) -> int:
     for _ in range(n):
         conn.data_received(HEAD)
     return transport.sent
+
+
+async def time_hits(mode: str, store: str, n: int) -> float:
+    """Microseconds per hit, the best of three runs of ``n``."""
+    best = float("inf")
+    for _ in range(3):
+        start = time.perf_counter()
+        sent = await loop_hits(mode, n, store)
+        best = min(best, (time.perf_counter() - start) / n * 1e6)
+        assert sent > n * 1024, f"not every request was a hit: {sent} bytes for {n}"
+    return best
 
 
 def callgrind_total(mode: str, n: int) -> int:
@@ -86,8 +115,16 @@ def main() -> None:
     args = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     args.add_argument("--mode", choices=MODES)
     args.add_argument("--n", type=int, default=1000)
+    args.add_argument("--store", choices=STORES, default="memory")
     args.add_argument("--compare", action="store_true", help="instructions per hit for every mode (callgrind)")
+    args.add_argument("--stores", action="store_true", help="microseconds per hit for every store and mode")
     opts = args.parse_args()
+    if opts.stores:
+        print("| mode | " + " | ".join(f"{s} (µs)" for s in STORES) + " | shared - hot (µs) |\n|---|---|---|---|---|")
+        for mode in MODES:
+            times = [asyncio.run(time_hits(mode, store, opts.n)) for store in STORES]
+            print(f"| {mode} | " + " | ".join(f"{t:.2f}" for t in times) + f" | {times[2] - times[1]:+.2f} |")
+        return
     if opts.compare:
         print("| mode | instructions per hit |\n|---|---|")
         for mode in MODES:
@@ -96,7 +133,7 @@ def main() -> None:
         return
     if opts.mode is None:
         args.error("--mode or --compare")
-    sent = asyncio.run(loop_hits(opts.mode, opts.n))
+    sent = asyncio.run(loop_hits(opts.mode, opts.n, opts.store))
     assert sent > opts.n * 1024, f"not every request was a hit: {sent} bytes for {opts.n}"
 
 

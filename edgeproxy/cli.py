@@ -69,14 +69,18 @@ async def _serve(config: Config, config_path: str | None) -> int:
     if shortfall:
         logging.getLogger("edgeproxy").warning("%s", shortfall)
     backend: Backend
-    if config.server.workers > 1:
-        from edgeproxy.supervisor import WorkerPool
+    try:  # either may open the host's shared store: a path in use or not writable stops here, with the reason
+        if config.server.workers > 1:
+            from edgeproxy.supervisor import WorkerPool
 
-        backend = WorkerPool(config, config_path)
-    else:
-        from edgeproxy.local import LocalEdge
+            backend = WorkerPool(config, config_path)
+        else:
+            from edgeproxy.local import LocalEdge
 
-        backend = LocalEdge(config)
+            backend = LocalEdge(config)
+    except OSError as e:
+        logging.getLogger("edgeproxy").error("cannot start: %s", e)
+        return 1
     return await run(Node(config, config_path, backend))
 
 

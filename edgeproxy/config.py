@@ -214,6 +214,9 @@ class CacheConfig:
     collapse_timeout: float = 10 * SECONDS
     hit_for_miss_ttl: float = 30 * SECONDS
     revalidate_interval: float = 1 * SECONDS  # origin shielding: see cache/policy.py (0: off)
+    shared: bool | None = None  # one store for every worker of the host (edgeproxy/shared); None: when workers > 1
+    path: str | None = None  # the shared store's directory; None: see shared/layout.py
+    hot_size: int | None = None  # each worker's hot tier, inside size; None: 5% of size split among the workers
 
 
 @dataclass(frozen=True)
@@ -254,6 +257,11 @@ class Config:
     file: str = "<defaults>"
 
     @property
+    def shared_cache(self) -> bool:
+        """Whether the workers share one store: ``[cache] shared``, by default when there is more than one."""
+        return self.cache.shared if self.cache.shared is not None else self.server.workers > 1
+
+    @property
     def origin_parser(self) -> str:
         """The origin-side parser backend: ``[origin] parser``, else the client side's ``[server] parser``."""
         return self.origin.parser or self.server.parser
@@ -279,6 +287,7 @@ CACHE_KEYS: dict[str, Callable[[Any], Any]] = {
     "size": parse_size, "max_object_size": parse_size, "max_variants": _int(1, 10**4),
     "heuristic_max": parse_duration, "max_ttl": parse_duration, "collapse": _bool,
     "collapse_timeout": parse_duration, "hit_for_miss_ttl": parse_duration, "revalidate_interval": parse_duration,
+    "shared": _bool, "path": _opt_str, "hot_size": parse_size,
 }
 LOG_KEYS: dict[str, Callable[[Any], Any]] = {
     "access": _access_log, "format": _choice("combined", "json"),
@@ -296,6 +305,7 @@ SITE_KEYS: dict[str, Callable[[Any], Any]] = {
 RESTART_KEYS: frozenset[str] = frozenset({
     "server.listen", "server.tls_listen", "server.workers", "server.parser", "server.control_socket",
     "server.control_group", "server.control_uids", "server.control_gids", "metrics.listen", "cache.size",
+    "cache.shared", "cache.path", "cache.hot_size",
 })
 
 
@@ -376,6 +386,9 @@ def _check(config: Config) -> None:
         raise ConfigError("server.tls_listen", "tls_listen, tls_cert and tls_key go together", config.file)
     if c.max_object_size > c.size:
         raise ConfigError("cache.max_object_size", "larger than cache.size", config.file)
+    if c.hot_size is not None and c.hot_size * config.server.workers >= c.size:
+        raise ConfigError("cache.hot_size", f"{c.hot_size} bytes in each of {config.server.workers} workers leave "
+                          "nothing of cache.size for the shared store", config.file)
     for key, parser in (("server.parser", s.parser), ("origin.parser", config.origin.parser)):
         if parser == "httptools" and importlib.util.find_spec("httptools") is None:
             raise ConfigError(key, 'httptools is not installed: pip install "edgeproxy[fast]"', config.file)

@@ -1,7 +1,8 @@
 """The local backend: one ``Edge`` (the cache and the request path) serving listening sockets on this loop.
 
 A ``Node`` serves it directly with ``[server] workers = 1``; under the supervisor each worker process runs one on
-the inherited sockets, with an equal share of ``cache.size`` (``shard``).
+the inherited sockets. Its store (``make_store``) is a hot tier over the host's shared store when the cache is
+shared (by default with several workers), else in-process (an equal share of ``cache.size`` per worker).
 
 Owns: serving the listeners, the Edge's lifetime, the garbage-collector policy's timer, draining on stop, and the
 answers about this process's cache (purge, stats, reload). Never: talks to systemd, serves the control socket
@@ -20,23 +21,25 @@ import time
 from typing import Any
 
 from edgeproxy import gcpolicy
+from edgeproxy.cache.store import Storage
 from edgeproxy.config import Config
 from edgeproxy.control.protocol import PurgeCommand
 from edgeproxy.listeners import BACKLOG, Listener, addresses, server_ssl_context
 from edgeproxy.metrics import status_line, summarize
 from edgeproxy.proxy.client import IDLE, ClientConnection
 from edgeproxy.proxy.edge import Edge
+from edgeproxy.shared import layout
 from edgeproxy.timers import Timers
 
 DRAIN_POLL = 0.05
 
 
-def shard(config: Config, shards: int) -> Config:
-    """A worker's view of the config: its LRU holds an equal share of ``cache.size``."""
-    if shards <= 1:
-        return config
-    size = max(config.cache.size // shards, config.cache.max_object_size)
-    return dataclasses.replace(config, cache=dataclasses.replace(config.cache, size=size))
+def make_store(config: Config, shards: int) -> Storage:
+    """This process's store: a hot tier over the host's shared store when the cache is shared (``shards`` > 1: a
+    worker, which opens what its supervisor made; else this process owns the store), else in-process."""
+    if not config.shared_cache:
+        return layout.memory_store(config, shards)
+    return layout.worker_store(config, None if shards > 1 else layout.open_owned(config))
 
 
 class LocalEdge:
@@ -44,10 +47,10 @@ class LocalEdge:
 
     def __init__(self, config: Config, *, shards: int = 1) -> None:
         self.shards = shards
-        self.config = shard(config, shards)
+        self.config = config
         self.listeners: list[Listener] = []
         self.loop = asyncio.get_running_loop()
-        self.edge = Edge(self.config, self.loop)
+        self.edge = Edge(config, self.loop, store=make_store(config, shards))
         self.servers: list[asyncio.AbstractServer] = []
         self.tls_context: ssl.SSLContext | None = None
         self.timers = Timers(self.loop)
@@ -86,8 +89,7 @@ class LocalEdge:
         return self.edge.counters.to_dict(), dataclasses.asdict(self.edge.store.stats())
 
     async def reload(self, config: Config) -> dict[str, Any]:
-        new = shard(config, self.shards)
-        self.config = new
+        self.config = new = config
         self.edge.apply(new)
         self.edge.store.max_object_size = new.cache.max_object_size
         self.edge.store.max_variants = new.cache.max_variants
@@ -114,6 +116,9 @@ class LocalEdge:
         await self._drain(drain_timeout)
         self.timers.cancel_all()
         self.edge.stop()
+        close = getattr(self.edge.store, "close", None)
+        if close is not None:
+            close()
 
     async def _drain(self, drain_timeout: float) -> None:
         deadline = self.loop.time() + drain_timeout

@@ -44,11 +44,14 @@ from multiprocessing.process import BaseProcess
 from typing import Any
 
 from edgeproxy import metrics
-from edgeproxy.cache.purge import KINDS
+from edgeproxy.cache.purge import KINDS, PurgeURL, site_purge_url
 from edgeproxy.cache.store import StoreStats
 from edgeproxy.config import Config
 from edgeproxy.control import protocol
 from edgeproxy.listeners import Listener, addresses
+from edgeproxy.shared import layout
+from edgeproxy.shared.store import SharedStore
+from edgeproxy.sites import SiteTable
 from edgeproxy.timers import Timers
 from edgeproxy.workers import worker_main
 
@@ -143,6 +146,10 @@ class WorkerPool:
         self.beating: asyncio.Task[None] | None = None
         self.started = time.time()
         self.context = multiprocessing.get_context("spawn")
+        # One store for the host: opened (created, checked) here before any worker opens it; purges and the store's
+        # figures are answered from it, once, instead of by every worker.
+        self.store: SharedStore | None = layout.open_owned(config) if config.shared_cache else None
+        self.sites = SiteTable.build(config.sites)
 
     async def start(self, listeners: list[Listener]) -> None:
         self.listeners = listeners
@@ -185,6 +192,8 @@ class WorkerPool:
             return
         w.process = None
         w.close_channel()
+        if self.store is not None:
+            self.store.reader_check()  # the dead worker's LMDB reader slot, if it held one
         if self.closing:
             return
         lived = time.monotonic() - w.started
@@ -247,6 +256,10 @@ class WorkerPool:
         last_purge = max((s.pop("last_purge_at") or 0.0 for s in stores), default=0.0)
         store = metrics.merge([dataclasses.asdict(StoreStats(0, 0, 0)), *stores])
         store["last_purge_at"] = last_purge or None  # an epoch is not additive: the latest one
+        if self.store is not None:  # one store: its own figures, with the reads and refusals each worker counted
+            shared = dataclasses.asdict(self.store.stats())
+            shared.update(hits=store["hits"], misses=store["misses"], not_stored=store["not_stored"])
+            store = shared
         return counters, store
 
     def summary(self) -> dict[str, Any]:
@@ -260,8 +273,15 @@ class WorkerPool:
 
     # ---- answers ----
     async def purge(self, command: protocol.PurgeCommand) -> dict[str, Any]:
-        replies = await self._broadcast(purge_fields(command))
         self.purges[command.kind] = self.purges.get(command.kind, 0) + 1
+        if self.store is not None:
+            # Applied once to the one store; the versions it retires make every worker's hot copies miss from now.
+            selector = command.selector
+            if isinstance(selector, PurgeURL):
+                selector = site_purge_url(self.sites, selector)
+            count = self.store.purge(selector, soft=command.soft, now=time.time())
+            return {"purged": count, "workers": sum(w.ready for w in self.workers)}
+        replies = await self._broadcast(purge_fields(command))
         return {"purged": sum(r.get("purged", 0) for r in replies), "workers": len(replies)}
 
     async def stats(self) -> dict[str, Any]:
@@ -273,6 +293,10 @@ class WorkerPool:
 
     async def reload(self, config: Config) -> dict[str, Any]:
         self.config = config  # what a restarted worker starts with
+        self.sites = SiteTable.build(config.sites)
+        if self.store is not None:
+            self.store.max_object_size = config.cache.max_object_size
+            self.store.max_variants = config.cache.max_variants
         replies = await self._broadcast({"cmd": "reload"})
         failed = [r["error"] for r in replies if not r["ok"]]
         if failed:  # the file changed again between our read and theirs
@@ -301,3 +325,5 @@ class WorkerPool:
             if w.process is not None:
                 w.process.join(STOP_GRACE)
             w.close_channel()
+        if self.store is not None:
+            self.store.close()

@@ -142,6 +142,7 @@ def proxy_config(origin_url: str, port: int, workdir: Path, **overrides: Any) ->
     config: dict[str, Any] = {
         "server": {"listen": [f"127.0.0.1:{port}"], "control_socket": str(workdir / "control.sock")},
         "log": {"access": str(workdir / "access.log")},
+        "cache": {"path": str(workdir / "cache")},  # a shared store (workers > 1) stays in the test's directory
         "site": [{"hosts": ["*"], "origin": origin_url}],
     }
     for section, values in overrides.items():

@@ -28,11 +28,14 @@ import re
 from bisect import bisect_left, insort
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from edgeproxy.cache.entry import Entry
 from edgeproxy.cache.key import QUERY_MODES, key_for
 from edgeproxy.sites import normalize_host
+
+if TYPE_CHECKING:
+    from edgeproxy.sites import SiteTable
 
 _DEFAULT_PORTS: dict[str, str] = {"http": ":80", "https": ":443"}
 # Registered names, IPv4, bracketed IPv6 and a port; anything else cannot be in a key the proxy built.
@@ -224,6 +227,18 @@ def parse_selector(fields: Mapping[str, object]) -> Selector:
     args = {n: _field_value(n, fields[n]) for n in names if fields.get(n) is not None}
     selector: Selector = cls(**args)
     return selector
+
+
+def site_purge_url(sites: SiteTable, selector: PurgeURL) -> PurgeURL:
+    """The purge URL shaped by its site's query mode, as the exchange shapes the keys it stores.
+
+    The control grammar has no site table, so it normalizes in "keep" mode; a site with ``query = "sort"``
+    or ``"ignore"`` stores other keys (``?b=2&a=1`` is stored as ``?a=1&b=2``) and would never match.
+    """
+    host = selector.url.partition("://")[2].partition("/")[0]
+    site = sites.match(host)
+    mode = "keep" if site is None else site.query
+    return selector if mode == "keep" else PurgeURL(normalize_url(selector.url, mode))
 
 
 def parse_words(words: Sequence[str]) -> Selector:

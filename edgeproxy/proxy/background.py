@@ -1,7 +1,8 @@
 """Background revalidation for stale-while-revalidate (RFC 5861 §3): the client already has its stale answer.
 
 Rules kept here:
-- One at a time per key (the Collapser's ``revalidating`` set), with the stored validators.
+- One at a time per key (the Collapser's ``revalidating`` set) and, with a shared store, per host (``Storage.claim``),
+  with the stored validators.
 - The fetch carries none of the identity of the client whose request happened to trigger it: it is the edge's
   own request (``Revalidation.of``), keeping only the fields the stored response varies on, so the origin picks
   the same variant, and ``Origin`` (which site asks, not who: origin-mode CORS keys on it). No cookie,
@@ -68,6 +69,7 @@ async def revalidate(edge: Edge, job: Revalidation) -> None:
         log.debug("background revalidation of %s failed: %s", job.key, e)
     finally:
         edge.collapser.revalidating.discard(job.key)
+        edge.store.release(job.entry)
 
 
 async def _revalidate(edge: Edge, job: Revalidation) -> None:

@@ -22,8 +22,8 @@ from edgeproxy.cache.cachestatus import CacheStatus
 from edgeproxy.cache.entry import Entry
 from edgeproxy.cache.outcome import Outcome
 from edgeproxy.cache.policy import CachePolicy
-from edgeproxy.cache.purge import PurgeURL, Selector, normalize_url
-from edgeproxy.cache.store import Store
+from edgeproxy.cache.purge import PurgeURL, Selector, site_purge_url
+from edgeproxy.cache.store import Storage, Store
 from edgeproxy.config import Config, SiteConfig
 from edgeproxy.errors import BadRequest, MisdirectedRequest, OriginConnectError, OriginError, OriginTimeout, ProxyError
 from edgeproxy.http.headers import Headers, get
@@ -71,7 +71,7 @@ def site_runtime(site: SiteConfig, config: Config) -> SiteRuntime:
 
 class Edge:
     def __init__(self, config: Config, loop: asyncio.AbstractEventLoop,
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.time, store: Storage | None = None) -> None:
         self.loop = loop
         # The wall clock every cache decision reads (ages, freshness, purges, Date): one injectable source, so the
         # exchange runs in tests on a clock they set. Durations use time.monotonic.
@@ -84,7 +84,9 @@ class Edge:
         self._date_second = -1
         self._date_line = b""
         self.sweeper: asyncio.TimerHandle | None = None
-        self.store = Store(config.cache.size, config.cache.max_object_size, config.cache.max_variants)
+        # The process layer picks the store (in-process, or a hot tier over the host's shared one: edgeproxy/shared).
+        self.store: Storage = store if store is not None else Store(
+            config.cache.size, config.cache.max_object_size, config.cache.max_variants)
         self.collapser = Collapser(config.cache.collapse_timeout, config.cache.hit_for_miss_ttl)
         self.background: set[asyncio.Task[None]] = set()
         o = config.origin
@@ -164,21 +166,10 @@ class Edge:
     # ---- cache ----
     def purge(self, selector: Selector, soft: bool) -> int:
         if isinstance(selector, PurgeURL):
-            selector = self.site_purge_url(selector)
+            selector = site_purge_url(self.sites, selector)
         count = self.store.purge(selector, soft=soft, now=self.clock())
         self.counters.purge(type(selector).__name__.removeprefix("Purge").lower())
         return count
-
-    def site_purge_url(self, selector: PurgeURL) -> PurgeURL:
-        """The purge URL shaped by its site's query mode, as the exchange shapes the keys it stores.
-
-        The control grammar has no site table, so it normalizes in "keep" mode; a site with ``query = "sort"``
-        or ``"ignore"`` stores other keys (``?b=2&a=1`` is stored as ``?a=1&b=2``) and would never match.
-        """
-        host = selector.url.partition("://")[2].partition("/")[0]
-        site = self.sites.match(host)
-        mode = "keep" if site is None else site.query
-        return selector if mode == "keep" else PurgeURL(normalize_url(selector.url, mode))
 
     # ---- exchanges ----
     def resolve_host(self, host_field: bytes, scheme: str) -> tuple[str, SiteRuntime]:
@@ -221,6 +212,9 @@ class Edge:
         """stale-while-revalidate: one background revalidation per key (RFC 5861 §3)."""
         if ex.key in self.collapser.revalidating:
             return
+        o = self.config.origin  # the claim outlives a worker that dies mid-way by no more than this
+        if not self.store.claim(entry, self.clock(), o.connect_timeout + o.read_timeout + o.pool_wait_timeout):
+            return  # another worker of the host revalidates it
         from edgeproxy.proxy.background import Revalidation, revalidate
 
         self.collapser.revalidating.add(ex.key)

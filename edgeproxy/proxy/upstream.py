@@ -350,4 +350,4 @@ def _invalidate(ex: Exchange, status: int, origin_headers: list[tuple[bytes, byt
     Content-Location on the same host) must be validated before reuse."""
     for key in invalidation_keys(ex.creq, status, origin_headers, ex.site.policy.query_mode):
         for entry in ex.edge.store.get(key):
-            entry.invalidated = True
+            ex.edge.store.invalidate(entry)

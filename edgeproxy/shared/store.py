@@ -54,7 +54,9 @@ log = logging.getLogger("edgeproxy.shared")
 MAP_FULL = "map-full"
 KEY_KEEP = 400  # LMDB's key limit is 511 bytes: longer keys keep this much, then a hash
 MIN_SLOTS = 4096
-SLOT_BYTES = 512  # one slot per this many bytes of map: more slots than objects the map can hold
+# One slot per this many bytes of the byte bound: an object is charged at least ENTRY_OVERHEAD (1.5 KiB), so there are
+# more slots than objects; if tiny objects ever use them all up, a put evicts until one is free.
+SLOT_BYTES = 1024
 MAP_SLACK = 64 * 1024 * 1024
 MAP_FACTOR = 3  # the map may hold MAP_FACTOR x the byte bound: B-tree pages are ~60-70% full under churn
 EMERGENCY_SHARE = 0.25  # of the capacity, freed at once when the map is full
@@ -87,8 +89,8 @@ def identity(entry: Entry) -> bytes:
     return h.digest()
 
 
-class CacheInUse(RuntimeError):
-    """Another process owns the store at this path."""
+class CacheInUse(OSError):
+    """Another process owns the store at this path (like EBUSY: the caller reports it as a start-up failure)."""
 
 
 @dataclass(slots=True)
@@ -229,8 +231,10 @@ class SharedStore:
         self.capacity = capacity
 
     def _rebuild_slotmap(self, map_size: int) -> SlotMap:
-        slots = max(MIN_SLOTS, map_size // SLOT_BYTES)
-        slotmap = SlotMap(os.path.join(self.path, "slots"), slots, map_size, create=True)
+        slots = max(MIN_SLOTS, (map_size - MAP_SLACK) // MAP_FACTOR // SLOT_BYTES)
+        # Made aside and renamed over the old one: a process of an older run that still maps it keeps its own inode.
+        fresh = os.path.join(self.path, "slots.new")
+        slotmap = SlotMap(fresh, slots, map_size, create=True)
         with self.env.begin(buffers=True) as txn:
             version = State.unpack(txn.get(b"state", db=self.meta)).version
             slotmap.retire_all(version + 1)  # no copy from an older run can match
@@ -240,6 +244,7 @@ class SharedStore:
             state = self._state(txn)
             state.version += 1
             self._save(txn, state)
+        os.replace(fresh, os.path.join(self.path, "slots"))
         return slotmap
 
     def _close_env(self) -> None:
@@ -327,6 +332,8 @@ class SharedStore:
         size = entry.size
         if size <= 0:
             raise ValueError(f"entry.size must be positive, got {size} for {entry.primary_key}")
+        if entry.primary_key.partition("://")[2].partition("?")[0] != entry.host + entry.path.partition("?")[0]:
+            raise ValueError(f"entry key {entry.primary_key!r} disagrees with host and path")  # as cache/store.py
         if size > self.max_object_size:
             return self._refuse(TOO_LARGE)
         encoded = encode_entry(entry)

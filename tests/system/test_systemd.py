@@ -179,6 +179,11 @@ def test_two_workers_under_the_supervisor(box: Container, installed: str) -> Non
             assert head(box, "/bytes/512")["cache-status"].startswith(f"two-{n}; "), n
         stats = box.run(f"{VENV_BIN}/edgeproxy ping", user="ops").stdout
         assert stats.startswith("pong from pid " + show(box, "MainPID")["MainPID"])
+        # One store for both, in /run/edgeproxy/cache, which RuntimeDirectoryPreserve=restart keeps: still a hit.
+        box.run("systemctl restart edgeproxy")
+        assert "; hit;" in head(box, "/bytes/512")["cache-status"]
+        assert "kept" in box.run("journalctl -u edgeproxy -n 30 --no-pager").stdout
+        assert box.run("stat -c %U:%G /run/edgeproxy/cache/lmdb/data.mdb").stdout.strip() == "edgeproxy:edgeproxy"
     finally:
         box.run(f"sed -i 's/^workers = 2$/workers = 1/' {CONFIG} && systemctl restart edgeproxy")
 

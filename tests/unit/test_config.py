@@ -146,6 +146,9 @@ GOOD = [
     ("cache", "collapse_timeout", "10s", 10.0),
     ("cache", "hit_for_miss_ttl", "30s", 30.0),
     ("cache", "revalidate_interval", "250ms", 0.25),
+    ("cache", "shared", True, True),
+    ("cache", "path", "/var/cache/edgeproxy", "/var/cache/edgeproxy"),
+    ("cache", "hot_size", "8MiB", 8 * MIB),
     ("log", "access", True, "-"),
     ("log", "access", "-", "-"),
     ("log", "access", False, None),
@@ -211,6 +214,9 @@ BAD = [
     ({"cache": {"size": -1}}, "cache.size", "size"),
     ({"cache": {"max_variants": 0}}, "cache.max_variants", "integer"),
     ({"cache": {"collapse": 1}}, "cache.collapse", "true or false"),
+    ({"cache": {"shared": "auto"}}, "cache.shared", "true or false"),
+    ({"cache": {"hot_size": "64MiB", "size": "128MiB"}, "server": {"workers": 2}}, "cache.hot_size",
+     "leave nothing of cache.size"),
     ({"log": {"access": 5}}, "log.access", "expected a string"),
     ({"log": {"format": "xml"}}, "log.format", "'combined', 'json'"),
     ({"log": {"level": "trace"}}, "log.level", "'debug'"),
@@ -235,6 +241,13 @@ def test_bad_value_names_the_dotted_key(data, key, reason):
     assert (e.key, e.file) == (key, "/etc/edgeproxy/edgeproxy.toml")
     assert reason in e.reason
     assert str(e).startswith(f"/etc/edgeproxy/edgeproxy.toml: {key}: ")
+
+
+def test_the_cache_is_shared_by_default_with_several_workers():
+    assert not config_from_dict({}).shared_cache
+    assert config_from_dict({"server": {"workers": 2}}).shared_cache
+    assert not config_from_dict({"server": {"workers": 2}, "cache": {"shared": False}}).shared_cache
+    assert config_from_dict({"cache": {"shared": True}}).shared_cache
 
 
 @pytest.mark.parametrize("section", [*SECTIONS, "site"])
