@@ -81,8 +81,11 @@ await import(%(server)s)
 PROXY_TOML = """[server]
 listen = ["127.0.0.1:%(port)d"]
 parser = "%(parser)s"
+workers = %(workers)d
 control_socket = "%(control)s"
 drain_timeout = "2s"
+[cache]
+path = "%(cache)s"
 [log]
 access = false
 [[site]]
@@ -227,11 +230,13 @@ def origin(pkg: Path, workdir: Path) -> AbstractContextManager[int]:
     return _service("origin", cmd, port, workdir / "origin.log", cwd=pkg, env=env)
 
 
-def proxy(proxy_cmd: str, parser: str, origin_port: int, workdir: Path) -> AbstractContextManager[int]:
+def proxy(proxy_cmd: str, parser: str, origin_port: int, workdir: Path, workers: int = 1
+          ) -> AbstractContextManager[int]:
     port = free_port()
     config = workdir / "edgeproxy.toml"
     config.write_text(PROXY_TOML % {"port": port, "parser": parser, "origin_port": origin_port,
-                                    "control": workdir / "control.sock"})
+                                    "control": workdir / "control.sock", "workers": workers,
+                                    "cache": workdir / "cache"})
     words = {"python": sys.executable, "config": str(config), "port": str(port),
              "origin": f"http://127.0.0.1:{origin_port}"}
     cmd = [arg.format(**words) for arg in shlex.split(proxy_cmd)]
@@ -241,13 +246,14 @@ def proxy(proxy_cmd: str, parser: str, origin_port: int, workdir: Path) -> Abstr
 
 
 @contextmanager
-def target(pkg: Path, proxy_cmd: str | None, parser: str = "h11") -> Iterator[str]:
-    """Start the origin and, unless ``proxy_cmd`` is None, the proxy; yield the base URL to test."""
+def target(pkg: Path, proxy_cmd: str | None, parser: str = "h11", workers: int = 1) -> Iterator[str]:
+    """Start the origin and, unless ``proxy_cmd`` is None, the proxy (with ``workers`` > 1: one shared cache); yield
+    the base URL to test."""
     with ExitStack() as stack:
         workdir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="cache-tests-")))
         port = stack.enter_context(origin(pkg, workdir))
         if proxy_cmd is not None:
-            port = stack.enter_context(proxy(proxy_cmd, parser, port, workdir))
+            port = stack.enter_context(proxy(proxy_cmd, parser, port, workdir, workers))
         try:
             yield f"http://127.0.0.1:{port}"
         except HarnessError as e:
@@ -371,6 +377,7 @@ def _arguments(argv: list[str] | None) -> argparse.Namespace:
                      help="proxy command; {python} {config} {port} {origin} are filled in (default: %(default)s)")
     how.add_argument("--direct", action="store_true", help="no proxy: point the client at the origin")
     ap.add_argument("--parser", choices=PARSERS, default="h11", help="[server] parser in the proxy config")
+    ap.add_argument("--workers", type=int, default=1, help="[server] workers in the proxy config (> 1: a shared cache)")
     ap.add_argument("--id", help="run one test by id and show its exchanges")
     ap.add_argument("--expected", type=Path, default=EXPECTED_PATH, help="expectations file (default: %(default)s)")
     ap.add_argument("--update", action="store_true", help="rewrite the expectations from this run")
@@ -378,14 +385,15 @@ def _arguments(argv: list[str] | None) -> argparse.Namespace:
     return ap.parse_args(argv)
 
 
-def _describe_target(proxy_cmd: str | None, parser: str) -> str:
+def _describe_target(proxy_cmd: str | None, parser: str, workers: int = 1) -> str:
     if proxy_cmd is None:
         return "no proxy (straight to the origin)"
-    return f"edgeproxy ({parser})" if proxy_cmd == DEFAULT_PROXY_CMD else repr(proxy_cmd)
+    shape = parser if workers == 1 else f"{parser}, {workers} workers"
+    return f"edgeproxy ({shape})" if proxy_cmd == DEFAULT_PROXY_CMD else repr(proxy_cmd)
 
 
-def _run_single(pkg: Path, proxy_cmd: str | None, parser: str, test_id: str) -> int:
-    with target(pkg, proxy_cmd, parser) as base:
+def _run_single(pkg: Path, proxy_cmd: str | None, parser: str, test_id: str, workers: int = 1) -> int:
+    with target(pkg, proxy_cmd, parser, workers) as base:
         lines = _client_lines(pkg, base, test_id, RERUN_TIMEOUT, _verdict_printed)
     print("\n".join(lines))
     return 0
@@ -403,11 +411,12 @@ def _main(args: argparse.Namespace) -> int:
     pkg = install()
     proxy_cmd = None if args.direct else args.proxy_cmd
     if args.id:
-        return _run_single(pkg, proxy_cmd, args.parser, args.id)
+        return _run_single(pkg, proxy_cmd, args.parser, args.id, args.workers)
     tests = list_tests(pkg)
-    with target(pkg, proxy_cmd, args.parser) as base:
+    with target(pkg, proxy_cmd, args.parser, args.workers) as base:
         results = run_client(pkg, base)
-        print(f"{PACKAGE}@{VERSION} via {_describe_target(proxy_cmd, args.parser)}: {score(results, tests)}")
+        print(f"{PACKAGE}@{VERSION} via {_describe_target(proxy_cmd, args.parser, args.workers)}: "
+              f"{score(results, tests)}")
         if args.failures:
             for test_id, result in sorted(results.items()):
                 if result is not True:

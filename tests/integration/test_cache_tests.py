@@ -107,14 +107,15 @@ def test_direct_to_origin_scores_like_no_cache(package, catalogue):
 @pytest.mark.slow
 @needs_node
 @needs_proxy
-@pytest.mark.parametrize("parser", runner.PARSERS)
-def test_no_regressions(package, catalogue, parser, capsys):
+@pytest.mark.parametrize("parser, workers", [*((p, 1) for p in runner.PARSERS), ("h11", 2)])
+def test_no_regressions(package, catalogue, parser, workers, capsys):
+    """Each parser with one process, and two workers over the shared cache (the same expectations)."""
     expected = runner.load_expected()
-    with runner.target(package, runner.DEFAULT_PROXY_CMD, parser) as base:
+    with runner.target(package, runner.DEFAULT_PROXY_CMD, parser, workers) as base:
         results = runner.run_client(package, base)
         outcome = runner.compare(expected, results, catalogue, lambda i: runner.run_one(package, base, i))
     with capsys.disabled():
-        print(f"\nhttp-cache-tests via edgeproxy ({parser}): {runner.score(results, catalogue)}")
+        print(f"\nhttp-cache-tests via edgeproxy ({parser}, {workers} workers): {runner.score(results, catalogue)}")
         for test_id in outcome.flaky:
             print(f"  flaky, passed on rerun: {test_id}")
         for test_id in outcome.improvements:
