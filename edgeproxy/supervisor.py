@@ -6,19 +6,21 @@ one that dies, a private channel per worker (a socketpair speaking the control p
 heartbeat, and answering purge/stats/reload/ping for all of them. The Node around it has the control socket, the
 metrics listener, signals and systemd.
 
-Never: serves a client request or holds a cache. Each worker runs a Node over a ``LocalEdge`` with an LRU of
-``cache.size / N``: the memory bound stays what the operator configured, at the price of N separate caches
-(an object may be fetched and stored once per worker).
+Never: serves a client request. With a shared cache (the default: edgeproxy/shared) it owns the host's store: it
+opens and checks it before any worker starts, applies purges to it once, reports its figures, and frees the LMDB
+reader slot of a worker that died; the workers read and write it. With ``[cache] shared = false`` each worker runs an
+LRU of ``cache.size / N`` and the supervisor holds no cache (an object may then be fetched once per worker).
 
 Rules kept here:
 - ``start`` returns (and so the Node says READY=1) only once every worker answered a ping on its channel (a
   worker reads it only after it listens).
-- A purge is acknowledged when every ready worker applied it; ``purged`` is the sum. A worker still starting
-  has an empty cache, and one that dies or does not answer (it is killed) loses its cache: for both, the purge
-  holds without them.
+- A purge is acknowledged once applied: to the shared store (whose new versions make every worker's hot copies
+  miss from then on), or, unshared, by every ready worker (``purged`` is the sum; a worker still starting has an
+  empty cache, and one that dies or does not answer is killed and loses its cache: the purge holds without them).
 - The Node validates a reload's file once; a bad one changes nothing. Workers then re-read the same file: the
   channel speaks the control protocol, whose ``reload`` carries no config.
-- ``stats`` asks every worker and sums (metrics.merge); /metrics sums the heartbeat snapshots (a ``stats``
+- ``stats`` asks every worker and sums (metrics.merge), except the shared store's own figures (entries, bytes,
+  evictions...), read from it once; /metrics sums the heartbeat snapshots (a ``stats``
   every HEARTBEAT), so a scrape is at most that old and costs the workers nothing. A dead worker's counters die
   with it: Prometheus sees a counter reset.
 - ``healthy`` (the Node's WATCHDOG=1) only while no live worker has been silent for HANG_TIMEOUT; a worker that
