@@ -124,12 +124,14 @@ def purge_fields(command: protocol.PurgeCommand) -> dict[str, Any]:
     return fields
 
 
-def _worker_row(w: Worker) -> dict[str, Any]:
-    """One worker in the ``stats`` breakdown, from its latest snapshot."""
+def _worker_row(w: Worker, shared: bool) -> dict[str, Any]:
+    """One worker in the ``stats`` breakdown, from its latest snapshot (``entries`` only when it has a store of its
+    own: with a shared one every worker would show the same count)."""
     snap = w.snapshot or {}
     requests = sum(snap["counters"]["requests"].values()) if snap else 0
+    figures = [k for k in WORKER_FIGURES if not (shared and k == "entries")]
     return {"pid": w.process.pid if w.process else None, "ready": w.ready, "restarts": w.restarts,
-            "requests": requests, **{k: snap.get(k, 0) for k in WORKER_FIGURES}}
+            "requests": requests, **{k: snap.get(k, 0) for k in figures}}
 
 
 class WorkerPool:
@@ -266,7 +268,7 @@ class WorkerPool:
 
     def summary(self) -> dict[str, Any]:
         counters, store = self.figures()
-        per_worker = {str(w.index): _worker_row(w) for w in self.workers}
+        per_worker = {str(w.index): _worker_row(w, self.store is not None) for w in self.workers}
         return {**metrics.summarize(counters, store, self.started, time.time()), "workers": per_worker}
 
     def status(self) -> str:

@@ -191,8 +191,10 @@ class SharedStore:
         self._lock_fd = fd
 
     def _open_env(self, map_size: int) -> None:
+        directory = os.path.join(self.path, "lmdb")
+        os.makedirs(directory, mode=0o750, exist_ok=True)  # cached responses: the service's user and group only
         self.env = lmdb.open(
-            os.path.join(self.path, "lmdb"), map_size=map_size, subdir=True, max_dbs=16, max_readers=1024,
+            directory, map_size=map_size, subdir=True, mode=0o640, max_dbs=16, max_readers=1024,
             # A cache: a lost last commit after a power cut costs a miss; LMDB stays consistent (its meta pages).
             sync=False, metasync=False, map_async=True, writemap=True, readahead=False, meminit=False,
             max_spare_txns=4)
