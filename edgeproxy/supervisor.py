@@ -46,7 +46,8 @@ from multiprocessing.process import BaseProcess
 from typing import Any
 
 from edgeproxy import metrics
-from edgeproxy.cache.purge import KINDS, PurgeURL, site_purge_url
+from edgeproxy.cache.codec import selector_fields
+from edgeproxy.cache.purge import PurgeURL, site_purge_url
 from edgeproxy.cache.store import StoreStats
 from edgeproxy.config import Config
 from edgeproxy.control import protocol
@@ -115,13 +116,8 @@ class Worker:
 
 def purge_fields(command: protocol.PurgeCommand) -> dict[str, Any]:
     """The request line that carries a parsed purge on to a worker."""
-    _cls, names, _required = KINDS[command.kind]
-    fields: dict[str, Any] = {"cmd": "purge", "kind": command.kind, "soft": command.soft}
-    for name in names:
-        value = getattr(command.selector, name)
-        if value is not None:
-            fields[name] = sorted(value) if name == "tags" else value
-    return fields
+    fields = selector_fields(command.selector)
+    return {"cmd": "purge", "kind": fields.pop("type"), "soft": command.soft, **fields}
 
 
 def _worker_row(w: Worker, shared: bool) -> dict[str, Any]:
