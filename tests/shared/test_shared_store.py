@@ -13,7 +13,8 @@ from typing import Any
 import pytest
 
 from edgeproxy.cache.purge import PurgeAll, PurgePrefix, PurgeURL
-from edgeproxy.shared.store import KEY_KEEP, CacheInUse, SharedStore
+from edgeproxy.shared.records import KEY_KEEP
+from edgeproxy.shared.store import CacheInUse, SharedStore
 from tests.unit.test_store import NOW, StorageContract, ident, idents, make_entry
 
 
