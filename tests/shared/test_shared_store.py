@@ -163,3 +163,18 @@ def _in_child(target: Callable[[str], None], path: str) -> int | None:
     process.start()
     process.join(30)
     return process.exitcode
+
+
+def test_one_background_revalidation_per_object_per_host(tmp_path: pathlib.Path) -> None:
+    store = SharedStore(str(tmp_path / "leases"), 10_000)
+    try:
+        entry = make_entry()
+        store.put(entry)
+        assert store.claim(entry, NOW, hold=30.0)
+        assert not store.claim(entry, NOW + 1, hold=30.0)  # another worker asking meanwhile
+        assert store.claim(make_entry(path="/other"), NOW + 1, hold=30.0)  # per object
+        store.release(entry)
+        assert store.claim(entry, NOW + 2, hold=30.0)
+        assert store.claim(entry, NOW + 33, hold=30.0)  # a claimer that died frees it by expiry
+    finally:
+        store.close()
