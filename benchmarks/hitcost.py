@@ -101,11 +101,11 @@ async def time_hits(mode: str, store: str, n: int) -> float:
     return best
 
 
-def callgrind_total(mode: str, n: int) -> int:
+def callgrind_total(mode: str, n: int, store: str = "memory") -> int:
     with tempfile.TemporaryDirectory() as tmp:
         out = os.path.join(tmp, "cg.out")
         subprocess.run(["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}", sys.executable, "-m",
-                        "benchmarks.hitcost", "--mode", mode, "--n", str(n)],
+                        "benchmarks.hitcost", "--mode", mode, "--n", str(n), "--store", store],
                        check=True, capture_output=True, env={**os.environ, "PYTHONHASHSEED": "0"})
         with open(out) as f:
             return int(re.search(r"^summary: (\d+)", f.read(), re.M).group(1))  # type: ignore[union-attr]
@@ -126,9 +126,9 @@ def main() -> None:
             print(f"| {mode} | " + " | ".join(f"{t:.2f}" for t in times) + f" | {times[2] - times[1]:+.2f} |")
         return
     if opts.compare:
-        print("| mode | instructions per hit |\n|---|---|")
+        print(f"| mode | instructions per hit ({opts.store}) |\n|---|---|")
         for mode in MODES:
-            low, high = callgrind_total(mode, 200), callgrind_total(mode, 1200)
+            low, high = callgrind_total(mode, 200, opts.store), callgrind_total(mode, 1200, opts.store)
             print(f"| {mode} | {(high - low) / 1000 / 1000:.1f}k |")
         return
     if opts.mode is None:

@@ -34,6 +34,7 @@ class TieredStore:
         self.hot = Store(hot_capacity, min(max_object_size, hot_capacity), max_variants)
         self._versions = shared.slotmap.versions
         self._slotmap = shared.slotmap
+        self._freqs = shared.slotmap.freqs
         self.hot_hits = 0
 
     # -- hit path --------------------------------------------------------------------------------------
@@ -58,7 +59,13 @@ class TieredStore:
         return found
 
     def touch(self, entry: Entry) -> bool:
-        return self._slotmap.hit(entry.slot, entry.version) and self.hot.touch(entry)
+        slot = entry.slot  # SlotMap.hit, inlined: this runs on every hit, the head memo's included
+        if self._versions[slot] != entry.version:
+            return False
+        freqs = self._freqs
+        if freqs[slot] < 3:
+            freqs[slot] += 1
+        return self.hot.touch(entry)
 
     # -- storing ---------------------------------------------------------------------------------------
 
