@@ -265,16 +265,21 @@ class SharedStore:
 
     def remove(self, entry: Entry) -> bool:
         """Forget ``entry`` if this very version is stored (not a replacement of it)."""
-        return bool(entry.slot >= 0 and self._write(lambda w: w.remove_version(entry.slot, entry.version)))
+        return bool(entry.slot >= 0 and self._write_roomy(lambda w: w.remove_version(entry.slot, entry.version), False))
 
     def invalidate(self, entry: Entry) -> bool:
         """Mark this version of ``entry`` stale (RFC 9111 §4.4); False when it is no longer stored."""
         entry.invalidated = True
-        return bool(entry.slot >= 0 and self._write(lambda w: w.invalidate_version(entry.slot, entry.version)))
+        return bool(entry.slot >= 0 and self._write_roomy(lambda w: w.invalidate_version(entry.slot, entry.version),
+                                                          False))
 
     def purge(self, selector: Selector, soft: bool = False, now: float = 0.0) -> int:
         """Invalidate (soft) or remove (hard) every object ``selector`` matches, host-wide; the count affected."""
-        return int(self._write(lambda w: w.purge(selector, soft, now, self.purge_log)))
+        try:
+            return int(self._write(lambda w: w.purge(selector, soft, now, self.purge_log)))
+        except lmdb.MapFullError:  # the purge must hold: make room, then try once more (an error reaches the caller)
+            self._make_room()
+            return int(self._write(lambda w: w.purge(selector, soft, now, self.purge_log)))
 
     def claim(self, entry: Entry, now: float, hold: float) -> bool:
         """Whether this process may revalidate ``entry`` in the background: one claim per object per host, held
@@ -288,10 +293,10 @@ class SharedStore:
             w.txn.put(key, struct.pack("<d", now + hold), db=self.leases)
             return True
 
-        return bool(self._write(take))
+        return bool(self._write_roomy(take, False))
 
     def release(self, entry: Entry) -> None:
-        self._write(lambda w: w.txn.delete(identity(entry), db=self.leases))
+        self._write_roomy(lambda w: w.txn.delete(identity(entry), db=self.leases), None)
 
     def count_not_stored(self, reason: str) -> None:
         self._not_stored[reason] = self._not_stored.get(reason, 0) + 1
@@ -308,6 +313,19 @@ class SharedStore:
             w.finish()
         w.publish()
         return result
+
+    def _write_roomy(self, action: Any, failed: Any) -> Any:
+        """``_write`` on a request's path: a full map makes room and tries once more, and what still fails is
+        logged and answered with ``failed``, never raised into the request."""
+        try:
+            return self._write(action)
+        except lmdb.MapFullError:
+            self._make_room()
+        try:
+            return self._write(action)
+        except lmdb.Error as exc:
+            log.error("cache: a write to the shared store failed: %s", exc)
+            return failed
 
     def _make_room(self) -> None:
         """The map is full (pages, not our byte count: fragmentation or a reader pinning old pages). Evict a

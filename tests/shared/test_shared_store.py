@@ -178,3 +178,29 @@ def test_one_background_revalidation_per_object_per_host(tmp_path: pathlib.Path)
         assert store.claim(entry, NOW + 33, hold=30.0)  # a claimer that died frees it by expiry
     finally:
         store.close()
+
+
+def test_a_full_map_on_a_request_path_write_makes_room_and_never_raises(tmp_path: pathlib.Path,
+                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    import lmdb
+
+    store = SharedStore(str(tmp_path / "full"), 10_000)
+    try:
+        entry = make_entry()
+        store.put(entry)
+        real, calls = SharedStore._write, []
+
+        def full_once(self: SharedStore, action: Any) -> Any:
+            calls.append(action)
+            if len(calls) == 1:
+                raise lmdb.MapFullError("simulated")
+            return real(self, action)
+
+        monkeypatch.setattr(SharedStore, "_write", full_once)
+        assert store.invalidate(entry)  # full, room made (an eviction pass), written on the second try
+        assert len(calls) == 3
+        monkeypatch.setattr(SharedStore, "_write", lambda self, action: (_ for _ in ()).throw(lmdb.MapFullError("x")))
+        assert store.claim(entry, NOW, 30.0) is False  # still full: logged, answered, not raised
+        store.release(entry)
+    finally:
+        store.close()
