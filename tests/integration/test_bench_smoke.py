@@ -29,8 +29,10 @@ TARGETS = {"nginx", f"edgeproxy-{PARSER}", f"bound-{PARSER}"}
 def test_one_round_reports_numbers_for_each_target(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("PATH", "/usr/sbin:" + os.environ["PATH"])  # nginx lives in /usr/sbin
     results: dict[str, dict[str, object]] = {}
+    logs: dict[str, list[str]] = {}
     run.run([run.SCENARIOS["hit-1k"]], TARGETS, rounds=1, seconds=1, deadline=time.monotonic() + 60,
-            results=results)
+            results=results, logs=logs)
+    assert not any("Traceback" in line for lines in logs.values() for line in lines), logs
     rows = results["hit-1k"]["targets"]
     assert set(rows) == TARGETS  # type: ignore[arg-type]
     for name, row in rows.items():  # type: ignore[union-attr]
@@ -48,6 +50,6 @@ def test_fleet_leaves_no_process_behind() -> None:
     before = set(process_tree(os.getpid()))
     results: dict[str, dict[str, object]] = {}
     run.run([run.SCENARIOS["hit-1k"]], {f"bound-{PARSER}"}, rounds=1, seconds=1,
-            deadline=time.monotonic() + 30, results=results)
+            deadline=time.monotonic() + 30, results=results, logs={})
     assert "rps_median" in results["hit-1k"]["targets"][f"bound-{PARSER}"]  # type: ignore[index]
     assert set(process_tree(os.getpid())) <= before
