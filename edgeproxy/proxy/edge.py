@@ -17,10 +17,10 @@ from dataclasses import dataclass
 from email.utils import formatdate
 from typing import TYPE_CHECKING
 
-from edgeproxy.accesslog import AccessLog, LogRecord
+from edgeproxy.accesslog import AccessLog, LogRecord, agents_part, request_part
 from edgeproxy.cache.cachestatus import CacheStatus
 from edgeproxy.cache.entry import Entry
-from edgeproxy.cache.outcome import Outcome
+from edgeproxy.cache.outcome import HIT, Outcome
 from edgeproxy.cache.policy import CachePolicy
 from edgeproxy.cache.purge import PurgeURL, Selector, site_purge_url
 from edgeproxy.cache.store import Storage, Store
@@ -43,6 +43,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("edgeproxy")
 SWEEP_INTERVAL = 1.0
+LOG_CACHE: dict[Outcome, bytes] = {o: o.value.encode() for o in Outcome}  # the access log's cache= field
 HOST_MEMO = 4096
 
 
@@ -243,6 +244,13 @@ class Edge:
         if self.access_log.enabled:
             self._record(ex.client, ex.head, ex.status, ex.sent, ex.cache, ex.origin_ms, ex.started)
 
+    def log_memo_hit(self, client: ClientConnection, request: bytes, agents: bytes, status: int, sent: int,
+                     started: float) -> None:
+        """A head memo hit: the combined line from the parts the memo kept with the head."""
+        self.counters.response(HIT, status, sent)
+        self.access_log.combined(client.peer.encode(), self.clock(), request, status, sent, agents, b"hit", 0.0,
+                                 (time.monotonic() - started) * 1000)
+
     def log_exchange(self, client: ClientConnection, head: RequestHead, status: int, sent: int, cache: Outcome,
                      origin_ms: float, started: float) -> None:
         self.counters.response(cache, status, sent)
@@ -251,7 +259,14 @@ class Edge:
 
     def _record(self, client: ClientConnection, head: RequestHead, status: int, sent: int, cache: Outcome,
                 origin_ms: float, started: float) -> None:
-        self.access_log.log(LogRecord(
+        log = self.access_log
+        if log.combined_fast:
+            log.combined(client.peer.encode(), self.clock(), request_part(head.method, head.target, head.http_version),
+                         status, sent, agents_part(get(head.headers, b"referer") or b"",
+                                                   get(head.headers, b"user-agent") or b""),
+                         LOG_CACHE[cache], origin_ms, (time.monotonic() - started) * 1000)
+            return
+        log.log(LogRecord(
             client=client.peer, method=head.method, target=head.target, version=head.http_version, status=status,
             sent=sent, referer=get(head.headers, b"referer") or b"", user_agent=get(head.headers, b"user-agent") or b"",
             cache=cache, origin_ms=origin_ms, total_ms=(time.monotonic() - started) * 1000, time=self.clock()))

@@ -19,8 +19,10 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from edgeproxy.accesslog import agents_part, request_part
 from edgeproxy.cache.entry import Entry
 from edgeproxy.cache.outcome import HIT
+from edgeproxy.http.headers import get
 from edgeproxy.proxy.delivery import write_stored
 from edgeproxy.proxy.parser import RequestHead
 
@@ -43,6 +45,10 @@ class Remembered:
     tail: bytes  # CORS fields + Connection + the blank line
     keep_alive: bool
     head_only: bool
+    # The access log's parts that these bytes fix (accesslog.request_part, agents_part), made once; None when the
+    # combined log is off.
+    log_request: bytes | None = None
+    log_agents: bytes = b""
 
 
 def single_head(data: bytes) -> bool:
@@ -68,7 +74,13 @@ class HeadMemo:
             return
         if len(self.heads) >= MEMO_SIZE:
             self.heads.clear()
-        self.heads[data] = Remembered(entry, head, tail, head.keep_alive, head.method == b"HEAD")
+        remembered = Remembered(entry, head, tail, head.keep_alive, head.method == b"HEAD")
+        log = self.edge.access_log
+        if log.enabled and log.combined_fast:
+            remembered.log_request = request_part(head.method, head.target, head.http_version)
+            remembered.log_agents = agents_part(get(head.headers, b"referer") or b"",
+                                                get(head.headers, b"user-agent") or b"")
+        self.heads[data] = remembered
 
     def answer(self, client: ClientConnection, data: bytes) -> bool:
         """Answer ``data`` from the memo; False when the full path must run."""
@@ -85,7 +97,9 @@ class HeadMemo:
         sent = write_stored(client.transport.write, entry, age, edge.cache_status.hit(left), found.tail,
                             found.head_only)
         edge.counters.memo_hits += 1
-        if edge.access_log.enabled:  # counts too
+        if found.log_request is not None:  # counts too
+            edge.log_memo_hit(client, found.log_request, found.log_agents, entry.status, sent, time.monotonic())
+        elif edge.access_log.enabled:
             edge.log_exchange(client, found.head, entry.status, sent, HIT, 0.0, time.monotonic())
         else:
             edge.counters.response(HIT, entry.status, sent)
