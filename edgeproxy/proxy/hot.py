@@ -7,7 +7,11 @@ Rules kept here:
 - The memo keeps only what the bytes determine (the entry they selected, the CORS fields, keep-alive, HEAD).
   What depends on time and on the store is checked on every use: still fresh, not soft-purged, still stored
   (``Store.touch`` says so). Any doubt falls back to the full path, which may remember the head again.
-- Bounded to ``MEMO_SIZE`` heads per worker and cleared when full (heads are client-chosen) and on reload.
+- Admission: a head is remembered only the second time it is answered as a plain fresh hit (a doorkeeper, as in
+  TinyLFU): real clients' heads often never repeat (a request id, a cookie that changes), and each of those would
+  cost an entry made and dropped. A head seen once costs a set insertion of its hash.
+- Bounded to ``MEMO_SIZE`` heads per worker and cleared when full (heads are client-chosen) and on reload; the
+  doorkeeper holds at most ``DOORKEEPER_SIZE`` hashes, cleared when full.
 - ``[server] head_memo = false`` turns it off; the benchmarks report both.
 Throughput trade-off, measured with callgrind on the in-process hit loop: a memo hit costs ~21.7k instructions against
 ~120k (httptools) or ~262k (h11) for a parsed hit; a head that isn't in the memo costs one dict lookup more.
@@ -31,6 +35,7 @@ if TYPE_CHECKING:
     from edgeproxy.proxy.edge import Edge
 
 MEMO_SIZE = 2048
+DOORKEEPER_SIZE = 8192
 # Request fields that change a cache decision or the answer per request: heads carrying them are never memoized.
 DECISIVE: frozenset[bytes] = frozenset({
     b"cache-control", b"pragma", b"if-match", b"if-none-match", b"if-modified-since", b"if-unmodified-since",
@@ -62,16 +67,25 @@ def memoizable(head: RequestHead) -> bool:
 
 
 class HeadMemo:
-    __slots__ = ("edge", "heads")
+    __slots__ = ("edge", "heads", "seen")
 
     def __init__(self, edge: Edge) -> None:
         self.edge = edge
         self.heads: dict[bytes, Remembered] = {}
+        self.seen: set[int] = set()  # the doorkeeper: hashes of heads answered once
 
     def consider(self, data: bytes, head: RequestHead, entry: Entry, tail: bytes) -> None:
-        """Remember ``data`` if its head may be answered again without parsing (a plain fresh hit just sent)."""
+        """Remember ``data`` if its head may be answered again without parsing (a plain fresh hit just sent) and
+        it was answered so once before."""
+        seen, key = self.seen, hash(data)  # the bytes' hash is cached: the memo's own lookup already made it
+        if key not in seen:
+            if len(seen) >= DOORKEEPER_SIZE:
+                seen.clear()
+            seen.add(key)
+            return
         if not memoizable(head):
             return
+        seen.discard(key)
         if len(self.heads) >= MEMO_SIZE:
             self.heads.clear()
         remembered = Remembered(entry, head, tail, head.keep_alive, head.method == b"HEAD")
