@@ -6,9 +6,14 @@ Rules kept here:
 - Everything listens on 127.0.0.1 ports picked free at run time.
 - ``TARGETS`` is the table of what can be measured: nginx, edgeproxy per parser with the head memo on (the
   default config) or off, and the bounds. A target's ``workers`` is the profile's unless the table fixes it
-  (``-1w`` targets are the one-worker reference inside the workers-2 profile).
+  (``-1w`` targets are the one-worker reference inside the workers-2 profile; ``-2w``/``-4w`` fix 2 or 4).
+  ``[cache] shared`` is left to edgeproxy's default (shared when workers > 1) unless the name says ``-shared``
+  or ``-unshared``.
+- Every edgeproxy gets ``[cache] path`` in the fleet's work directory (never the default under /dev/shm, which
+  another instance on the host could be using), and ``remove_store`` deletes it once the target has stopped.
 - CPU is utime+stime summed over a process's whole tree (nginx master + workers, edgeproxy's supervisor +
-  workers); RSS likewise, from ``/proc/PID/status``.
+  workers); RSS likewise, from ``/proc/PID/status``; Pss and private bytes from ``/proc/PID/smaps_rollup``, and
+  what of them lies in one directory's files (the shared store's mappings) from ``/proc/PID/smaps``.
 - ``Purger`` sends purges itself, one request line per ``interval`` on one persistent control connection
   (the CLI's Python start-up would cap the rate near 5/s), and records every round trip it sees.
 """
@@ -19,6 +24,7 @@ import contextlib
 import ctypes
 import os
 import pwd
+import re
 import shutil
 import signal
 import socket
@@ -29,6 +35,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # standalone runs: make the repository's package importable
@@ -147,6 +154,39 @@ def status_kib(root: int, key: str) -> int:
     return total
 
 
+SMAPS_KEYS = ("Rss", "Pss", "Pss_Anon", "Pss_File", "Pss_Shmem", "Shared_Clean", "Shared_Dirty", "Private_Clean",
+              "Private_Dirty", "Anonymous")
+
+
+def smaps_rollup_kib(pid: int) -> dict[str, int]:
+    """``/proc/PID/smaps_rollup``: the ``SMAPS_KEYS`` figures of one process, in KiB (empty if it is gone)."""
+    out: dict[str, int] = {}
+    with contextlib.suppress(OSError):
+        for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+            key, _, rest = line.partition(":")
+            if key in SMAPS_KEYS:
+                out[key] = int(rest.split()[0])
+    return out
+
+
+def mapped_under_kib(pid: int, directory: Path) -> dict[str, int]:
+    """Rss and private (Private_Clean + Private_Dirty) KiB of one process's mappings of files under ``directory``.
+
+    smaps counts a tmpfs page mapped by only one process as private, so a private-bytes (USS) sum would count the
+    store's pages once in the process and again in the files' tmpfs bytes; this is what to take off it."""
+    prefix, out, inside = str(directory).rstrip("/") + "/", {"Rss": 0, "Private": 0}, False
+    with contextlib.suppress(OSError):
+        for line in Path(f"/proc/{pid}/smaps").read_text().splitlines():
+            head = line.split(maxsplit=5)
+            if head and "-" in head[0] and not head[0].endswith(":"):  # a mapping's header line
+                inside = len(head) == 6 and head[5].startswith(prefix)
+            elif inside and head[0] == "Rss:":
+                out["Rss"] += int(head[1])
+            elif inside and head[0] in ("Private_Clean:", "Private_Dirty:"):
+                out["Private"] += int(head[1])
+    return out
+
+
 # ---- targets ---------------------------------------------------------------------------------------
 
 
@@ -157,6 +197,7 @@ class Spec:
     memo: bool = True
     workers: int | None = None  # None: the profile's
     nopush: bool = True  # nginx only: tcp_nopush (see nginx.conf.template)
+    shared: bool | None = None  # edgeproxy only: [cache] shared; None: edgeproxy's default (workers > 1)
 
 
 TARGETS: dict[str, Spec] = {
@@ -170,6 +211,14 @@ TARGETS: dict[str, Spec] = {
     "edgeproxy-httptools-1w": Spec("edgeproxy", "httptools", workers=1),
     "edgeproxy-h11-nomemo-1w": Spec("edgeproxy", "h11", memo=False, workers=1),
     "edgeproxy-httptools-nomemo-1w": Spec("edgeproxy", "httptools", memo=False, workers=1),
+    # The host-wide shared cache (zipf-workers, hit-1k-workers, shared-rss): the default with 2 or 4 workers, the
+    # old per-worker LRU of size / workers (-unshared), and one process on the shared store (-1w-shared).
+    "edgeproxy-httptools-1w-shared": Spec("edgeproxy", "httptools", workers=1, shared=True),
+    "edgeproxy-httptools-2w": Spec("edgeproxy", "httptools", workers=2),
+    "edgeproxy-httptools-4w": Spec("edgeproxy", "httptools", workers=4),
+    "edgeproxy-httptools-2w-unshared": Spec("edgeproxy", "httptools", workers=2, shared=False),
+    "edgeproxy-httptools-nomemo-2w": Spec("edgeproxy", "httptools", memo=False, workers=2),
+    "edgeproxy-httptools-nomemo-2w-unshared": Spec("edgeproxy", "httptools", memo=False, workers=2, shared=False),
     "bound-h11": Spec("bound", "h11"),
     "bound-httptools": Spec("bound", "httptools"),
 }
@@ -181,6 +230,7 @@ class Target:
     port: int = 0
     proc: subprocess.Popen[bytes] | None = None
     control: Path | None = None
+    store: Path | None = None  # edgeproxy: its [cache] path (used only when the cache is shared)
     workers: int = 1
     unavailable: str = ""
     log: Path | None = None
@@ -203,7 +253,8 @@ control_socket = "{control}"
 [cache]
 size = "{cache_mib}MiB"
 max_object_size = "8MiB"
-
+path = "{store}"
+{shared}
 [log]
 access = false
 
@@ -237,9 +288,11 @@ def target_argv(fleet: Fleet, target: Target, spec: Spec, origin_port: int, cach
         return [PYTHON, "-m", "benchmarks.bound", "--parser", spec.parser, "--listen", f"127.0.0.1:{target.port}"]
     config = fleet.workdir / f"{target.name}-{target.port}.toml"
     target.control = fleet.workdir / f"{target.name}-{target.port}.sock"
+    target.store = fleet.workdir / f"{target.name}-{target.port}.store"
+    shared = "" if spec.shared is None else f"shared = {str(spec.shared).lower()}\n"
     config.write_text(EDGEPROXY_TOML.format(
         port=target.port, parser=spec.parser, workers=target.workers, memo=str(spec.memo).lower(),
-        control=target.control, cache_mib=cache_mib, origin_port=origin_port))
+        control=target.control, cache_mib=cache_mib, store=target.store, shared=shared, origin_port=origin_port))
     return [PYTHON, "-m", "edgeproxy", "serve", "--config", str(config)]
 
 
@@ -254,6 +307,44 @@ def start_target(fleet: Fleet, name: str, origin_port: int, workers: int, cpus: 
     except StartError as exc:
         target.unavailable = str(exc)
     return target
+
+
+def control_stats(target: Target) -> dict[str, Any]:
+    """The ``stats`` reply of an edgeproxy over its control socket (the store's figures are its ``entries``,
+    ``bytes``, ``capacity`` and ``evictions``), or ``{"stats_error": why}``."""
+    try:
+        with ControlClient(str(target.control), timeout=10) as client:
+            reply = client.request({"cmd": "stats"})
+    except (ControlError, OSError) as exc:
+        return {"stats_error": str(exc)[:200]}
+    return reply if reply.get("ok", True) else {"stats_error": str(reply.get("error"))[:200]}
+
+
+LOG_MARKS = re.compile(r"traceback|error|exception|critical|warning", re.I)
+
+
+def log_findings(log: Path, limit: int = 20) -> list[str]:
+    """The lines of a server's log that say something went wrong (a traceback whole, up to its last line), the
+    first ``limit``: the logs go with the run's temporary directory, the findings go into the results."""
+    found: list[str] = []
+    with contextlib.suppress(OSError):
+        in_traceback = False
+        for line in log.read_text(errors="replace").splitlines():
+            if in_traceback:
+                found.append(line)
+                in_traceback = line[:1].isspace() or not line.strip()
+            elif LOG_MARKS.search(line):
+                found.append(line)
+                in_traceback = line.startswith("Traceback")
+            if len(found) >= limit:
+                break
+    return [line[:300] for line in found]
+
+
+def remove_store(target: Target) -> None:
+    """Delete a stopped target's shared store (tmpfs: its pages are memory until the files go)."""
+    if target.store is not None:
+        shutil.rmtree(target.store, ignore_errors=True)
 
 
 # ---- purges ----------------------------------------------------------------------------------------

@@ -5,14 +5,18 @@ Rules kept here:
 - No processes, no sockets: everything here reads what run.py measured (``Cell``s) or the result dict.
 - Ratios compare medians from the same run only: ``vs nginx``; ``vs bound``, the bound with the target's own
   parser (h11 -> bound-h11, httptools -> bound-httptools); in purge-burst ``vs no purge``, the same process
-  without purges; in workers-2 ``vs 1 worker``, the ``-1w`` target started beside it.
+  without purges; in workers-2 ``vs 1 worker``, the ``-1w`` target started beside it (also for ``-2w``/``-4w``
+  names, and in zipf-workers the hit ratio's difference from it, in points); ``vs unshared``, the
+  ``-unshared`` target of the same name (the old per-worker caches).
 - ``goals`` restates the issue's targets as (what, measured, goal, met) rows; a goal whose numbers are missing
-  is reported as not measured, never as met.
+  is reported as not measured, never as met. The shared-cache goals (zipf-workers, hit-1k-workers, shared-rss)
+  are listed only when their scenario ran: they are not in the default set.
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import platform
 import re
@@ -89,11 +93,17 @@ def summarise(cell: Cell, seconds: int) -> dict[str, object]:
     }
     if responses := sum(r.get("responses", 0.0) for r in runs):
         out["hit_ratio"] = sum(r.get("hits", 0.0) for r in runs) / responses
+        out["hit_ratio_runs"] = [round(r["hits"] / r["responses"], 4) for r in runs if r.get("responses")]
+    if cell.store:
+        out["store"] = cell.store
     if cell.purges.latencies_ms:
         out |= purge_summary(cell.purges.latencies_ms, cell.purges.errors, seconds * len(runs))
     elif cell.purge:
         out["notes"] = [*cell.notes, "no purge answered: " + "; ".join(cell.purges.errors[:2])]
     return out
+
+
+WORKERS_SUFFIX = re.compile(r"-\d+w(-shared|-unshared)?$")
 
 
 def reference(name: str) -> dict[str, str]:
@@ -104,8 +114,11 @@ def reference(name: str) -> dict[str, str]:
         refs["vs_bound"] = f"bound-{spec.parser}"
     if name.endswith("+purge"):
         refs["vs_no_purge"] = name.removesuffix("+purge")
-    if f"{name}-1w" in TARGETS:
-        refs["vs_1_worker"] = f"{name}-1w"
+    base = WORKERS_SUFFIX.sub("", name)  # edgeproxy-httptools-2w-unshared -> edgeproxy-httptools
+    if f"{base}-1w" in TARGETS and name != f"{base}-1w":
+        refs["vs_1_worker"] = f"{base}-1w"
+    if f"{name}-unshared" in TARGETS:
+        refs["vs_unshared"] = f"{name}-unshared"
     return refs
 
 
@@ -115,6 +128,8 @@ def add_ratios(rows: dict[str, dict[str, Any]]) -> None:
             ref = rows.get(ref_name, {}).get("rps_median")
             if ref and "rps_median" in row and ref_name != name:
                 row[key] = row["rps_median"] / ref
+            if key == "vs_1_worker" and "hit_ratio" in row and "hit_ratio" in rows.get(ref_name, {}):
+                row["hit_points_vs_1_worker"] = (row["hit_ratio"] - rows[ref_name]["hit_ratio"]) * 100
 
 
 def scenario_result(scenario: Scenario, cells: dict[str, Cell], profile: Profile, rounds: int,
@@ -142,6 +157,27 @@ def _div(a: float | None, b: float | None) -> float | None:
 
 def _max(*values: float | None) -> float | None:
     return max((v for v in values if v is not None), default=None)
+
+
+def shared_goals(scenarios: Results) -> list[tuple[str, float | None, float]]:
+    """The shared cache's goals, for the scenarios of it that ran: hit ratio within 1 point of one process's LRU at
+    2 and 4 workers, a hit at 0.95x the unshared workers' req/s or better, host memory <= size + 40 MiB a worker."""
+    g = lambda s, t, k: _get(scenarios, s, t, k)  # noqa: E731
+    rows: list[tuple[str, float | None, float]] = []
+    if "zipf-workers" in scenarios:
+        for workers in (2, 4):
+            points = g("zipf-workers", f"edgeproxy-httptools-{workers}w", "hit_points_vs_1_worker")
+            rows.append((f"zipf-workers: hit-ratio points below 1 worker, {workers} workers shared (at most)",
+                         None if points is None else -points, -1.0))
+    if "hit-1k-workers" in scenarios:
+        for memo, name in (("on", "edgeproxy-httptools-2w"), ("off", "edgeproxy-httptools-nomemo-2w")):
+            rows.append((f"hit-1k-workers: 2 workers shared vs unshared, memo {memo}",
+                         g("hit-1k-workers", name, "vs_unshared"), 0.95))
+    for row in scenarios.get("shared-rss", {}).get("targets", {}).values():
+        if row.get("shared") and "goal_mib" in row:
+            rows.append((f"shared-rss: host MiB with a full {scenarios['shared-rss']['cache_mib']} MiB cache, "
+                         f"{row['workers']} workers shared (at most)", row.get("host_mib"), -float(row["goal_mib"])))
+    return rows
 
 
 def goals(scenarios: Results) -> list[dict[str, object]]:
@@ -172,6 +208,7 @@ def goals(scenarios: Results) -> list[dict[str, object]]:
         ("workers-2 h11 memo on at -c256 vs 1 worker (wrk-bound)", g("workers-2", "edgeproxy-h11", "vs_1_worker"), 1.6),
         ("memory: RSS MiB after filling 256 MiB (at most)", memory.get("rss_mib"), -float(memory.get("goal_mib", 0))),
     ]
+    rows += shared_goals(scenarios)
     # A negative goal is an upper bound ("at most"); a positive one a lower bound.
     return [{"goal": what, "measured": value, "target": abs(goal),
              "met": None if value is None else (value <= -goal if goal < 0 else value >= goal)}
@@ -182,7 +219,7 @@ def goals(scenarios: Results) -> list[dict[str, object]]:
 
 COLUMNS = ("target", "req/s median", "min-max", "p50 ms", "p99 ms", "CPU µs/req", "peak RSS MiB",
            "vs nginx", "vs bound", "other ratio", "hit %", "notes")
-OTHER_RATIOS = {"vs_no_purge": "vs no purge", "vs_1_worker": "vs 1 worker"}
+OTHER_RATIOS = {"vs_no_purge": "vs no purge", "vs_unshared": "vs unshared", "vs_1_worker": "vs 1 worker"}
 
 
 def _fmt(value: object, spec: str) -> str:
@@ -202,13 +239,15 @@ def _notes(row: dict[str, Any]) -> str:
 def _row(target: str, row: dict[str, Any]) -> str:
     if "rps_median" not in row:
         return f"| {target} | n/a |" + " |" * (len(COLUMNS) - 3) + f" {_notes(row)} |"
-    other = next(((label, row[key]) for key, label in OTHER_RATIOS.items() if key in row), None)
+    other = "; ".join(f"{row[key]:.2f} {label}" for key, label in OTHER_RATIOS.items() if key in row)
+    hit = _fmt(row["hit_ratio"] * 100 if "hit_ratio" in row else None, ".1f")
+    if "hit_points_vs_1_worker" in row:
+        hit += f" ({row['hit_points_vs_1_worker']:+.1f} vs 1 worker)"
     cells = [
         target, _fmt(row["rps_median"], ",.0f"), f"{row['rps_min']:,.0f}-{row['rps_max']:,.0f}",
         _fmt(row["p50_ms"], ".2f"), _fmt(row["p99_ms"], ".2f"), _fmt(row["cpu_us_per_req"], ".1f"),
         _fmt(row["peak_rss_mib"], ".0f"), _fmt(row.get("vs_nginx"), ".2f"), _fmt(row.get("vs_bound"), ".2f"),
-        f"{other[1]:.2f} {other[0]}" if other else "-",
-        _fmt(row["hit_ratio"] * 100 if "hit_ratio" in row else None, ".1f"), _notes(row),
+        other or "-", hit, _notes(row),
     ]
     return "| " + " | ".join(cells) + " |"
 
@@ -227,6 +266,40 @@ def memory_markdown(name: str, sc: Results) -> list[str]:
     return [*lines, ""]
 
 
+def shared_rss_markdown(name: str, sc: Results) -> list[str]:
+    lines = [f"### {name}: host memory with a full {sc['cache_mib']} MiB cache of {sc['object']} objects "
+             f"(filled until {sc['overfill'] - 1:.0%} of the stored objects were evicted)", "",
+             "| target | shared | processes | requests | fill s | entries | stored MiB / capacity MiB | evictions "
+             "| RSS sum MiB | Pss sum MiB | USS sum MiB | store: mapped private MiB | store tmpfs MiB (apparent) "
+             "| host MiB (USS) | host MiB (Pss) | goal MiB | met | LMDB map used / size MiB | map used / cache size "
+             "| notes |", "|" + "---|" * 20]
+    mib = lambda v: _fmt(v / 2**20 if isinstance(v, int | float) else None, ".1f")  # noqa: E731
+    for target, row in sc["targets"].items():
+        if "host_mib" not in row:
+            lines.append(f"| {target} | n/a |" + " |" * 18 + f" {'; '.join(row['notes'])} |")
+            continue
+        lines.append(
+            f"| {target} | {'yes' if row['shared'] else 'no'} | {row['processes']} | {row['requests']:,} | "
+            f"{row['fill_seconds']} | {row.get('entries', '-'):,} | {mib(row.get('bytes'))} / "
+            f"{mib(row.get('capacity'))} | {row.get('evictions', '-'):,} | {row['rss_mib']} | {row['pss_mib']} | "
+            f"{row['uss_mib']} | {row['store_mapped_private_mib']} | {row['store_tmpfs_mib']} "
+            f"({row['store_apparent_mib']}) | {row['host_mib']} | {row['host_pss_mib']} | {row['goal_mib']:g} | "
+            f"{'yes' if row['met'] else '**no**'} | {row.get('map_used_mib', '-')} / {row.get('map_size_mib', '-')} | "
+            f"{row.get('map_used_vs_size', '-')} | {'; '.join(row['notes'])} |")
+    lines += ["", "host MiB (USS) = USS sum - the store's pages counted private in a process + the store's files on "
+              "tmpfs; host MiB (Pss) = sum of (Pss - Pss_Shmem) + the same files.", ""]
+    for target, row in sc["targets"].items():  # where the store's pages go
+        if "lmdb_tables" in row:
+            page = row["page_size"] / 2**20
+            parts = [f"{name} {t['pages'] * page:.1f} ({t['entries']:,} records)"
+                     for name, t in sorted(row["lmdb_tables"].items(), key=lambda kv: -kv[1]["pages"]) if t["pages"]]
+            mean = row["lmdb_tables"].get("objects", {}).get("mean_record_bytes")
+            record = f"; an objects record: {mean:,} bytes on average ({row['page_size']:,}-byte pages)" if mean else ""
+            lines.append(f"- {target}, LMDB MiB by table: {', '.join(parts)}; free list and meta "
+                         f"{row['lmdb_free_pages'] * page:.1f}{record}")
+    return [*lines, ""]
+
+
 def goals_markdown(rows: list[dict[str, Any]]) -> list[str]:
     lines = ["### the issue's targets", "", "| target | measured | goal | met |", "|---|---|---|---|"]
     for r in rows:
@@ -235,11 +308,24 @@ def goals_markdown(rows: list[dict[str, Any]]) -> list[str]:
     return [*lines, ""]
 
 
+def logs_markdown(logs: dict[str, list[str]]) -> list[str]:
+    """What the servers' logs said of errors, warnings and tracebacks (nothing: one line saying so)."""
+    if not logs:
+        return ["### server logs", "", "no error, warning or traceback in any server's log", ""]
+    lines = ["### server logs: lines with an error, warning or traceback", ""]
+    for name, found in logs.items():
+        lines += [f"{name}:", "", "```", *found, "```", ""]
+    return lines
+
+
 def markdown(results: Results) -> str:
     lines: list[str] = []
     for name, sc in results["scenarios"].items():
         if sc.get("kind") == "memory":
             lines += memory_markdown(name, sc)
+            continue
+        if sc.get("kind") == "shared-rss":
+            lines += shared_rss_markdown(name, sc)
             continue
         lines += [
             f"### {name}: GET {sc['path']} -c{sc['connections']}, {sc['rounds']} x {sc['seconds']} s, "
@@ -247,7 +333,7 @@ def markdown(results: Results) -> str:
             "", "| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS),
             *(_row(target, row) for target, row in sc["targets"].items()), "",
         ]
-    return "\n".join(lines + goals_markdown(results.get("goals", [])))
+    return "\n".join(lines + goals_markdown(results.get("goals", [])) + logs_markdown(results.get("logs", {})))
 
 
 # ---- the chart -------------------------------------------------------------------------------------
@@ -257,11 +343,12 @@ COLORS = {"nginx": "#2a9d8f", "edgeproxy-h11": "#e76f51", "edgeproxy-httptools":
 
 
 def _color(target: str) -> str:
-    base = target.split("+")[0].removesuffix("-1w").removesuffix("-nomemo").removesuffix("-nopush-off")
+    base = WORKERS_SUFFIX.sub("", target.split("+")[0]).removesuffix("-nomemo").removesuffix("-nopush-off")
     return COLORS.get(base, "grey")
 
 
-def chart(results: Results, path: Path) -> None:
+def chart(results: Results, path: Path) -> bool:
+    """The req/s chart of the wrk scenarios; False (no file) when the run had none (memory, shared-rss alone)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -269,7 +356,7 @@ def chart(results: Results, path: Path) -> None:
 
     shown = {n: sc for n, sc in results["scenarios"].items() if "connections" in sc}
     if not shown:
-        return
+        return False
     cols = min(3, len(shown))
     rows = -(-len(shown) // cols)
     fig, axes = plt.subplots(rows, cols, figsize=(5.5 * cols, 4.2 * rows), squeeze=False)
@@ -281,20 +368,22 @@ def chart(results: Results, path: Path) -> None:
         ax.bar(range(len(bars)), med, yerr=spread, capsize=3, color=[_color(t) for t, _ in bars],
                hatch=None, edgecolor="black", linewidth=0.3)
         for x, (t, _) in enumerate(bars):  # memo off and "+purge" bars are hatched: the same server, one change
-            if "nomemo" in t or t.endswith(("+purge", "-1w", "-nopush-off")):
+            if "nomemo" in t or t.endswith(("+purge", "-1w", "-nopush-off", "-unshared")):
                 ax.patches[x].set_hatch("//")
         ax.set_xticks(range(len(bars)), [t for t, _ in bars], rotation=30, ha="right", fontsize=7)
         ax.set_title(f"{name} (-c{sc['connections']}, workers {sc['workers']})", fontsize=10)
         ax.set_ylabel("req/s (median, min-max)", fontsize=8)
-        for x, m in enumerate(med):
-            ax.annotate(f"{m / 1000:.1f}k", (x, m), ha="center", va="bottom", fontsize=7)
+        for x, (m, (_, r)) in enumerate(zip(med, bars, strict=True)):  # zipf: the hit ratio under the req/s
+            hit = f"\n{r['hit_ratio'] * 100:.1f}% hits" if "hit_ratio" in r else ""
+            ax.annotate(f"{m / 1000:.1f}k{hit}", (x, r["rps_max"]), ha="center", va="bottom", fontsize=7)
     for ax in list(axes.flat)[len(shown):]:
         ax.axis("off")
-    fig.suptitle(f"edgeproxy benchmarks: {results['meta']['name']} "
-                 "(hatched: memo off / purging / 1 worker / nopush off)", fontsize=11)
+    fig.suptitle(f"edgeproxy benchmarks: {results['meta']['name']}\n"  # two lines: one panel is narrow
+                 "(hatched: memo off / purging / 1 worker / nopush off / unshared)", fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+    return True
 
 
 # ---- metadata --------------------------------------------------------------------------------------
@@ -307,12 +396,29 @@ def _version(argv: list[str]) -> str:
     return "unknown"
 
 
+def uncommitted() -> dict[str, object]:
+    """What of the product the run used that HEAD does not have: changed and new files under edgeproxy/, and a
+    digest of their contents, so a result measured on a work in progress says which one."""
+    with contextlib.suppress(OSError, subprocess.SubprocessError):
+        done = subprocess.run(["git", "-C", str(ROOT), "status", "--porcelain", "--untracked-files=all", "--",
+                               "edgeproxy"], capture_output=True, text=True, timeout=10, check=True)
+        paths = sorted(line[3:] for line in done.stdout.splitlines() if line.strip())
+        digest = hashlib.sha256()
+        for path in paths:
+            digest.update(path.encode() + b"\0")
+            with contextlib.suppress(OSError):
+                digest.update((ROOT / path).read_bytes())
+        return {"files": paths, "sha256": digest.hexdigest()[:16]} if paths else {}
+    return {"unknown": True}
+
+
 def meta(name: str, argv: list[str]) -> dict[str, object]:
     cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
                 if line.startswith("model name")), platform.processor())
     return {
         "name": name, "argv": argv, "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "git": _version(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"]),
+        "uncommitted": uncommitted(),
         "python": platform.python_version(), "nginx": _version(["nginx", "-v"]),
         "wrk": _version(["wrk", "--version"]), "cpu": cpu, "cpus": os.cpu_count(),
         # Other work on the machine shows up here first: compare with loadavg_end.

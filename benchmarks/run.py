@@ -12,7 +12,11 @@ Rules kept here:
   we report the median req/s with its min-max spread, never a single run. purge-burst interleaves each
   edgeproxy target with and without purges (every 10 ms over the control socket) the same way.
 - A scenario names the targets it is worth measuring (the head memo only matters on hits, a bound has no
-  miss path), so the default set fits a 15-minute budget.
+  miss path), so the default set fits a 15-minute budget. The shared-cache scenarios (zipf-workers,
+  hit-1k-workers, shared-rss: workers sharing one store against the old per-worker caches) do not fit it and run
+  by name (``--scenario zipf-workers``) or with ``--scenario all``.
+- zipf-workers warms each target with 20 s of the Zipf load (the cache full and churned: steady state), and gives
+  each round its own seed (the same for every target), so no measured run replays the warm-up's URLs.
 Outputs (``report``): a Markdown table on stdout, ``results/<name>.json`` and ``results/<name>.png``.
 """
 
@@ -35,7 +39,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # standalone runs: make the repository's package importable
 
-from benchmarks import memory, report  # noqa: E402
+from benchmarks import memory, report, shared_rss  # noqa: E402
 from benchmarks.procs import (  # noqa: E402
     ALL_CPUS,
     CLIENT_CPUS,
@@ -49,8 +53,11 @@ from benchmarks.procs import (  # noqa: E402
     StartError,
     Target,
     command_lines,
+    control_stats,
     cpu_ticks,
     free_port,
+    log_findings,
+    remove_store,
     start_target,
     status_kib,
 )
@@ -58,6 +65,7 @@ from benchmarks.procs import (  # noqa: E402
 EP = ("edgeproxy-h11", "edgeproxy-httptools")
 MEMO_OFF = ("edgeproxy-h11-nomemo", "edgeproxy-httptools-nomemo")
 BOUNDS = ("bound-h11", "bound-httptools")
+ZIPF_WARMUP_SECONDS = 2
 
 
 @dataclass(frozen=True)
@@ -70,6 +78,8 @@ class Scenario:
     profile: str = "default"
     warm_until_hit: bool = True
     purge: bool = False
+    warmup_seconds: int = ZIPF_WARMUP_SECONDS  # a scripted load (zipf.lua): one unmeasured wrk run this long
+    reseed: bool = False  # zipf.lua: a seed per round (ROUND_SEED + round) and another for the warm-up
 
 
 @dataclass(frozen=True)
@@ -96,6 +106,11 @@ PROFILES = {
     "revalidate": Profile(256, 1, SERVER_CPUS, origin="demo"),
     "workers-2": Profile(256, 2, ALL_CPUS),
     "memory": Profile(memory.CACHE_MIB, 1, SERVER_CPUS, origin="demo"),
+    # The shared cache: targets with 1, 2 and 4 workers side by side, so the servers get both cores (as in
+    # workers-2; 4 workers on 2 cores are oversubscribed). The targets' names fix their workers.
+    "zipf-workers": Profile(32, 2, ALL_CPUS),
+    "hit-workers": Profile(256, 2, ALL_CPUS),
+    "shared-rss": Profile(256, 2, ALL_CPUS),
 }
 SCENARIOS = {
     s.name: s
@@ -113,6 +128,17 @@ SCENARIOS = {
                  "edgeproxy-h11-nomemo-1w", "edgeproxy-httptools-nomemo-1w"), connections=256, profile="workers-2"),
         Scenario("purge-burst", "/bytes/1024", EP, purge=True),
         Scenario("memory", "/bytes/N?m=K", ("edgeproxy-h11",), profile="memory"),
+        # Hit ratio with a 32 MiB cache: one process's LRU, 2 and 4 workers on the shared store, 2 workers with an
+        # LRU of size / 2 each (the old layout), one process on the shared store.
+        Scenario("zipf-workers", "/", ("edgeproxy-httptools-1w", "edgeproxy-httptools-2w", "edgeproxy-httptools-4w",
+                 "edgeproxy-httptools-2w-unshared", "edgeproxy-httptools-1w-shared"), script="zipf.lua",
+                 profile="zipf-workers", warm_until_hit=False, warmup_seconds=20, reseed=True),
+        # What a hit pays for the shared store (hot tier, version check) against 2 workers that share nothing.
+        Scenario("hit-1k-workers", "/bytes/1024", ("edgeproxy-httptools-2w", "edgeproxy-httptools-2w-unshared",
+                 "edgeproxy-httptools-nomemo-2w", "edgeproxy-httptools-nomemo-2w-unshared"), profile="hit-workers"),
+        # Host memory with a full 256 MiB cache of 1 KiB objects (shared_rss.py); 1 worker and 2 unshared for scale.
+        Scenario("shared-rss", "/bytes/1024?f=N", ("edgeproxy-httptools-1w", "edgeproxy-httptools-2w",
+                 "edgeproxy-httptools-4w", "edgeproxy-httptools-2w-unshared"), profile="shared-rss"),
     )
 }
 DEFAULT_SCENARIOS = ("hit-1k", "hit-64k", "hit-1k-c256", "miss-1k", "zipf", "revalidate", "workers-2",
@@ -121,7 +147,7 @@ QUICK_SCENARIOS = ("hit-1k", "miss-1k")
 PURGE_INTERVAL = 0.010
 PURGE_REQUEST = {"cmd": "purge", "kind": "prefix", "prefix": "/x/", "soft": False}  # matches nothing stored
 PURGED = "+purge"  # suffix of the purge-burst cells measured with purges running
-ZIPF_WARMUP_SECONDS = 2
+WARMUP_SEED, ROUND_SEED = 1, 100  # zipf.lua seeds of a reseeded scenario (its default seed is 20240101)
 
 
 # ---- warm-up and wrk -------------------------------------------------------------------------------
@@ -160,11 +186,11 @@ def warm(target: Target, scenario: Scenario) -> str:
     return f"never a hit after 10 warm-up requests (last cache status: {shown})"
 
 
-def run_wrk(port: int, scenario: Scenario, seconds: int) -> dict[str, float]:
+def run_wrk(port: int, scenario: Scenario, seconds: int, seed: int | None = None) -> dict[str, float]:
     argv = [
         "taskset", "-c", CLIENT_CPUS, "wrk", "--latency", "-t1", f"-c{scenario.connections}",
         f"-d{seconds}s", "--timeout", "5s", "-s", str(HERE / "wrk" / scenario.script),
-        f"http://127.0.0.1:{port}{scenario.path}",
+        f"http://127.0.0.1:{port}{scenario.path}", *(["--", str(seed)] if seed is not None else []),
     ]
     done = subprocess.run(argv, capture_output=True, text=True, timeout=seconds + 30, check=True)
     return report.parse_wrk(done.stdout)
@@ -184,9 +210,10 @@ class Cell:
     peak_rss_kib: int = 0
     purges: PurgeLog = field(default_factory=PurgeLog)
     notes: list[str] = field(default_factory=list)
+    store: dict[str, object] = field(default_factory=dict)  # edgeproxy: its stats' store figures after the rounds
 
 
-def one_run(cell: Cell, scenario: Scenario, seconds: int) -> None:
+def one_run(cell: Cell, scenario: Scenario, seconds: int, seed: int | None = None) -> None:
     target = cell.target
     assert target.proc is not None
     purger = Purger(str(target.control), lambda n: PURGE_REQUEST, PURGE_INTERVAL) if cell.purge else None
@@ -194,7 +221,7 @@ def one_run(cell: Cell, scenario: Scenario, seconds: int) -> None:
     if purger:
         purger.start()
     try:
-        result = run_wrk(target.port, scenario, seconds)
+        result = run_wrk(target.port, scenario, seconds, seed)
     finally:
         if purger:
             purger.halt.set()
@@ -206,6 +233,7 @@ def one_run(cell: Cell, scenario: Scenario, seconds: int) -> None:
         cell.purges.errors += purger.log.errors
 
 
+STORE_FIGURES = ("entries", "bytes", "capacity", "evictions", "hit_ratio", "stats_error")
 WORKER_MARKS = {"nginx": "nginx: worker process", "edgeproxy": "multiprocessing.spawn"}
 
 
@@ -239,13 +267,13 @@ def warm_all(scenario: Scenario, cells: dict[str, Cell]) -> list[Cell]:
         try:
             note = warm(t, scenario)
             if scenario.script == "zipf.lua":  # fill the cache towards its steady state, not measured
-                run_wrk(t.port, scenario, ZIPF_WARMUP_SECONDS)
+                run_wrk(t.port, scenario, scenario.warmup_seconds, WARMUP_SEED if scenario.reseed else None)
         except (OSError, http.client.HTTPException, subprocess.SubprocessError, ValueError) as exc:
             note = f"warm-up failed: {exc!r}"[:120] + t.last_log_line()
             live = [c for c in live if c.target is not t]
         for c in mine:
             c.notes += [note] if note else []
-            if scenario.profile == "workers-2":
+            if PROFILES[scenario.profile].workers > 1:
                 c.notes.append(process_note(t))
     return live
 
@@ -254,13 +282,13 @@ def measure(scenario: Scenario, targets: list[Target], rounds: int, seconds: int
             deadline: float) -> dict[str, Cell]:
     cells = make_cells(scenario, targets)
     live = warm_all(scenario, cells)
-    for _ in range(rounds):
+    for round_ in range(rounds):
         for c in list(live):
             if time.monotonic() + seconds + 10 > deadline:
                 c.notes.append("budget (--max-seconds) exhausted")
                 return cells
             try:
-                one_run(c, scenario, seconds)
+                one_run(c, scenario, seconds, ROUND_SEED + round_ if scenario.reseed else None)
             except (subprocess.SubprocessError, ValueError) as exc:
                 c.notes.append(f"wrk failed: {str(exc)[:200]}")
                 live.remove(c)
@@ -272,6 +300,9 @@ def measure(scenario: Scenario, targets: list[Target], rounds: int, seconds: int
     for c in cells.values():
         if c.target.proc is not None and c.target.proc.poll() is None:
             c.peak_rss_kib = status_kib(c.target.proc.pid, "VmHWM:")
+            if c.target.control is not None:  # the store's own figures: is it full, has it evicted?
+                stats = control_stats(c.target)
+                c.store = {k: stats[k] for k in STORE_FIGURES if k in stats}
     return cells
 
 
@@ -281,10 +312,13 @@ def measure(scenario: Scenario, targets: list[Target], rounds: int, seconds: int
 def fit_seconds(scenarios: list[Scenario], wanted: set[str], rounds: int, seconds: int, budget: float) -> int:
     """Shrink the wrk duration (not below 2 s) so the planned runs fit the budget."""
     runs = sum(rounds * len(set(s.targets) & wanted) * (2 if s.purge else 1) for s in scenarios
-               if s.profile != "memory")
+               if s.profile not in ("memory", "shared-rss"))
     # Measured: ~5 s to start a profile's servers, ~3 s of warm-up per scenario (zipf: 2 s of wrk per target).
     overhead = 5 * len({s.profile for s in scenarios}) + 5 * len(scenarios) + memory.BUDGET_SECONDS * any(
         s.profile == "memory" for s in scenarios)
+    overhead += sum(s.warmup_seconds * len(set(s.targets) & wanted) for s in scenarios if s.reseed)  # zipf-workers
+    overhead += sum(shared_rss.budget_seconds(len(set(s.targets) & wanted)) for s in scenarios
+                    if s.profile == "shared-rss")
     per_run = (budget - overhead) / max(1, runs) - 0.5  # wrk start-up, /proc scans
     return max(2, min(seconds, int(per_run)))
 
@@ -300,6 +334,8 @@ def run_profile(fleet: Fleet, profile: Profile, chosen: list[Scenario], wanted: 
             mine = [t for t in targets if t.name in scenario.targets]
             if scenario.profile == "memory":
                 results[scenario.name] = memory.measure(mine, profile.cache_mib, deadline)
+            elif scenario.profile == "shared-rss":
+                results[scenario.name] = shared_rss.measure(mine, profile.cache_mib, deadline)
             else:
                 cells = measure(scenario, mine, rounds, seconds, deadline)
                 results[scenario.name] = report.scenario_result(scenario, cells, profile, rounds, seconds)
@@ -308,10 +344,12 @@ def run_profile(fleet: Fleet, profile: Profile, chosen: list[Scenario], wanted: 
         for t in targets:
             if t.proc is not None:
                 fleet.stop(t.proc)
+            remove_store(t)
 
 
 def run(scenarios: list[Scenario], wanted: set[str], rounds: int, seconds: int, deadline: float,
-        results: dict[str, dict[str, object]]) -> None:
+        results: dict[str, dict[str, object]], logs: dict[str, list[str]]) -> None:
+    """Run every profile's scenarios into ``results``; ``logs`` gets each server log's lines of trouble."""
     shm = Path("/dev/shm")
     workdir = Path(tempfile.mkdtemp(prefix="edgeproxy-bench-", dir=shm if shm.is_dir() else None))
     fleet = Fleet(workdir)
@@ -327,6 +365,9 @@ def run(scenarios: list[Scenario], wanted: set[str], rounds: int, seconds: int, 
                 run_profile(fleet, profile, chosen, wanted, ports[origin], (rounds, seconds, deadline), results)
     finally:
         fleet.stop_all()
+        for log in sorted(workdir.glob("*.log")):
+            if found := log_findings(log):
+                logs[log.stem] = found
         shutil.rmtree(workdir, ignore_errors=True)
 
 
@@ -365,11 +406,12 @@ def main(argv: list[str] | None = None) -> int:
     name = args.name or time.strftime("%Y%m%d-%H%M") + ("-quick" if args.quick else "")
     print(f"bench {name}: {len(scenarios)} scenarios, {rounds} rounds x {seconds} s, "
           f"budget {args.max_seconds} s", file=sys.stderr)
-    results: dict[str, object] = {"meta": report.meta(name, argv), "scenarios": {}}
+    results: dict[str, object] = {"meta": report.meta(name, argv), "scenarios": {}, "logs": {}}
     for sig in (signal.SIGTERM, signal.SIGINT):  # SIGINT too: a shell's `&` starts us with it ignored
         signal.signal(sig, _interrupt)
     try:
-        run(scenarios, wanted, rounds, seconds, started + args.max_seconds, results["scenarios"])  # type: ignore[arg-type]
+        run(scenarios, wanted, rounds, seconds, started + args.max_seconds, results["scenarios"],  # type: ignore[arg-type]
+            results["logs"])  # type: ignore[arg-type]
     except KeyboardInterrupt:
         print("interrupted: every server was stopped; no results written", file=sys.stderr)
         return 130
@@ -384,9 +426,8 @@ def main(argv: list[str] | None = None) -> int:
     out_dir.mkdir(exist_ok=True)
     (out_dir / f"{name}.json").write_text(json.dumps(results, indent=2) + "\n")
     print(report.markdown(results))
-    if not args.no_chart:
-        report.chart(results, out_dir / f"{name}.png")
-    print(f"wrote benchmarks/results/{name}.json" + ("" if args.no_chart else " and .png"), file=sys.stderr)
+    charted = not args.no_chart and report.chart(results, out_dir / f"{name}.png")
+    print(f"wrote benchmarks/results/{name}.json" + (" and .png" if charted else ""), file=sys.stderr)
     return 0
 
 

@@ -2,7 +2,9 @@
 --
 -- The CDF is precomputed once per wrk thread in init() (N = 100,000 doubles, a few ms); each request is
 -- then one math.random() and a binary search (17 steps). The generator is seeded with a fixed value so
--- every target and every round sees the same URL sequence.
+-- every target and every round sees the same URL sequence; a seed given as the script's argument
+-- (wrk ... -s zipf.lua URL -- SEED) replaces it: zipf-workers gives each round its own, the same for every
+-- target, so a measured run never replays the URLs its warm-up asked for.
 --
 -- Hits are counted in response() from edgeproxy's Cache-Status (RFC 9211: "edgeproxy; hit") or nginx's
 -- X-Cache-Status ("HIT"), and printed by done() as "HITS <hits> TOTAL <responses>", which run.py parses.
@@ -30,7 +32,7 @@ function init(args)
    for k = 1, N do
       cdf[k] = cdf[k] / total
    end
-   math.randomseed(SEED)
+   math.randomseed(tonumber(args[1]) or SEED)
    hits = 0
    responses = 0
 end

@@ -79,6 +79,7 @@ class SharedStore:
         self.purge_log = purge_log
         self.owner = owner
         self._lock_fd: int | None = None
+        self._capacity: int | None = None
         self._hits = self._misses = 0
         self._not_stored: dict[str, int] = {}
         if owner:
@@ -188,8 +189,12 @@ class SharedStore:
 
     @property
     def capacity(self) -> int:
-        with self.env.begin(buffers=True) as txn:
-            return self.read_state(txn).capacity
+        """The byte bound, as this process last read or set it (``[cache] size`` needs a restart: it doesn't move
+        under a running process; every put reads the store's own figure in its transaction)."""
+        if self._capacity is None:
+            with self.env.begin(buffers=True) as txn:
+                self._capacity = self.read_state(txn).capacity
+        return self._capacity
 
     @capacity.setter
     def capacity(self, value: int) -> None:
@@ -201,6 +206,7 @@ class SharedStore:
             raise ValueError(f"cache size {value} is above the {limit} bytes this store was opened for; restart to "
                              "grow it")
         self._write(lambda w: w.set_capacity(value))
+        self._capacity = value
 
     def generation(self) -> int:
         with self.env.begin(buffers=True) as txn:

@@ -7,7 +7,10 @@ Rules kept here:
   replacement, eviction, purge, soft purge or invalidation anywhere on the host gives the slot a new version, and
   a variant added anywhere gives its siblings new ones. Otherwise the key is read from the shared store again and
   its copies replace the hot ones, so a hot list is never missing a variant the shared store has.
-- What is stored goes to the shared store first; only what it took is kept hot. A purge goes to the shared store
+- Admission: a copy enters the hot tier when it is read from the shared store and its slot's read counter shows it
+  was read before (the S3-FIFO counter doubles as a doorkeeper), so one-hit wonders and a long tail read once don't
+  churn the small hot LRU (each refill costs an insert and an eviction there). What this worker stores goes to the
+  shared store only, for the same reason. A purge goes to the shared store
   (which retires the versions) and drops the hot copies it finds here, to give their bytes back at once.
 - ``touch`` counts the read for S3-FIFO in the slot map and keeps the hot LRU in order; it is False (the head memo
   forgets the head) when the copy is no longer current.
@@ -19,6 +22,8 @@ from edgeproxy.cache.entry import Entry
 from edgeproxy.cache.purge import Selector
 from edgeproxy.cache.store import Store, StoreStats
 from edgeproxy.shared.store import SharedStore
+
+HOT_ADMIT = 2  # reads counted in the slot map before a copy is kept hot
 
 
 class TieredStore:
@@ -46,8 +51,10 @@ class TieredStore:
             for entry in variants:
                 self.hot.remove(entry)
         found = self.shared.get(primary_key)
-        for entry in found:
-            self.hot.put(entry)
+        freqs = self._slotmap.freqs
+        if found and all(freqs[e.slot] >= HOT_ADMIT for e in found):  # read before: worth a place in the hot tier
+            for entry in found:
+                self.hot.put(entry)
         return found
 
     def touch(self, entry: Entry) -> bool:
@@ -56,10 +63,8 @@ class TieredStore:
     # -- storing ---------------------------------------------------------------------------------------
 
     def put(self, entry: Entry, since: int | None = None) -> bool:
-        if not self.shared.put(entry, since):
-            return False
-        self.hot.put(entry)
-        return True
+        # Not kept hot yet: like a copy read once, it earns its place when it is read again (many never are).
+        return self.shared.put(entry, since)
 
     def remove(self, entry: Entry) -> bool:
         self.hot.remove(entry)

@@ -60,7 +60,7 @@ class Write:
 
     def finish(self) -> None:
         places, txn = self.store.places, self.txn
-        for slot in self._dirty:
+        for slot in sorted(self._dirty):
             txn.put(slot_key(slot), self._places[slot].pack(), db=places)
         self.store.save_state(txn, self.state)
 
@@ -91,7 +91,8 @@ class Write:
         place = self.place(slot)
         self.state.seq += 1
         place.queue, place.seq = queue, self.state.seq
-        self.txn.put(U64.pack(place.seq), slot_key(slot), db=self.store.queues[queue])
+        # Sequences only grow: appended, so the queue tables' pages fill.
+        self.txn.put(U64.pack(place.seq), slot_key(slot), db=self.store.queues[queue], append=True)
         self._account(queue, place.charge, 1)
         self._dirty.add(slot)
 
@@ -118,7 +119,7 @@ class Write:
         self.state.seq += 1
         seq = U64.pack(self.state.seq)
         txn.put(ident, seq, db=store.ghost)
-        txn.put(seq, ident, db=store.ghostq)
+        txn.put(seq, ident, db=store.ghostq, append=True)
         self.state.ghosts += 1
         cursor = txn.cursor(store.ghostq)
         while self.state.ghosts > max(64, self.state.main_count) and cursor.first():
@@ -145,15 +146,18 @@ class Write:
     def _variants(self, key: str) -> list[int]:
         return [s for s in self._slots_of(db_key(key), self.store.keys) if self.place(s).key == key]
 
-    def _take_slot(self) -> int | None:
+    def _take_slot(self) -> tuple[int, bool] | None:
+        """A free slot, lowest first (its page had room for the object that left it), else a new one past every
+        other: then True, and the object is appended (LMDB's append mode fills pages; a plain put past the end splits
+        the last page in the middle and leaves every page of a growing table half empty)."""
         cursor = self.txn.cursor(self.store.free)
         if cursor.first():
             slot = U32.unpack(cursor.key())[0]
             cursor.delete()
-            return slot
+            return slot, False
         if self.state.next_slot < self.store.slotmap.slots:
             self.state.next_slot += 1
-            return self.state.next_slot - 1
+            return self.state.next_slot - 1, True
         return None
 
     def remove(self, slot: int) -> None:
@@ -212,24 +216,26 @@ class Write:
             siblings.remove(coldest)
             state.evictions += 1
         self.evict_until(state.capacity - entry.size)
-        slot = self._take_slot()
-        while slot is None and self.evict_one():  # more objects than slots: only tiny objects get here
-            slot = self._take_slot()
-        if slot is None:
+        taken = self._take_slot()
+        while taken is None and self.evict_one():  # more objects than slots: only tiny objects get here
+            taken = self._take_slot()
+        if taken is None:
             return MAP_FULL
+        slot, past_the_end = taken
         key = slot_key(slot)
         version = self._new_version(slot)
         self._fresh.add(slot)
         place = Place(-1, 0, entry.size, ident, entry.primary_key, tuple(sorted(entry.tags)), version)
         self._places[slot] = place
-        txn.put(key, encoded, db=store.objects)
+        txn.put(key, encoded, db=store.objects, append=past_the_end)
         txn.put(db_key(entry.primary_key), key, db=store.keys)
         for tag in place.tags:
             txn.put(db_key(tag), key, db=store.tags)
         self.push(s3fifo.queue_for(self, ident), slot)
-        for sibling in self._variants(entry.primary_key):  # a new variant: hot copies of the key must be read again
-            if sibling != slot:
-                self._bump(sibling)
+        if siblings:  # a new variant (the key's others, less any evicted just now): hot copies must be read again
+            for sibling in self._variants(entry.primary_key):
+                if sibling != slot:
+                    self._bump(sibling)
         state.used += entry.size
         state.entries += 1
         state.inserts += 1
@@ -255,7 +261,7 @@ class Write:
         state, txn, store = self.state, self.txn, self.store
         state.generation += 1
         state.last_purge_at = now
-        txn.put(U64.pack(state.generation), encode_selector(selector), db=store.purges)
+        txn.put(U64.pack(state.generation), encode_selector(selector), db=store.purges, append=True)
         if txn.stat(store.purges)["entries"] > purge_log:
             cursor = txn.cursor(store.purges)
             cursor.first()
