@@ -139,6 +139,13 @@ def cpu_ticks(root: int) -> int:
     return total
 
 
+def machine_ticks() -> int:
+    """user + nice + system of the whole machine (``/proc/stat``): what processes are charged (irq, softirq and steal
+    are not, with this kernel's IRQ time accounting), so it compares with ``cpu_ticks`` sums."""
+    fields = Path("/proc/stat").read_text().split("\n", 1)[0].split()
+    return int(fields[1]) + int(fields[2]) + int(fields[3])
+
+
 def command_lines(root: int) -> list[str]:
     """The command line of every process in the tree, the root first."""
     out = []

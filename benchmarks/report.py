@@ -100,6 +100,10 @@ def summarise(cell: Cell, seconds: int) -> dict[str, object]:
         out["hit_ratio_runs"] = [round(r["hits"] / r["responses"], 4) for r in runs if r.get("responses")]
     if cell.store:
         out["store"] = cell.store
+    # CPU that other processes took meanwhile (not the target, wrk, the origins or the orchestrator), in cores.
+    out["other_load_cores"] = round(cell.other_ticks / TICK / (seconds * len(runs)), 3)
+    if out["other_load_cores"] >= 0.05:
+        out["notes"] = [*out["notes"], f"other processes used {out['other_load_cores']:.2f} cores meanwhile"]
     if cell.target.access_logs:  # the access log was on: did every request write its line?
         lines, size = cell.logged
         out["access_log"] = {"lines": lines, "bytes": size}

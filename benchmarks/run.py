@@ -32,6 +32,7 @@ import http.client
 import importlib.util
 import json
 import os
+import resource
 import shutil
 import signal
 import subprocess
@@ -52,6 +53,7 @@ from benchmarks.procs import (  # noqa: E402
     PYTHON,
     SERVER_CPUS,
     TARGETS,
+    TICK,
     Fleet,
     PurgeLog,
     Purger,
@@ -62,6 +64,7 @@ from benchmarks.procs import (  # noqa: E402
     cpu_ticks,
     free_port,
     log_findings,
+    machine_ticks,
     remove_store,
     start_target,
     status_kib,
@@ -245,12 +248,23 @@ class Cell:
     notes: list[str] = field(default_factory=list)
     store: dict[str, object] = field(default_factory=dict)  # edgeproxy: its stats' store figures after the rounds
     logged: list[int] = field(default_factory=lambda: [0, 0])  # access log lines and bytes of the measured runs
+    other_ticks: int = 0  # CPU that neither the target, the origins, wrk nor this process used during the runs
+
+
+ORIGIN_PIDS: list[int] = []  # the origins run() started: their CPU is not "other load"
+
+
+def own_ticks() -> float:
+    """CPU of this process (with the purger thread) and of its reaped children (every wrk run so far), in ticks."""
+    return sum(u.ru_utime + u.ru_stime for u in map(resource.getrusage, (resource.RUSAGE_SELF,
+                                                                          resource.RUSAGE_CHILDREN))) * TICK
 
 
 def one_run(cell: Cell, scenario: Scenario, seconds: int, seed: int | None = None) -> None:
     target = cell.target
     assert target.proc is not None
     purger = Purger(str(target.control), lambda n: PURGE_REQUEST, PURGE_INTERVAL) if cell.purge else None
+    machine, own, origins = machine_ticks(), own_ticks(), sum(map(cpu_ticks, ORIGIN_PIDS))
     before = cpu_ticks(target.proc.pid)
     if purger:
         purger.start()
@@ -260,7 +274,11 @@ def one_run(cell: Cell, scenario: Scenario, seconds: int, seed: int | None = Non
         if purger:
             purger.halt.set()
             purger.join(15)
-    cell.cpu_ticks += cpu_ticks(target.proc.pid) - before
+    spent = cpu_ticks(target.proc.pid) - before
+    cell.cpu_ticks += spent
+    # Whatever else ran on the machine meanwhile (other jobs): the interleaving spreads it, this says how much.
+    cell.other_ticks += max(0, round(machine_ticks() - machine - spent - (own_ticks() - own)
+                                     - (sum(map(cpu_ticks, ORIGIN_PIDS)) - origins)))
     cell.runs.append(result)
     if purger:
         cell.purges.latencies_ms += purger.log.latencies_ms
@@ -409,8 +427,8 @@ def run_profile(fleet: Fleet, profile: Profile, chosen: list[Scenario], wanted: 
 
 
 def run(scenarios: list[Scenario], wanted: set[str], rounds: int, seconds: int, deadline: float,
-        results: dict[str, dict[str, object]], logs: dict[str, list[str]]) -> None:
-    """Run every profile's scenarios into ``results``; ``logs`` gets each server log's lines of trouble."""
+        results: dict[str, dict[str, object]], logs: dict[str, list[str]] | None = None) -> None:
+    """Run every profile's scenarios into ``results``; ``logs`` (if given) gets each server log's lines of trouble."""
     shm = Path("/dev/shm")
     workdir = Path(tempfile.mkdtemp(prefix="edgeproxy-bench-", dir=shm if shm.is_dir() else None))
     fleet = Fleet(workdir)
@@ -421,13 +439,14 @@ def run(scenarios: list[Scenario], wanted: set[str], rounds: int, seconds: int, 
                 origin = profile.origin
                 if origin not in ports:  # started once, on the client core, kept for the whole run
                     ports[origin] = free_port()
-                    fleet.start(f"origin-{origin}", [*ORIGINS[origin], f"127.0.0.1:{ports[origin]}"], CLIENT_CPUS,
-                                ports[origin])
+                    ORIGIN_PIDS.append(fleet.start(f"origin-{origin}", [*ORIGINS[origin],
+                                                   f"127.0.0.1:{ports[origin]}"], CLIENT_CPUS, ports[origin]).pid)
                 run_profile(fleet, profile, chosen, wanted, ports[origin], (rounds, seconds, deadline), results)
     finally:
         fleet.stop_all()
+        ORIGIN_PIDS.clear()
         for log in sorted(workdir.glob("*.log")):
-            if found := fleet.findings.get(log.stem, []) + log_findings(log):
+            if logs is not None and (found := fleet.findings.get(log.stem, []) + log_findings(log)):
                 logs[log.stem] = found
         shutil.rmtree(workdir, ignore_errors=True)
 
