@@ -77,6 +77,14 @@ def agents_part(referer: bytes, user_agent: bytes) -> bytes:
     return b'"%s" "%s"' % (escape(referer) or b"-", escape(user_agent) or b"-")
 
 
+def parts(method: bytes, target: bytes, version: bytes, referer: bytes, user_agent: bytes) -> tuple[bytes, bytes]:
+    """``request_part`` and ``agents_part`` at once: one search over the five values for the usual request, in which
+    none needs escaping (five searches and calls cost ~10k instructions of a parsed hit)."""
+    if _NEEDS_ESCAPE.search(b"".join((method, target, version, referer, user_agent))) is None:
+        return b'"%s %s HTTP/%s"' % (method, target, version), b'"%s" "%s"' % (referer or b"-", user_agent or b"-")
+    return request_part(method, target, version), agents_part(referer, user_agent)
+
+
 def format_combined(r: LogRecord) -> str:
     return (f'{r.client} - - [{_clf_time(r.time)}] "{_esc(r.method)} {_esc(r.target)} HTTP/{_esc(r.version)}" '
             f'{r.status} {r.sent} "{_esc(r.referer) or "-"}" "{_esc(r.user_agent) or "-"}" '
@@ -141,6 +149,15 @@ class AccessLog:
             self._second, self._stamp = second, _clf_time(second).encode()
         self.lines.append(b"%s - - [%s] %s %d %d %s cache=%s origin_ms=%.1f total_ms=%.1f\n" % (
             client, self._stamp, request, status, sent, agents, cache, origin_ms, total_ms))
+
+    def line(self, client: bytes, now: float, tail: bytes) -> None:
+        """A combined line whose part after the time a caller made once (the head memo keeps one per head)."""
+        if self.fd is None:
+            return
+        second = int(now)
+        if second != self._second:
+            self._second, self._stamp = second, _clf_time(second).encode()
+        self.lines.append(b"%s - - [%s] %s" % (client, self._stamp, tail))
 
     def flush(self) -> None:
         if not self.lines or self.fd is None:

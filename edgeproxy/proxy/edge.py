@@ -17,10 +17,10 @@ from dataclasses import dataclass
 from email.utils import formatdate
 from typing import TYPE_CHECKING
 
-from edgeproxy.accesslog import AccessLog, LogRecord, agents_part, request_part
+from edgeproxy.accesslog import AccessLog, LogRecord, parts
 from edgeproxy.cache.cachestatus import CacheStatus
 from edgeproxy.cache.entry import Entry
-from edgeproxy.cache.outcome import HIT, Outcome
+from edgeproxy.cache.outcome import Outcome
 from edgeproxy.cache.policy import CachePolicy
 from edgeproxy.cache.purge import PurgeURL, Selector, site_purge_url
 from edgeproxy.cache.store import Storage, Store
@@ -241,15 +241,15 @@ class Edge:
     # ---- logging ----
     def log(self, ex: Exchange) -> None:
         self.counters.response(ex.cache, ex.status, ex.sent)
-        if self.access_log.enabled:
+        log = self.access_log
+        if log.combined_fast:
+            head = ex.head
+            request, agents = parts(head.method, head.target, head.http_version, get(head.headers, b"referer") or b"",
+                                    get(head.headers, b"user-agent") or b"")
+            log.combined(ex.client.log_peer, self.clock(), request, ex.status, ex.sent, agents, LOG_CACHE[ex.cache],
+                         ex.origin_ms, (time.monotonic() - ex.started) * 1000)
+        elif log.enabled:
             self._record(ex.client, ex.head, ex.status, ex.sent, ex.cache, ex.origin_ms, ex.started)
-
-    def log_memo_hit(self, client: ClientConnection, request: bytes, agents: bytes, status: int, sent: int,
-                     started: float) -> None:
-        """A head memo hit: the combined line from the parts the memo kept with the head."""
-        self.counters.response(HIT, status, sent)
-        self.access_log.combined(client.peer.encode(), self.clock(), request, status, sent, agents, b"hit", 0.0,
-                                 (time.monotonic() - started) * 1000)
 
     def log_exchange(self, client: ClientConnection, head: RequestHead, status: int, sent: int, cache: Outcome,
                      origin_ms: float, started: float) -> None:
@@ -261,10 +261,10 @@ class Edge:
                 origin_ms: float, started: float) -> None:
         log = self.access_log
         if log.combined_fast:
-            log.combined(client.peer.encode(), self.clock(), request_part(head.method, head.target, head.http_version),
-                         status, sent, agents_part(get(head.headers, b"referer") or b"",
-                                                   get(head.headers, b"user-agent") or b""),
-                         LOG_CACHE[cache], origin_ms, (time.monotonic() - started) * 1000)
+            request, agents = parts(head.method, head.target, head.http_version, get(head.headers, b"referer") or b"",
+                                    get(head.headers, b"user-agent") or b"")
+            log.combined(client.log_peer, self.clock(), request, status, sent, agents, LOG_CACHE[cache], origin_ms,
+                         (time.monotonic() - started) * 1000)
             return
         log.log(LogRecord(
             client=client.peer, method=head.method, target=head.target, version=head.http_version, status=status,

@@ -50,10 +50,9 @@ class Remembered:
     tail: bytes  # CORS fields + Connection + the blank line
     keep_alive: bool
     head_only: bool
-    # The access log's parts that these bytes fix (accesslog.request_part, agents_part), made once; None when the
-    # combined log is off.
-    log_request: bytes | None = None
-    log_agents: bytes = b""
+    # The combined log line after its time: everything these bytes and this entry fix (request line, status, bytes,
+    # referer, user agent; a memo hit is answered within one read, so its times are 0.0 ms). None: that log is off.
+    log_tail: bytes | None = None
 
 
 def single_head(data: bytes) -> bool:
@@ -91,9 +90,10 @@ class HeadMemo:
         remembered = Remembered(entry, head, tail, head.keep_alive, head.method == b"HEAD")
         log = self.edge.access_log
         if log.enabled and log.combined_fast:
-            remembered.log_request = request_part(head.method, head.target, head.http_version)
-            remembered.log_agents = agents_part(get(head.headers, b"referer") or b"",
-                                                get(head.headers, b"user-agent") or b"")
+            sent = 0 if remembered.head_only else len(entry.body)  # what write_stored will send
+            remembered.log_tail = b"%s %d %d %s cache=hit origin_ms=0.0 total_ms=0.0\n" % (
+                request_part(head.method, head.target, head.http_version), entry.status, sent,
+                agents_part(get(head.headers, b"referer") or b"", get(head.headers, b"user-agent") or b""))
         self.heads[data] = remembered
 
     def answer(self, client: ClientConnection, data: bytes) -> bool:
@@ -111,8 +111,9 @@ class HeadMemo:
         sent = write_stored(client.transport.write, entry, age, edge.cache_status.hit(left), found.tail,
                             found.head_only)
         edge.counters.memo_hits += 1
-        if found.log_request is not None:  # counts too
-            edge.log_memo_hit(client, found.log_request, found.log_agents, entry.status, sent, time.monotonic())
+        if found.log_tail is not None:
+            edge.counters.response(HIT, entry.status, sent)
+            edge.access_log.line(client.log_peer, edge.clock(), found.log_tail)
         elif edge.access_log.enabled:
             edge.log_exchange(client, found.head, entry.status, sent, HIT, 0.0, time.monotonic())
         else:

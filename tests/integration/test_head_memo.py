@@ -175,6 +175,11 @@ def test_access_log_has_memo_hits(edge: Proc, origin: ScriptOrigin) -> None:
     lines = [line for line in log.read_text().splitlines() if "/obj" in line]
     assert len(lines) == 4 and sum("cache=hit" in line for line in lines) == 3
     assert all('"GET /obj HTTP/1.1" 200 11' in line for line in lines)
+    # The 4th is the memo's (the 2nd and 3rd were parsed): the same line as a parsed hit's but for total_ms, 0.0 for
+    # an answer given within the read that brought the head.
+    after_time = [line.split("] ", 1)[1] for line in lines[1:]]
+    assert len({line.rsplit(" total_ms=", 1)[0] for line in after_time}) == 1, after_time
+    assert after_time[-1].endswith(" origin_ms=0.0 total_ms=0.0"), after_time
 
 
 def test_heads_that_never_repeat_are_not_remembered(edge: Proc, origin: ScriptOrigin) -> None:

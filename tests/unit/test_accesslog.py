@@ -9,7 +9,15 @@ from dataclasses import replace
 
 import pytest
 
-from edgeproxy.accesslog import AccessLog, LogRecord, agents_part, format_combined, format_json, request_part
+from edgeproxy.accesslog import (
+    AccessLog,
+    LogRecord,
+    agents_part,
+    format_combined,
+    format_json,
+    parts,
+    request_part,
+)
 
 T = 784111777.0  # Sun, 06 Nov 1994 08:49:37 GMT
 RECORD = LogRecord(client="192.0.2.1", method=b"GET", target=b"/a?b=1", version=b"1.1", status=200, sent=1024,
@@ -168,3 +176,10 @@ def test_the_time_string_follows_the_clock():
         b"c - - [06/Nov/1994:08:49:37 +0000", b"c - - [06/Nov/1994:08:49:37 +0000",
         b"c - - [06/Nov/1994:08:49:38 +0000", b"c - - [06/Nov/1994:09:49:37 +0000"]
     log.close()
+
+
+@pytest.mark.parametrize("record", [RECORD, replace(RECORD, referer=b"", user_agent=b""),
+                                    *(replace(RECORD, **{field: raw}) for field, raw, _ in ESCAPES)], ids=repr)
+def test_parts_at_once_are_the_parts(record):
+    assert parts(record.method, record.target, record.version, record.referer, record.user_agent) == (
+        request_part(record.method, record.target, record.version), agents_part(record.referer, record.user_agent))
