@@ -366,7 +366,7 @@ def markdown(results: Results) -> str:
             continue
         lines += [
             f"### {name}: GET {sc['path']} -c{sc['connections']}, {sc['rounds']} x {sc['seconds']} s, "
-            f"servers on CPU {sc['server_cpus']}, cache {sc['cache_mib']} MiB, workers {sc['workers']}",
+            f"servers on CPU {sc['server_cpus']}, cache {sc['cache_mib']} MiB, workers {sc['workers']}{_code(sc)}",
             "", "| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS),
             *(_row(target, row) for target, row in sc["targets"].items()), "",
         ]
@@ -462,6 +462,20 @@ def imported_from() -> str:
                               text=True, timeout=30, check=True, cwd=ROOT, env=env)
         return done.stdout.strip()
     return "unknown"
+
+
+def code_state() -> dict[str, object]:
+    """HEAD and the uncommitted edgeproxy/ files (with their digest) as they are now."""
+    return {"git": _version(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"]), "uncommitted": uncommitted()}
+
+
+def _code(sc: Results) -> str:
+    code = sc.get("code")
+    if not code:
+        return ""
+    dirty = code["uncommitted"]
+    text = f", edgeproxy at {code['git']}" + (f" + uncommitted {dirty.get('sha256', '?')}" if dirty else "")
+    return text + ("; **edgeproxy/ changed while the servers started**" if "changed_while_starting" in code else "")
 
 
 def meta(name: str, argv: list[str]) -> dict[str, object]:

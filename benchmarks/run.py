@@ -131,10 +131,10 @@ SCENARIOS = {
     for s in (
         # Realistic traffic: browser-like heads, every one unique (real.lua), access logs on. real-hit: 8 hot objects;
         # the h11 bound (no log) is the h11 reference, memo off beside memo on says what the memo costs when it never
-        # answers, and a stderr log beside the file.
+        # answers, a stderr log beside the file, and httptools with its log off what the log costs a parsed hit.
         Scenario("real-hit", "/bytes/1024?o=K", ("nginx-log", "edgeproxy-h11-log", "edgeproxy-httptools-log",
-                 "edgeproxy-httptools-log-stderr", "edgeproxy-httptools-nomemo-log", "bound-h11"), script="real.lua",
-                 warm_paths=tuple(f"/bytes/1024?o={k}" for k in range(REAL_OBJECTS))),
+                 "edgeproxy-httptools-log-stderr", "edgeproxy-httptools-nomemo-log", "edgeproxy-httptools",
+                 "bound-h11"), script="real.lua", warm_paths=tuple(f"/bytes/1024?o={k}" for k in range(REAL_OBJECTS))),
         # real-zipf: Zipf(1.0) over 100,000 URLs into a 32 MiB cache, hits counted, a seed per round.
         Scenario("real-zipf", "/bytes/1024?i=K", ("nginx-log", "edgeproxy-httptools-log", "edgeproxy-h11-log"),
                  script="real.lua", profile="small-cache", warm_until_hit=False, warmup_seconds=5, reseed=True,
@@ -402,8 +402,11 @@ def run_profile(fleet: Fleet, profile: Profile, chosen: list[Scenario], wanted: 
                 plan: tuple[int, int, float], results: dict[str, dict[str, object]]) -> None:
     rounds, seconds, deadline = plan
     names = [n for n in TARGETS if n in wanted and any(n in s.targets for s in chosen)]
+    code = report.code_state()  # what the servers import, now: the tree may change during a long run
     targets = [start_target(fleet, n, origin_port, profile.workers, profile.cpus, profile.cache_mib)
                for n in names]
+    if (after := report.code_state()) != code:
+        code["changed_while_starting"] = after
     try:
         for scenario in chosen:
             began = time.monotonic()
@@ -415,7 +418,7 @@ def run_profile(fleet: Fleet, profile: Profile, chosen: list[Scenario], wanted: 
             else:
                 cells = measure(scenario, mine, rounds, seconds, deadline)
                 results[scenario.name] = report.scenario_result(scenario, cells, profile, rounds, seconds)
-            results[scenario.name]["elapsed_s"] = round(time.monotonic() - began, 1)  # type: ignore[index]
+            results[scenario.name] |= {"elapsed_s": round(time.monotonic() - began, 1), "code": code}
             print(f"  done: {scenario.name} ({time.monotonic() - began:.0f} s)", file=sys.stderr, flush=True)
     finally:
         for t in targets:
