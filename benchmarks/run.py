@@ -448,9 +448,10 @@ def run(scenarios: list[Scenario], wanted: set[str], rounds: int, seconds: int, 
     finally:
         fleet.stop_all()
         ORIGIN_PIDS.clear()
-        for log in sorted(workdir.glob("*.log")):
-            if logs is not None and (found := fleet.findings.get(log.stem, []) + log_findings(log)):
-                logs[log.stem] = found
+        for log in sorted([*workdir.glob("*.log"), *workdir.glob("nginx-*/error.log")]):  # nginx's error_log too
+            name = log.stem if log.parent == workdir else f"{log.parent.name}/{log.stem}"
+            if logs is not None and (found := fleet.findings.get(name, []) + log_findings(log)):
+                logs[name] = found
         shutil.rmtree(workdir, ignore_errors=True)
 
 
