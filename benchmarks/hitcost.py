@@ -73,7 +73,9 @@ async def loop_hits(mode: str, n: int, store: str = "memory") -> int:
     from edgeproxy.proxy.edge import Edge
 
     parser = mode.rpartition("-")[2]
+    access = os.environ.get("HITCOST_LOG", "off")  # on: a file access log (combined), as users run it
     config = config_from_dict({"server": {"parser": parser, "head_memo": mode.startswith("memo")},
+                               "log": {"access": os.devnull if access == "on" else False},
                                "site": [{"origin": "http://127.0.0.1:9"}]})
     directory = tempfile.mkdtemp(prefix="hitcost-")
     edge = Edge(config, asyncio.get_running_loop(), store=make_store(store, directory))

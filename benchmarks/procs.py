@@ -9,6 +9,10 @@ Rules kept here:
   (``-1w`` targets are the one-worker reference inside the workers-2 profile; ``-2w``/``-4w`` fix 2 or 4).
   ``[cache] shared`` is left to edgeproxy's default (shared when workers > 1) unless the name says ``-shared``
   or ``-unshared``.
+- Access logs are off except in the ``-log`` targets: nginx's buffered ``combined`` log, edgeproxy's ``[log]
+  access`` into a file (``-log``) or to stderr (``-log-stderr``), all in the fleet's work directory.
+  ``trim_access_logs`` counts and empties them between runs (they would grow by hundreds of MiB a run on tmpfs),
+  keeping from a stderr log the lines that are not access lines.
 - Every edgeproxy gets ``[cache] path`` in the fleet's work directory (never the default under /dev/shm, which
   another instance on the host could be using), and ``remove_store`` deletes it once the target has stopped.
 - CPU is utime+stime summed over a process's whole tree (nginx master + workers, edgeproxy's supervisor +
@@ -71,11 +75,12 @@ class Fleet:
     def __init__(self, workdir: Path) -> None:
         self.workdir = workdir
         self.procs: list[subprocess.Popen[bytes]] = []
+        self.findings: dict[str, list[str]] = {}  # a log's name -> trouble found in it before it was emptied
         self.env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]))
 
     def start(self, name: str, argv: list[str], cpus: str, port: int) -> subprocess.Popen[bytes]:
         log = self.workdir / f"{name}.log"
-        with log.open("wb") as out:
+        with log.open("ab") as out:  # O_APPEND: a -log-stderr target's log is emptied while it writes
             proc = subprocess.Popen(
                 ["taskset", "-c", cpus, *argv], stdout=out, stderr=subprocess.STDOUT, cwd=ROOT,
                 env=self.env, start_new_session=True, preexec_fn=_die_with_parent,
@@ -132,6 +137,13 @@ def cpu_ticks(root: int) -> int:
             fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
             total += int(fields[11]) + int(fields[12])  # utime, stime (fields 14 and 15 of stat)
     return total
+
+
+def machine_ticks() -> int:
+    """user + nice + system of the whole machine (``/proc/stat``): what processes are charged (irq, softirq and steal
+    are not, with this kernel's IRQ time accounting), so it compares with ``cpu_ticks`` sums."""
+    fields = Path("/proc/stat").read_text().split("\n", 1)[0].split()
+    return int(fields[1]) + int(fields[2]) + int(fields[3])
 
 
 def command_lines(root: int) -> list[str]:
@@ -198,6 +210,7 @@ class Spec:
     workers: int | None = None  # None: the profile's
     nopush: bool = True  # nginx only: tcp_nopush (see nginx.conf.template)
     shared: bool | None = None  # edgeproxy only: [cache] shared; None: edgeproxy's default (workers > 1)
+    log: str = ""  # access log: "" off; "file" (nginx, edgeproxy: a file in the work dir); "stderr" (edgeproxy)
 
 
 TARGETS: dict[str, Spec] = {
@@ -219,6 +232,14 @@ TARGETS: dict[str, Spec] = {
     "edgeproxy-httptools-2w-unshared": Spec("edgeproxy", "httptools", workers=2, shared=False),
     "edgeproxy-httptools-nomemo-2w": Spec("edgeproxy", "httptools", memo=False, workers=2),
     "edgeproxy-httptools-nomemo-2w-unshared": Spec("edgeproxy", "httptools", memo=False, workers=2, shared=False),
+    # Access logs on (the realistic scenarios, and hit-1k's log on/off pair): nginx's buffered combined log,
+    # edgeproxy's into a file, or to stderr (the process's stderr is its log file in the work dir, as journald would
+    # take it from a unit's stderr).
+    "nginx-log": Spec("nginx", log="file"),
+    "edgeproxy-h11-log": Spec("edgeproxy", "h11", log="file"),
+    "edgeproxy-httptools-log": Spec("edgeproxy", "httptools", log="file"),
+    "edgeproxy-httptools-nomemo-log": Spec("edgeproxy", "httptools", memo=False, log="file"),
+    "edgeproxy-httptools-log-stderr": Spec("edgeproxy", "httptools", log="stderr"),
     "bound-h11": Spec("bound", "h11"),
     "bound-httptools": Spec("bound", "httptools"),
 }
@@ -234,6 +255,8 @@ class Target:
     workers: int = 1
     unavailable: str = ""
     log: Path | None = None
+    access_logs: list[Path] = field(default_factory=list)  # emptied by trim_access_logs (may include ``log``)
+    log_findings: list[str] = field(default_factory=list)  # trouble found in ``log`` before it was emptied
 
     def last_log_line(self) -> str:
         """The server's last words, for notes: the tmp dir and its logs are gone after the run."""
@@ -256,7 +279,7 @@ max_object_size = "8MiB"
 path = "{store}"
 {shared}
 [log]
-access = false
+access = {access}
 
 [[site]]
 hosts = ["*"]
@@ -264,10 +287,13 @@ origin = "http://127.0.0.1:{origin_port}"
 """
 
 
-def nginx_argv(workdir: Path, port: int, origin_port: int, workers: int, cache_mib: int, nopush: bool) -> list[str]:
+def nginx_argv(workdir: Path, port: int, origin_port: int, workers: int, cache_mib: int, nopush: bool,
+               access_log: Path | None = None) -> list[str]:
     prefix = workdir / f"nginx-{port}"
     (prefix / "cache").mkdir(parents=True)
     values = {
+        # The usual production setting: buffered, flushed at least every second.
+        "ACCESS_LOG": f"{access_log} combined buffer=64k flush=1s" if access_log else "off",
         # Workers run as the invoking user so they can write the cache dir (the directive is ignored,
         # with a warning, when nginx is not started as root).
         "USER": pwd.getpwuid(os.geteuid()).pw_name,
@@ -283,16 +309,25 @@ def nginx_argv(workdir: Path, port: int, origin_port: int, workers: int, cache_m
 
 def target_argv(fleet: Fleet, target: Target, spec: Spec, origin_port: int, cache_mib: int) -> list[str]:
     if spec.kind == "nginx":
-        return nginx_argv(fleet.workdir, target.port, origin_port, target.workers, cache_mib, spec.nopush)
+        access = fleet.workdir / f"{target.name}-{target.port}.access" if spec.log else None
+        target.access_logs = [access] if access else []
+        return nginx_argv(fleet.workdir, target.port, origin_port, target.workers, cache_mib, spec.nopush, access)
     if spec.kind == "bound":
         return [PYTHON, "-m", "benchmarks.bound", "--parser", spec.parser, "--listen", f"127.0.0.1:{target.port}"]
     config = fleet.workdir / f"{target.name}-{target.port}.toml"
     target.control = fleet.workdir / f"{target.name}-{target.port}.sock"
     target.store = fleet.workdir / f"{target.name}-{target.port}.store"
     shared = "" if spec.shared is None else f"shared = {str(spec.shared).lower()}\n"
+    access = "false"
+    if spec.log == "file":
+        target.access_logs = [fleet.workdir / f"{target.name}-{target.port}.access"]
+        access = f'"{target.access_logs[0]}"'
+    elif spec.log == "stderr":  # stderr is the target's log file (Fleet.start): access lines and its own
+        target.access_logs, access = [target.log], '"-"'  # type: ignore[list-item]
     config.write_text(EDGEPROXY_TOML.format(
         port=target.port, parser=spec.parser, workers=target.workers, memo=str(spec.memo).lower(),
-        control=target.control, cache_mib=cache_mib, store=target.store, shared=shared, origin_port=origin_port))
+        control=target.control, cache_mib=cache_mib, store=target.store, shared=shared, access=access,
+        origin_port=origin_port))
     return [PYTHON, "-m", "edgeproxy", "serve", "--config", str(config)]
 
 
@@ -323,22 +358,61 @@ def control_stats(target: Target) -> dict[str, Any]:
 LOG_MARKS = re.compile(r"traceback|error|exception|critical|warning", re.I)
 
 
-def log_findings(log: Path, limit: int = 20) -> list[str]:
-    """The lines of a server's log that say something went wrong (a traceback whole, up to its last line), the
-    first ``limit``: the logs go with the run's temporary directory, the findings go into the results."""
+def findings(lines: list[str], limit: int = 20) -> list[str]:
+    """The lines that say something went wrong (a traceback whole, up to its last line), the first ``limit``."""
     found: list[str] = []
-    with contextlib.suppress(OSError):
-        in_traceback = False
-        for line in log.read_text(errors="replace").splitlines():
-            if in_traceback:
-                found.append(line)
-                in_traceback = line[:1].isspace() or not line.strip()
-            elif LOG_MARKS.search(line):
-                found.append(line)
-                in_traceback = line.startswith("Traceback")
-            if len(found) >= limit:
-                break
+    in_traceback = False
+    for line in lines:
+        if in_traceback:
+            found.append(line)
+            in_traceback = line[:1].isspace() or not line.strip()
+        elif LOG_MARKS.search(line):
+            found.append(line)
+            in_traceback = line.startswith("Traceback")
+        if len(found) >= limit:
+            break
     return [line[:300] for line in found]
+
+
+def log_findings(log: Path, limit: int = 20) -> list[str]:
+    """``findings`` in a server's log: the logs go with the run's temporary directory, the findings go into the
+    results."""
+    with contextlib.suppress(OSError):
+        return findings(log.read_text(errors="replace").splitlines(), limit)
+    return []
+
+
+ACCESS_LINE = b"127.0.0.1 - - ["  # how every access line of the benchmarks starts (combined format, loopback client)
+TRIM_CHUNK = 16 << 20
+
+
+def trim_access_logs(target: Target) -> tuple[int, int]:
+    """Count the lines and bytes in a target's access logs and empty them; returns (lines, bytes).
+
+    Call it when the target is idle and has flushed (nginx: ``flush=1s``; edgeproxy: every 0.5 s). Writers append
+    (O_APPEND), so after the truncation their next line goes at the start. From the target's own log (a
+    ``-log-stderr`` target's stderr) the lines that are not access lines are kept in ``log_findings`` first."""
+    lines = size = 0
+    for path in target.access_logs:
+        own = path == target.log
+        other: list[str] = []
+        carry = b""
+        with contextlib.suppress(OSError), path.open("rb") as f:
+            while chunk := f.read(TRIM_CHUNK):
+                lines += chunk.count(b"\n")
+                size += len(chunk)
+                if own:
+                    parts = (carry + chunk).split(b"\n")
+                    carry = parts.pop()
+                    mine = [p.decode(errors="replace") for p in parts if not p.startswith(ACCESS_LINE)]
+                    lines -= len(mine)  # the server's own lines are not access lines
+                    other += mine
+            if own and carry and not carry.startswith(ACCESS_LINE):
+                other.append(carry.decode(errors="replace"))
+            os.truncate(path, 0)
+        if own and (found := findings(other)) and len(target.log_findings) < 40:
+            target.log_findings += found
+    return lines, size
 
 
 def remove_store(target: Target) -> None:

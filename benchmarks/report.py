@@ -7,7 +7,10 @@ Rules kept here:
   parser (h11 -> bound-h11, httptools -> bound-httptools); in purge-burst ``vs no purge``, the same process
   without purges; in workers-2 ``vs 1 worker``, the ``-1w`` target started beside it (also for ``-2w``/``-4w``
   names, and in zipf-workers the hit ratio's difference from it, in points); ``vs unshared``, the
-  ``-unshared`` target of the same name (the old per-worker caches).
+  ``-unshared`` target of the same name (the old per-worker caches). Where a scenario has no ``nginx`` (the
+  realistic ones), ``vs nginx`` is against ``nginx-log``; ``vs memo off`` divides by the ``-nomemo`` target of the
+  same name, ``vs log off`` by the same target without ``-log`` (its access log off), ``vs log file`` a
+  ``-log-stderr`` target by its ``-log`` twin.
 - ``goals`` restates the issue's targets as (what, measured, goal, met) rows; a goal whose numbers are missing
   is reported as not measured, never as met. The shared-cache goals (zipf-workers, hit-1k-workers, shared-rss)
   are listed only when their scenario ran: they are not in the default set.
@@ -23,10 +26,11 @@ import re
 import statistics
 import subprocess
 import time
+from collections.abc import Collection
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from benchmarks.procs import ALL_CPUS, CLIENT_CPUS, ROOT, SERVER_CPUS, TARGETS, TICK
+from benchmarks.procs import ALL_CPUS, CLIENT_CPUS, PYTHON, ROOT, SERVER_CPUS, TARGETS, TICK
 
 if TYPE_CHECKING:
     from benchmarks.run import Cell, Profile, Scenario
@@ -96,6 +100,15 @@ def summarise(cell: Cell, seconds: int) -> dict[str, object]:
         out["hit_ratio_runs"] = [round(r["hits"] / r["responses"], 4) for r in runs if r.get("responses")]
     if cell.store:
         out["store"] = cell.store
+    # CPU that other processes took meanwhile (not the target, wrk, the origins or the orchestrator), in cores.
+    out["other_load_cores"] = round(cell.other_ticks / TICK / (seconds * len(runs)), 3)
+    if out["other_load_cores"] >= 0.05:
+        out["notes"] = [*out["notes"], f"other processes used {out['other_load_cores']:.2f} cores meanwhile"]
+    if cell.target.access_logs:  # the access log was on: did every request write its line?
+        lines, size = cell.logged
+        out["access_log"] = {"lines": lines, "bytes": size}
+        per_line = f", {size / lines:.0f} bytes a line" if lines else ""
+        out["notes"] = [*out["notes"], f"access log: {lines / requests:.3f} lines a request{per_line}"]
     if cell.purges.latencies_ms:
         out |= purge_summary(cell.purges.latencies_ms, cell.purges.errors, seconds * len(runs))
     elif cell.purge:
@@ -106,12 +119,19 @@ def summarise(cell: Cell, seconds: int) -> dict[str, object]:
 WORKERS_SUFFIX = re.compile(r"-\d+w(-shared|-unshared)?$")
 
 
-def reference(name: str) -> dict[str, str]:
-    """The rows a target's row is divided by: ratio key -> reference target name."""
-    refs = {"vs_nginx": "nginx"}
+def reference(name: str, present: Collection[str] = ("nginx",)) -> dict[str, str]:
+    """The rows a target's row is divided by: ratio key -> reference target name (``present``: the scenario's
+    targets, which decide between nginx and nginx-log)."""
+    refs = {"vs_nginx": "nginx" if "nginx" in present else "nginx-log"}
     spec = TARGETS.get(name.split("+")[0])
     if spec is not None and spec.kind == "edgeproxy":
         refs["vs_bound"] = f"bound-{spec.parser}"
+        if spec.memo:
+            refs["vs_memo_off"] = name.replace(f"-{spec.parser}", f"-{spec.parser}-nomemo", 1)
+        if spec.log:
+            refs["vs_log_off"] = re.sub(r"-log(-stderr)?$", "", name)
+        if spec.log == "stderr":
+            refs["vs_log_file"] = name.removesuffix("-stderr")
     if name.endswith("+purge"):
         refs["vs_no_purge"] = name.removesuffix("+purge")
     base = WORKERS_SUFFIX.sub("", name)  # edgeproxy-httptools-2w-unshared -> edgeproxy-httptools
@@ -124,7 +144,7 @@ def reference(name: str) -> dict[str, str]:
 
 def add_ratios(rows: dict[str, dict[str, Any]]) -> None:
     for name, row in rows.items():
-        for key, ref_name in reference(name).items():
+        for key, ref_name in reference(name, rows).items():
             ref = rows.get(ref_name, {}).get("rps_median")
             if ref and "rps_median" in row and ref_name != name:
                 row[key] = row["rps_median"] / ref
@@ -184,7 +204,23 @@ def goals(scenarios: Results) -> list[dict[str, object]]:
     """Each of the issue's targets: the measured figure, the goal and whether it is met."""
     g = lambda s, t, k="rps_median": _get(scenarios, s, t, k)  # noqa: E731
     memory = scenarios.get("memory", {}).get("targets", {}).get("edgeproxy-h11", {})
+    p99 = lambda t: _div(g("real-hit", t, "p99_ms"), g("real-hit", "nginx-log", "p99_ms"))  # noqa: E731
     rows = [
+        # Realistic traffic (real.lua: browser-like heads, each unique; access logs on unless said otherwise).
+        ("real-hit httptools, access log to a file, vs nginx (1 worker, access log on)",
+         g("real-hit", "edgeproxy-httptools-log", "vs_nginx"), 1.0),
+        ("real-hit httptools, access log to stderr, vs nginx (1 worker, access log on)",
+         g("real-hit", "edgeproxy-httptools-log-stderr", "vs_nginx"), 1.0),
+        ("real-hit h11, access log on, vs bound-h11 (parse + prepared write, no log)",
+         g("real-hit", "edgeproxy-h11-log", "vs_bound"), 0.8),
+        ("real-zipf httptools vs nginx, access logs on", g("real-zipf", "edgeproxy-httptools-log", "vs_nginx"), 0.8),
+        ("real-hit p99 / nginx p99, httptools, log to a file (at most)", p99("edgeproxy-httptools-log"), -2.0),
+        ("real-hit p99 / nginx p99, httptools, log to stderr (at most)", p99("edgeproxy-httptools-log-stderr"), -2.0),
+        ("real-hit p99 / nginx p99, h11, log to a file (at most)", p99("edgeproxy-h11-log"), -2.0),
+        ("hit-1k httptools, memo hits: access log on (file) vs off",
+         g("hit-1k", "edgeproxy-httptools-log", "vs_log_off"), 0.9),
+        ("real-hit httptools, every head unique: memo on vs off (both logging to a file)",
+         g("real-hit", "edgeproxy-httptools-log", "vs_memo_off"), 0.97),
         ("hit-1k h11, memo off, vs bound-h11",
          _div(g("hit-1k", "edgeproxy-h11-nomemo"), g("hit-1k", "bound-h11")), 0.85),
         ("hit-1k h11, memo on, vs bound-h11", _div(g("hit-1k", "edgeproxy-h11"), g("hit-1k", "bound-h11")), 0.85),
@@ -219,7 +255,8 @@ def goals(scenarios: Results) -> list[dict[str, object]]:
 
 COLUMNS = ("target", "req/s median", "min-max", "p50 ms", "p99 ms", "CPU µs/req", "peak RSS MiB",
            "vs nginx", "vs bound", "other ratio", "hit %", "notes")
-OTHER_RATIOS = {"vs_no_purge": "vs no purge", "vs_unshared": "vs unshared", "vs_1_worker": "vs 1 worker"}
+OTHER_RATIOS = {"vs_no_purge": "vs no purge", "vs_unshared": "vs unshared", "vs_1_worker": "vs 1 worker",
+                "vs_memo_off": "vs memo off", "vs_log_off": "vs log off", "vs_log_file": "vs log file"}
 
 
 def _fmt(value: object, spec: str) -> str:
@@ -329,7 +366,7 @@ def markdown(results: Results) -> str:
             continue
         lines += [
             f"### {name}: GET {sc['path']} -c{sc['connections']}, {sc['rounds']} x {sc['seconds']} s, "
-            f"servers on CPU {sc['server_cpus']}, cache {sc['cache_mib']} MiB, workers {sc['workers']}",
+            f"servers on CPU {sc['server_cpus']}, cache {sc['cache_mib']} MiB, workers {sc['workers']}{_code(sc)}",
             "", "| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS),
             *(_row(target, row) for target, row in sc["targets"].items()), "",
         ]
@@ -343,7 +380,8 @@ COLORS = {"nginx": "#2a9d8f", "edgeproxy-h11": "#e76f51", "edgeproxy-httptools":
 
 
 def _color(target: str) -> str:
-    base = WORKERS_SUFFIX.sub("", target.split("+")[0]).removesuffix("-nomemo").removesuffix("-nopush-off")
+    base = WORKERS_SUFFIX.sub("", target.split("+")[0]).removesuffix("-stderr").removesuffix("-log")
+    base = base.removesuffix("-nomemo").removesuffix("-nopush-off")
     return COLORS.get(base, "grey")
 
 
@@ -368,8 +406,10 @@ def chart(results: Results, path: Path) -> bool:
         ax.bar(range(len(bars)), med, yerr=spread, capsize=3, color=[_color(t) for t, _ in bars],
                hatch=None, edgecolor="black", linewidth=0.3)
         for x, (t, _) in enumerate(bars):  # memo off and "+purge" bars are hatched: the same server, one change
-            if "nomemo" in t or t.endswith(("+purge", "-1w", "-nopush-off", "-unshared")):
-                ax.patches[x].set_hatch("//")
+            hatch = "//" if "nomemo" in t or t.endswith(("+purge", "-1w", "-nopush-off", "-unshared")) else ""
+            hatch += ".." if "-log" in t else ""  # access log on
+            if hatch:
+                ax.patches[x].set_hatch(hatch)
         ax.set_xticks(range(len(bars)), [t for t, _ in bars], rotation=30, ha="right", fontsize=7)
         ax.set_title(f"{name} (-c{sc['connections']}, workers {sc['workers']})", fontsize=10)
         ax.set_ylabel("req/s (median, min-max)", fontsize=8)
@@ -379,7 +419,8 @@ def chart(results: Results, path: Path) -> bool:
     for ax in list(axes.flat)[len(shown):]:
         ax.axis("off")
     fig.suptitle(f"edgeproxy benchmarks: {results['meta']['name']}\n"  # two lines: one panel is narrow
-                 "(hatched: memo off / purging / 1 worker / nopush off / unshared)", fontsize=10)
+                 "(hatched //: memo off / purging / 1 worker / nopush off / unshared; dotted: access log on)",
+                 fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -412,13 +453,38 @@ def uncommitted() -> dict[str, object]:
     return {"unknown": True}
 
 
+def imported_from() -> str:
+    """Where the servers' ``edgeproxy`` comes from: the same interpreter, directory and PYTHONPATH as ``Fleet``
+    gives them (the shared virtualenv may hold another checkout's)."""
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]))
+    with contextlib.suppress(OSError, subprocess.SubprocessError):
+        done = subprocess.run([PYTHON, "-c", "import edgeproxy; print(edgeproxy.__file__)"], capture_output=True,
+                              text=True, timeout=30, check=True, cwd=ROOT, env=env)
+        return done.stdout.strip()
+    return "unknown"
+
+
+def code_state() -> dict[str, object]:
+    """HEAD and the uncommitted edgeproxy/ files (with their digest) as they are now."""
+    return {"git": _version(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"]), "uncommitted": uncommitted()}
+
+
+def _code(sc: Results) -> str:
+    code = sc.get("code")
+    if not code:
+        return ""
+    dirty = code["uncommitted"]
+    text = f", edgeproxy at {code['git']}" + (f" + uncommitted {dirty.get('sha256', '?')}" if dirty else "")
+    return text + ("; **edgeproxy/ changed while the servers started**" if "changed_while_starting" in code else "")
+
+
 def meta(name: str, argv: list[str]) -> dict[str, object]:
     cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
                 if line.startswith("model name")), platform.processor())
     return {
         "name": name, "argv": argv, "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "git": _version(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"]),
-        "uncommitted": uncommitted(),
+        "uncommitted": uncommitted(), "edgeproxy_from": imported_from(),
         "python": platform.python_version(), "nginx": _version(["nginx", "-v"]),
         "wrk": _version(["wrk", "--version"]), "cpu": cpu, "cpus": os.cpu_count(),
         # Other work on the machine shows up here first: compare with loadavg_end.

@@ -17,6 +17,11 @@ Rules kept here:
   by name (``--scenario zipf-workers``) or with ``--scenario all``.
 - zipf-workers warms each target with 20 s of the Zipf load (the cache full and churned: steady state), and gives
   each round its own seed (the same for every target), so no measured run replays the warm-up's URLs.
+- The realistic scenarios (real-hit, real-zipf) send browser-like heads (``wrk/real.lua``: 300 of them, ~600 bytes,
+  and a unique X-Request-Id on every request, so the head memo never answers) to servers with their access logs on
+  (the ``-log`` targets); real-zipf reseeds its URLs every round, as zipf-workers. Access logs are counted and
+  emptied before each run of their target (``trim_access_logs``) and once more after the last round, so the files
+  stay small on tmpfs and the result says how many lines each request logged.
 Outputs (``report``): a Markdown table on stdout, ``results/<name>.json`` and ``results/<name>.png``.
 """
 
@@ -27,6 +32,7 @@ import http.client
 import importlib.util
 import json
 import os
+import resource
 import shutil
 import signal
 import subprocess
@@ -47,6 +53,7 @@ from benchmarks.procs import (  # noqa: E402
     PYTHON,
     SERVER_CPUS,
     TARGETS,
+    TICK,
     Fleet,
     PurgeLog,
     Purger,
@@ -57,15 +64,19 @@ from benchmarks.procs import (  # noqa: E402
     cpu_ticks,
     free_port,
     log_findings,
+    machine_ticks,
     remove_store,
     start_target,
     status_kib,
+    trim_access_logs,
 )
 
 EP = ("edgeproxy-h11", "edgeproxy-httptools")
 MEMO_OFF = ("edgeproxy-h11-nomemo", "edgeproxy-httptools-nomemo")
 BOUNDS = ("bound-h11", "bound-httptools")
 ZIPF_WARMUP_SECONDS = 2
+REAL_OBJECTS = 8  # wrk/real.lua's OBJECTS: real-hit asks for /bytes/1024?o=0 .. ?o=7
+LOG_FLUSH_WAIT = 1.5  # after a scenario's last round: nginx flushes its access log buffer every second
 
 
 @dataclass(frozen=True)
@@ -80,6 +91,9 @@ class Scenario:
     purge: bool = False
     warmup_seconds: int = ZIPF_WARMUP_SECONDS  # a scripted load (zipf.lua): one unmeasured wrk run this long
     reseed: bool = False  # zipf.lua: a seed per round (ROUND_SEED + round) and another for the warm-up
+    script_args: tuple[str, ...] = ()  # after wrk's "--", before the seed (real.lua: "zipf")
+    env: tuple[tuple[str, str], ...] = ()  # added to wrk's environment (real.lua: REAL_COUNT_HITS=1 counts hits)
+    warm_paths: tuple[str, ...] = ()  # a script with a fixed set of URLs: each is warmed until a hit (no wrk warm-up)
 
 
 @dataclass(frozen=True)
@@ -115,7 +129,18 @@ PROFILES = {
 SCENARIOS = {
     s.name: s
     for s in (
-        Scenario("hit-1k", "/bytes/1024", ("nginx", *EP, *MEMO_OFF, *BOUNDS)),
+        # Realistic traffic: browser-like heads, every one unique (real.lua), access logs on. real-hit: 8 hot objects;
+        # the h11 bound (no log) is the h11 reference, memo off beside memo on says what the memo costs when it never
+        # answers, a stderr log beside the file, and httptools with its log off what the log costs a parsed hit.
+        Scenario("real-hit", "/bytes/1024?o=K", ("nginx-log", "edgeproxy-h11-log", "edgeproxy-httptools-log",
+                 "edgeproxy-httptools-log-stderr", "edgeproxy-httptools-nomemo-log", "edgeproxy-httptools",
+                 "bound-h11"), script="real.lua", warm_paths=tuple(f"/bytes/1024?o={k}" for k in range(REAL_OBJECTS))),
+        # real-zipf: Zipf(1.0) over 100,000 URLs into a 32 MiB cache, hits counted, a seed per round.
+        Scenario("real-zipf", "/bytes/1024?i=K", ("nginx-log", "edgeproxy-httptools-log", "edgeproxy-h11-log"),
+                 script="real.lua", profile="small-cache", warm_until_hit=False, warmup_seconds=5, reseed=True,
+                 script_args=("zipf",), env=(("REAL_COUNT_HITS", "1"),)),
+        # edgeproxy-httptools-log beside edgeproxy-httptools: what the access log costs a memo hit.
+        Scenario("hit-1k", "/bytes/1024", ("nginx", *EP, *MEMO_OFF, *BOUNDS, "edgeproxy-httptools-log")),
         Scenario("hit-64k", "/bytes/65536",
                  ("nginx", "nginx-nopush-off", *EP, "edgeproxy-httptools-nomemo", "bound-httptools")),
         Scenario("hit-1m", "/bytes/1048576", ("nginx", *EP, *BOUNDS)),
@@ -141,7 +166,9 @@ SCENARIOS = {
                  "edgeproxy-httptools-4w", "edgeproxy-httptools-2w-unshared"), profile="shared-rss"),
     )
 }
-DEFAULT_SCENARIOS = ("hit-1k", "hit-64k", "hit-1k-c256", "miss-1k", "zipf", "revalidate", "workers-2",
+# hit-1k-c256 runs by name since the realistic scenarios joined: with them the set would not fit 900 s with 3 s runs,
+# and it says what hit-1k says (memo hits of one URL) at more connections.
+DEFAULT_SCENARIOS = ("real-hit", "real-zipf", "hit-1k", "hit-64k", "miss-1k", "zipf", "revalidate", "workers-2",
                      "purge-burst", "memory")
 QUICK_SCENARIOS = ("hit-1k", "miss-1k")
 PURGE_INTERVAL = 0.010
@@ -172,27 +199,36 @@ def is_hit(headers: dict[str, str]) -> bool:
 
 def warm(target: Target, scenario: Scenario) -> str:
     """Request until the target answers from cache; returns a note when it never does."""
-    if scenario.script != "plain.lua":  # the script picks its own URLs: only check the target answers
-        fetch(target.port, scenario.path)
+    if scenario.script != "plain.lua" and not scenario.warm_paths:  # the script picks its own URLs
+        fetch(target.port, scenario.path)  # only check the target answers
         return ""
+    for path in scenario.warm_paths or (scenario.path,):
+        if note := warm_path(target, scenario, path):
+            return note
+    return ""
+
+
+def warm_path(target: Target, scenario: Scenario, path: str) -> str:
     status, headers = 0, {}
     for _ in range(10):
-        status, headers = fetch(target.port, scenario.path)
+        status, headers = fetch(target.port, path)
         if status >= 400:
             return f"warm-up got status {status}"
         if not scenario.warm_until_hit or is_hit(headers):
             return ""
     shown = headers.get("cache-status") or headers.get("x-cache-status") or "none"
-    return f"never a hit after 10 warm-up requests (last cache status: {shown})"
+    return f"never a hit after 10 warm-up requests of {path} (last cache status: {shown})"
 
 
 def run_wrk(port: int, scenario: Scenario, seconds: int, seed: int | None = None) -> dict[str, float]:
+    args = [*scenario.script_args, *([str(seed)] if seed is not None else [])]
     argv = [
         "taskset", "-c", CLIENT_CPUS, "wrk", "--latency", "-t1", f"-c{scenario.connections}",
         f"-d{seconds}s", "--timeout", "5s", "-s", str(HERE / "wrk" / scenario.script),
-        f"http://127.0.0.1:{port}{scenario.path}", *(["--", str(seed)] if seed is not None else []),
+        f"http://127.0.0.1:{port}{scenario.path}", *(["--", *args] if args else []),
     ]
-    done = subprocess.run(argv, capture_output=True, text=True, timeout=seconds + 30, check=True)
+    env = dict(os.environ, **dict(scenario.env)) if scenario.env else None
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=seconds + 30, check=True, env=env)
     return report.parse_wrk(done.stdout)
 
 
@@ -211,12 +247,24 @@ class Cell:
     purges: PurgeLog = field(default_factory=PurgeLog)
     notes: list[str] = field(default_factory=list)
     store: dict[str, object] = field(default_factory=dict)  # edgeproxy: its stats' store figures after the rounds
+    logged: list[int] = field(default_factory=lambda: [0, 0])  # access log lines and bytes of the measured runs
+    other_ticks: int = 0  # CPU that neither the target, the origins, wrk nor this process used during the runs
+
+
+ORIGIN_PIDS: list[int] = []  # the origins run() started: their CPU is not "other load"
+
+
+def own_ticks() -> float:
+    """CPU of this process (with the purger thread) and of its reaped children (every wrk run so far), in ticks."""
+    return sum(u.ru_utime + u.ru_stime for u in map(resource.getrusage, (resource.RUSAGE_SELF,
+                                                                          resource.RUSAGE_CHILDREN))) * TICK
 
 
 def one_run(cell: Cell, scenario: Scenario, seconds: int, seed: int | None = None) -> None:
     target = cell.target
     assert target.proc is not None
     purger = Purger(str(target.control), lambda n: PURGE_REQUEST, PURGE_INTERVAL) if cell.purge else None
+    machine, own, origins = machine_ticks(), own_ticks(), sum(map(cpu_ticks, ORIGIN_PIDS))
     before = cpu_ticks(target.proc.pid)
     if purger:
         purger.start()
@@ -226,7 +274,11 @@ def one_run(cell: Cell, scenario: Scenario, seconds: int, seed: int | None = Non
         if purger:
             purger.halt.set()
             purger.join(15)
-    cell.cpu_ticks += cpu_ticks(target.proc.pid) - before
+    spent = cpu_ticks(target.proc.pid) - before
+    cell.cpu_ticks += spent
+    # Whatever else ran on the machine meanwhile (other jobs): the interleaving spreads it, this says how much.
+    cell.other_ticks += max(0, round(machine_ticks() - machine - spent - (own_ticks() - own)
+                                     - (sum(map(cpu_ticks, ORIGIN_PIDS)) - origins)))
     cell.runs.append(result)
     if purger:
         cell.purges.latencies_ms += purger.log.latencies_ms
@@ -266,8 +318,9 @@ def warm_all(scenario: Scenario, cells: dict[str, Cell]) -> list[Cell]:
         mine = [c for c in live if c.target is t]
         try:
             note = warm(t, scenario)
-            if scenario.script == "zipf.lua":  # fill the cache towards its steady state, not measured
-                run_wrk(t.port, scenario, scenario.warmup_seconds, WARMUP_SEED if scenario.reseed else None)
+            if scenario.script != "plain.lua" and not scenario.warm_paths:  # fill the cache towards its steady
+                run_wrk(t.port, scenario, scenario.warmup_seconds,  # state, not measured
+                        WARMUP_SEED if scenario.reseed else None)
         except (OSError, http.client.HTTPException, subprocess.SubprocessError, ValueError) as exc:
             note = f"warm-up failed: {exc!r}"[:120] + t.last_log_line()
             live = [c for c in live if c.target is not t]
@@ -278,15 +331,23 @@ def warm_all(scenario: Scenario, cells: dict[str, Cell]) -> list[Cell]:
     return live
 
 
-def measure(scenario: Scenario, targets: list[Target], rounds: int, seconds: int,
-            deadline: float) -> dict[str, Cell]:
-    cells = make_cells(scenario, targets)
-    live = warm_all(scenario, cells)
+def trim_logs(cell: Cell, counted: bool) -> None:
+    """Empty the cell's target's access logs; what they held is the cell's last run's when ``counted``."""
+    if cell.target.access_logs:
+        lines, size = trim_access_logs(cell.target)
+        if counted:
+            cell.logged[0] += lines
+            cell.logged[1] += size
+
+
+def rounds_of(scenario: Scenario, cells: dict[str, Cell], live: list[Cell], rounds: int, seconds: int,
+              deadline: float) -> None:
     for round_ in range(rounds):
         for c in list(live):
             if time.monotonic() + seconds + 10 > deadline:
                 c.notes.append("budget (--max-seconds) exhausted")
-                return cells
+                return
+            trim_logs(c, counted=bool(c.runs))  # the warm-up's lines, or the previous round's
             try:
                 one_run(c, scenario, seconds, ROUND_SEED + round_ if scenario.reseed else None)
             except (subprocess.SubprocessError, ValueError) as exc:
@@ -297,6 +358,17 @@ def measure(scenario: Scenario, targets: list[Target], rounds: int, seconds: int
                 if proc is not None and proc.poll() is not None:
                     c.notes.append(f"exited with {proc.returncode} during the run" + c.target.last_log_line())
                     live = [x for x in live if x.target is not c.target]
+
+
+def measure(scenario: Scenario, targets: list[Target], rounds: int, seconds: int,
+            deadline: float) -> dict[str, Cell]:
+    cells = make_cells(scenario, targets)
+    live = warm_all(scenario, cells)
+    rounds_of(scenario, cells, live, rounds, seconds, deadline)
+    if logging := [c for c in cells.values() if c.target.access_logs and c.runs]:
+        time.sleep(LOG_FLUSH_WAIT)  # the last round's lines: flushed within a second
+        for c in logging:
+            trim_logs(c, counted=True)
     for c in cells.values():
         if c.target.proc is not None and c.target.proc.poll() is None:
             c.peak_rss_kib = status_kib(c.target.proc.pid, "VmHWM:")
@@ -317,9 +389,12 @@ def fit_seconds(scenarios: list[Scenario], wanted: set[str], rounds: int, second
     overhead = 5 * len({s.profile for s in scenarios}) + 5 * len(scenarios) + memory.BUDGET_SECONDS * any(
         s.profile == "memory" for s in scenarios)
     overhead += sum(s.warmup_seconds * len(set(s.targets) & wanted) for s in scenarios if s.reseed)  # zipf-workers
+    # Access logs: ~0.2 s a run to count and empty them, and a wait for the last flush per scenario.
+    logged = [sum(1 for t in set(s.targets) & wanted if TARGETS[t].log) for s in scenarios]
+    overhead += sum(0.2 * rounds * n + LOG_FLUSH_WAIT * (n > 0) for n in logged)
     overhead += sum(shared_rss.budget_seconds(len(set(s.targets) & wanted)) for s in scenarios
                     if s.profile == "shared-rss")
-    per_run = (budget - overhead) / max(1, runs) - 0.5  # wrk start-up, /proc scans
+    per_run = (budget - overhead) / max(1, runs) - 0.3  # wrk start-up, /proc scans: < 0.1 s measured
     return max(2, min(seconds, int(per_run)))
 
 
@@ -327,10 +402,14 @@ def run_profile(fleet: Fleet, profile: Profile, chosen: list[Scenario], wanted: 
                 plan: tuple[int, int, float], results: dict[str, dict[str, object]]) -> None:
     rounds, seconds, deadline = plan
     names = [n for n in TARGETS if n in wanted and any(n in s.targets for s in chosen)]
+    code = report.code_state()  # what the servers import, now: the tree may change during a long run
     targets = [start_target(fleet, n, origin_port, profile.workers, profile.cpus, profile.cache_mib)
                for n in names]
+    if (after := report.code_state()) != code:
+        code["changed_while_starting"] = after
     try:
         for scenario in chosen:
+            began = time.monotonic()
             mine = [t for t in targets if t.name in scenario.targets]
             if scenario.profile == "memory":
                 results[scenario.name] = memory.measure(mine, profile.cache_mib, deadline)
@@ -339,17 +418,20 @@ def run_profile(fleet: Fleet, profile: Profile, chosen: list[Scenario], wanted: 
             else:
                 cells = measure(scenario, mine, rounds, seconds, deadline)
                 results[scenario.name] = report.scenario_result(scenario, cells, profile, rounds, seconds)
-            print(f"  done: {scenario.name}", file=sys.stderr, flush=True)
+            results[scenario.name] |= {"elapsed_s": round(time.monotonic() - began, 1), "code": code}
+            print(f"  done: {scenario.name} ({time.monotonic() - began:.0f} s)", file=sys.stderr, flush=True)
     finally:
         for t in targets:
             if t.proc is not None:
                 fleet.stop(t.proc)
             remove_store(t)
+            if t.log_findings and t.log is not None:  # found in a -log-stderr target's log before it was emptied
+                fleet.findings[t.log.stem] = t.log_findings
 
 
 def run(scenarios: list[Scenario], wanted: set[str], rounds: int, seconds: int, deadline: float,
-        results: dict[str, dict[str, object]], logs: dict[str, list[str]]) -> None:
-    """Run every profile's scenarios into ``results``; ``logs`` gets each server log's lines of trouble."""
+        results: dict[str, dict[str, object]], logs: dict[str, list[str]] | None = None) -> None:
+    """Run every profile's scenarios into ``results``; ``logs`` (if given) gets each server log's lines of trouble."""
     shm = Path("/dev/shm")
     workdir = Path(tempfile.mkdtemp(prefix="edgeproxy-bench-", dir=shm if shm.is_dir() else None))
     fleet = Fleet(workdir)
@@ -360,14 +442,16 @@ def run(scenarios: list[Scenario], wanted: set[str], rounds: int, seconds: int, 
                 origin = profile.origin
                 if origin not in ports:  # started once, on the client core, kept for the whole run
                     ports[origin] = free_port()
-                    fleet.start(f"origin-{origin}", [*ORIGINS[origin], f"127.0.0.1:{ports[origin]}"], CLIENT_CPUS,
-                                ports[origin])
+                    ORIGIN_PIDS.append(fleet.start(f"origin-{origin}", [*ORIGINS[origin],
+                                                   f"127.0.0.1:{ports[origin]}"], CLIENT_CPUS, ports[origin]).pid)
                 run_profile(fleet, profile, chosen, wanted, ports[origin], (rounds, seconds, deadline), results)
     finally:
         fleet.stop_all()
-        for log in sorted(workdir.glob("*.log")):
-            if found := log_findings(log):
-                logs[log.stem] = found
+        ORIGIN_PIDS.clear()
+        for log in sorted([*workdir.glob("*.log"), *workdir.glob("nginx-*/error.log")]):  # nginx's error_log too
+            name = log.stem if log.parent == workdir else f"{log.parent.name}/{log.stem}"
+            if logs is not None and (found := fleet.findings.get(name, []) + log_findings(log)):
+                logs[name] = found
         shutil.rmtree(workdir, ignore_errors=True)
 
 

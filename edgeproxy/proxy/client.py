@@ -42,7 +42,7 @@ RATE_WINDOW = 5.0
 
 class ClientConnection(asyncio.Protocol):
     __slots__ = (
-        "edge", "scheme", "parser", "transport", "peer", "task", "closed", "flow",
+        "edge", "scheme", "parser", "transport", "peer", "log_peer", "task", "closed", "flow",
         "body_waiter", "deadline", "phase", "continue_due", "requests", "body_done", "candidate", "body_error",
         "body_deadline", "rate_mark", "rate_bytes", "waited_until",
     )
@@ -53,6 +53,7 @@ class ClientConnection(asyncio.Protocol):
         self.parser = edge.make_parser()
         self.transport: Any = None
         self.peer = "-"
+        self.log_peer = b"-"  # the peer as the access log writes it
         self.task: asyncio.Task[None] | None = None
         self.closed = False
         self.flow = FlowControl(edge.loop)
@@ -75,6 +76,7 @@ class ClientConnection(asyncio.Protocol):
         set_nodelay(transport)
         peer = transport.get_extra_info("peername")
         self.peer = peer[0] if isinstance(peer, tuple) else "unix"
+        self.log_peer = self.peer.encode()
         if not self.edge.admit(self):
             transport.abort()
             self.closed = True

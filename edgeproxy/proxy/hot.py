@@ -7,7 +7,11 @@ Rules kept here:
 - The memo keeps only what the bytes determine (the entry they selected, the CORS fields, keep-alive, HEAD).
   What depends on time and on the store is checked on every use: still fresh, not soft-purged, still stored
   (``Store.touch`` says so). Any doubt falls back to the full path, which may remember the head again.
-- Bounded to ``MEMO_SIZE`` heads per worker and cleared when full (heads are client-chosen) and on reload.
+- Admission: a head is remembered only the second time it is answered as a plain fresh hit (a doorkeeper, as in
+  TinyLFU): real clients' heads often never repeat (a request id, a cookie that changes), and each of those would
+  cost an entry made and dropped. A head seen once costs a set insertion of its hash.
+- Bounded to ``MEMO_SIZE`` heads per worker and cleared when full (heads are client-chosen) and on reload; the
+  doorkeeper holds at most ``DOORKEEPER_SIZE`` hashes, cleared when full.
 - ``[server] head_memo = false`` turns it off; the benchmarks report both.
 Throughput trade-off, measured with callgrind on the in-process hit loop: a memo hit costs ~21.7k instructions against
 ~120k (httptools) or ~262k (h11) for a parsed hit; a head that isn't in the memo costs one dict lookup more.
@@ -19,8 +23,10 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from edgeproxy.accesslog import agents_part, request_part
 from edgeproxy.cache.entry import Entry
 from edgeproxy.cache.outcome import HIT
+from edgeproxy.http.headers import get
 from edgeproxy.proxy.delivery import write_stored
 from edgeproxy.proxy.parser import RequestHead
 
@@ -29,6 +35,7 @@ if TYPE_CHECKING:
     from edgeproxy.proxy.edge import Edge
 
 MEMO_SIZE = 2048
+DOORKEEPER_SIZE = 8192
 # Request fields that change a cache decision or the answer per request: heads carrying them are never memoized.
 DECISIVE: frozenset[bytes] = frozenset({
     b"cache-control", b"pragma", b"if-match", b"if-none-match", b"if-modified-since", b"if-unmodified-since",
@@ -43,6 +50,9 @@ class Remembered:
     tail: bytes  # CORS fields + Connection + the blank line
     keep_alive: bool
     head_only: bool
+    # The combined log line after its time: everything these bytes and this entry fix (request line, status, bytes,
+    # referer, user agent; a memo hit is answered within one read, so its times are 0.0 ms). None: that log is off.
+    log_tail: bytes | None = None
 
 
 def single_head(data: bytes) -> bool:
@@ -56,19 +66,35 @@ def memoizable(head: RequestHead) -> bool:
 
 
 class HeadMemo:
-    __slots__ = ("edge", "heads")
+    __slots__ = ("edge", "heads", "seen")
 
     def __init__(self, edge: Edge) -> None:
         self.edge = edge
         self.heads: dict[bytes, Remembered] = {}
+        self.seen: set[int] = set()  # the doorkeeper: hashes of heads answered once
 
     def consider(self, data: bytes, head: RequestHead, entry: Entry, tail: bytes) -> None:
-        """Remember ``data`` if its head may be answered again without parsing (a plain fresh hit just sent)."""
+        """Remember ``data`` if its head may be answered again without parsing (a plain fresh hit just sent) and
+        it was answered so once before."""
+        seen, key = self.seen, hash(data)  # the bytes' hash is cached: the memo's own lookup already made it
+        if key not in seen:
+            if len(seen) >= DOORKEEPER_SIZE:
+                seen.clear()
+            seen.add(key)
+            return
         if not memoizable(head):
             return
+        seen.discard(key)
         if len(self.heads) >= MEMO_SIZE:
             self.heads.clear()
-        self.heads[data] = Remembered(entry, head, tail, head.keep_alive, head.method == b"HEAD")
+        remembered = Remembered(entry, head, tail, head.keep_alive, head.method == b"HEAD")
+        log = self.edge.access_log
+        if log.enabled and log.combined_fast:
+            sent = 0 if remembered.head_only else len(entry.body)  # what write_stored will send
+            remembered.log_tail = b"%s %d %d %s cache=hit origin_ms=0.0 total_ms=0.0\n" % (
+                request_part(head.method, head.target, head.http_version), entry.status, sent,
+                agents_part(get(head.headers, b"referer") or b"", get(head.headers, b"user-agent") or b""))
+        self.heads[data] = remembered
 
     def answer(self, client: ClientConnection, data: bytes) -> bool:
         """Answer ``data`` from the memo; False when the full path must run."""
@@ -85,7 +111,10 @@ class HeadMemo:
         sent = write_stored(client.transport.write, entry, age, edge.cache_status.hit(left), found.tail,
                             found.head_only)
         edge.counters.memo_hits += 1
-        if edge.access_log.enabled:  # counts too
+        if found.log_tail is not None:
+            edge.counters.response(HIT, entry.status, sent)
+            edge.access_log.line(client.log_peer, edge.clock(), found.log_tail)
+        elif edge.access_log.enabled:
             edge.log_exchange(client, found.head, entry.status, sent, HIT, 0.0, time.monotonic())
         else:
             edge.counters.response(HIT, entry.status, sent)

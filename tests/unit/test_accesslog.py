@@ -9,7 +9,15 @@ from dataclasses import replace
 
 import pytest
 
-from edgeproxy.accesslog import AccessLog, LogRecord, format_combined, format_json
+from edgeproxy.accesslog import (
+    AccessLog,
+    LogRecord,
+    agents_part,
+    format_combined,
+    format_json,
+    parts,
+    request_part,
+)
 
 T = 784111777.0  # Sun, 06 Nov 1994 08:49:37 GMT
 RECORD = LogRecord(client="192.0.2.1", method=b"GET", target=b"/a?b=1", version=b"1.1", status=200, sent=1024,
@@ -139,3 +147,39 @@ def test_stderr_target(capfd):
     log.close()  # never closes stderr itself
     assert capfd.readouterr().err == format_json(RECORD)
     os.fstat(2)  # still open
+
+
+def fast_line(r: LogRecord) -> bytes:
+    """What the hit path writes for ``r`` (AccessLog.combined from its parts)."""
+    log = AccessLog(os.devnull)
+    log.combined(r.client.encode(), r.time, request_part(r.method, r.target, r.version), r.status, r.sent,
+                 agents_part(r.referer, r.user_agent), (r.cache or "-").encode(), r.origin_ms, r.total_ms)
+    (line,) = log.lines
+    log.close()
+    return line
+
+
+@pytest.mark.parametrize("record", [
+    RECORD, replace(RECORD, referer=b"", user_agent=b"", cache="", status=400, sent=0),
+    replace(RECORD, origin_ms=12.35, total_ms=0.05, time=T + 0.999),
+    *(replace(RECORD, **{field: raw}) for field, raw, _ in ESCAPES),
+], ids=repr)
+def test_the_fast_combined_line_is_the_reference_line(record):
+    assert fast_line(record) == format_combined(record).encode()
+
+
+def test_the_time_string_follows_the_clock():
+    log = AccessLog(os.devnull)
+    for t in (T, T + 0.5, T + 1.0, T + 3600):
+        log.combined(b"c", t, b'"GET / HTTP/1.1"', 200, 0, b'"-" "-"', b"hit", 0.0, 0.0)
+    assert [line.split(b"]")[0] for line in log.lines] == [
+        b"c - - [06/Nov/1994:08:49:37 +0000", b"c - - [06/Nov/1994:08:49:37 +0000",
+        b"c - - [06/Nov/1994:08:49:38 +0000", b"c - - [06/Nov/1994:09:49:37 +0000"]
+    log.close()
+
+
+@pytest.mark.parametrize("record", [RECORD, replace(RECORD, referer=b"", user_agent=b""),
+                                    *(replace(RECORD, **{field: raw}) for field, raw, _ in ESCAPES)], ids=repr)
+def test_parts_at_once_are_the_parts(record):
+    assert parts(record.method, record.target, record.version, record.referer, record.user_agent) == (
+        request_part(record.method, record.target, record.version), agents_part(record.referer, record.user_agent))

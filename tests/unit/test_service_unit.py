@@ -275,3 +275,17 @@ def test_installer_is_executable_and_strict():
     assert text.startswith("#!/usr/bin/env bash\n")
     assert "set -euo pipefail" in text
     assert subprocess.run(["bash", "-n", str(INSTALLER)], timeout=10).returncode == 0
+
+
+@pytest.mark.skipif(not os.access("/usr/bin/python3", os.X_OK), reason="no distribution python3 on this machine")
+def test_the_virtualenv_is_made_with_the_distribution_python_by_default() -> None:
+    """Debian's python3 (PGO + LTO) runs a hit in 6-9% fewer instructions than a plain build: preferred when it is
+    3.11 or newer."""
+    new_enough = subprocess.run(["/usr/bin/python3", "-c", "import sys; sys.exit(sys.version_info < (3, 11))"],
+                                check=False).returncode == 0
+    prefix = "/nonexistent-prefix"
+    proc = subprocess.run(["bash", str(INSTALLER), "--dry-run", "--prefix", prefix], capture_output=True, text=True,
+                          timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    expected = "/usr/bin/python3" if new_enough else "python3"
+    assert f"+ {expected} -m venv {prefix}/venv" in proc.stdout.splitlines(), proc.stdout
