@@ -102,13 +102,8 @@ def summarise(cell: Cell, seconds: int) -> dict[str, object]:
         out["store"] = cell.store
     # CPU that other processes took meanwhile (not the target, wrk, the origins or the orchestrator), in cores.
     out["other_load_cores"] = round(cell.other_ticks / TICK / (seconds * len(runs)), 3)
-    if out["other_load_cores"] >= 0.05:
-        out["notes"] = [*out["notes"], f"other processes used {out['other_load_cores']:.2f} cores meanwhile"]
     if cell.target.access_logs:  # the access log was on: did every request write its line?
-        lines, size = cell.logged
-        out["access_log"] = {"lines": lines, "bytes": size}
-        per_line = f", {size / lines:.0f} bytes a line" if lines else ""
-        out["notes"] = [*out["notes"], f"access log: {lines / requests:.3f} lines a request{per_line}"]
+        out["access_log"] = {"lines": cell.logged[0], "bytes": cell.logged[1]}
     if cell.purges.latencies_ms:
         out |= purge_summary(cell.purges.latencies_ms, cell.purges.errors, seconds * len(runs))
     elif cell.purge:
@@ -265,6 +260,12 @@ def _fmt(value: object, spec: str) -> str:
 
 def _notes(row: dict[str, Any]) -> str:
     notes = list(row["notes"])
+    if row.get("other_load_cores", 0) >= 0.05:
+        notes.append(f"other processes used {row['other_load_cores']:.2f} cores meanwhile")
+    if log := row.get("access_log"):
+        per_line = f", {log['bytes'] / log['lines']:.0f} bytes a line" if log["lines"] else ""
+        notes.append(f"access log: {log['lines'] / row['requests']:.3f} lines a request{per_line}")
+    notes = list(dict.fromkeys(notes))  # results of 2026-12-06 carry these two in "notes" already
     if "purges" in row:
         ms = row["purge_ms"]
         errors = f", errors: {row['purge_errors']}" if row["purge_errors"] else ""
