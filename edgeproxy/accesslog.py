@@ -2,8 +2,9 @@
 
 Rules kept here:
 - Formatting is pure (``format_combined``/``format_json`` take every value, including the time).
-- Lines are buffered and written by the shell at most every ``FLUSH_INTERVAL`` and at exit, so logging costs a list
-  append on the hot path; ``reopen()`` serves SIGUSR1 (logrotate).
+- Lines are buffered and written every ``FLUSH_INTERVAL`` (the shell's timer), as soon as ``FLUSH_LINES`` wait, and
+  at exit, so logging costs a list append on the hot path and a write of ~50 KB now and then; ``reopen()`` serves
+  SIGUSR1 (logrotate).
 - Values from the client are escaped: a request line can't forge a log line.
 
 Combined format, one line:
@@ -27,6 +28,9 @@ import time
 from dataclasses import dataclass
 
 FLUSH_INTERVAL = 0.5
+# Also written as soon as this many lines wait (~50 KB): at 100k+ lines a second, half a second of lines written at
+# once stalled the event loop for milliseconds (a memo-hit p99 of 10.6 ms against 0.7 without the log).
+FLUSH_LINES = 256
 
 
 @dataclass(slots=True)
@@ -136,7 +140,10 @@ class AccessLog:
 
     def log(self, record: LogRecord) -> None:
         if self.fd is not None:
-            self.lines.append(self.format(record).encode("utf-8", "replace"))
+            lines = self.lines
+            lines.append(self.format(record).encode("utf-8", "replace"))
+            if len(lines) >= FLUSH_LINES:
+                self.flush()
 
     def combined(self, client: bytes, now: float, request: bytes, status: int, sent: int, agents: bytes,
                  cache: bytes, origin_ms: float, total_ms: float) -> None:
@@ -147,8 +154,11 @@ class AccessLog:
         second = int(now)
         if second != self._second:
             self._second, self._stamp = second, _clf_time(second).encode()
-        self.lines.append(b"%s - - [%s] %s %d %d %s cache=%s origin_ms=%.1f total_ms=%.1f\n" % (
+        lines = self.lines
+        lines.append(b"%s - - [%s] %s %d %d %s cache=%s origin_ms=%.1f total_ms=%.1f\n" % (
             client, self._stamp, request, status, sent, agents, cache, origin_ms, total_ms))
+        if len(lines) >= FLUSH_LINES:
+            self.flush()
 
     def line(self, client: bytes, now: float, tail: bytes) -> None:
         """A combined line whose part after the time a caller made once (the head memo keeps one per head)."""
@@ -157,7 +167,10 @@ class AccessLog:
         second = int(now)
         if second != self._second:
             self._second, self._stamp = second, _clf_time(second).encode()
-        self.lines.append(b"%s - - [%s] %s" % (client, self._stamp, tail))
+        lines = self.lines
+        lines.append(b"%s - - [%s] %s" % (client, self._stamp, tail))
+        if len(lines) >= FLUSH_LINES:
+            self.flush()
 
     def flush(self) -> None:
         if not self.lines or self.fd is None:

@@ -183,3 +183,16 @@ def test_the_time_string_follows_the_clock():
 def test_parts_at_once_are_the_parts(record):
     assert parts(record.method, record.target, record.version, record.referer, record.user_agent) == (
         request_part(record.method, record.target, record.version), agents_part(record.referer, record.user_agent))
+
+
+def test_a_full_buffer_is_written_without_waiting_for_the_timer(tmp_path):
+    from edgeproxy.accesslog import FLUSH_LINES
+
+    path = tmp_path / "access.log"
+    log = AccessLog(str(path))
+    for n in range(FLUSH_LINES - 1):
+        log.combined(b"c", T, b'"GET /%d HTTP/1.1"' % n, 200, 0, b'"-" "-"', b"hit", 0.0, 0.0)
+    assert read_lines(path) == []  # the timer's job, below the line count
+    log.line(b"c", T, b'"GET /last HTTP/1.1" 200 0 "-" "-" cache=hit origin_ms=0.0 total_ms=0.0\n')
+    assert len(read_lines(path)) == FLUSH_LINES and log.lines == []
+    log.close()
