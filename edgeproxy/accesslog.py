@@ -149,16 +149,9 @@ class AccessLog:
                  cache: bytes, origin_ms: float, total_ms: float) -> None:
         """A combined line from its parts (``request_part``, ``agents_part``; ``cache`` already ``-`` when
         empty): the bytes ``format_combined`` would give."""
-        if self.fd is None:
-            return
-        second = int(now)
-        if second != self._second:
-            self._second, self._stamp = second, _clf_time(second).encode()
-        lines = self.lines
-        lines.append(b"%s - - [%s] %s %d %d %s cache=%s origin_ms=%.1f total_ms=%.1f\n" % (
-            client, self._stamp, request, status, sent, agents, cache, origin_ms, total_ms))
-        if len(lines) >= FLUSH_LINES:
-            self.flush()
+        if self.fd is not None:
+            self.line(client, now, b"%s %d %d %s cache=%s origin_ms=%.1f total_ms=%.1f\n" % (
+                request, status, sent, agents, cache, origin_ms, total_ms))
 
     def line(self, client: bytes, now: float, tail: bytes) -> None:
         """A combined line whose part after the time a caller made once (the head memo keeps one per head)."""
