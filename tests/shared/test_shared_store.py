@@ -204,3 +204,36 @@ def test_a_full_map_on_a_request_path_write_makes_room_and_never_raises(tmp_path
         store.release(entry)
     finally:
         store.close()
+
+
+def test_pages_fill_as_the_store_grows(tmp_path: pathlib.Path) -> None:
+    """New slots are appended: a growing table's pages fill (a put past the end split the last page in the middle,
+    one 1.7 KB object per 4 KiB page)."""
+    store = SharedStore(str(tmp_path / "pages"), 64 * 1024 * 1024)
+    try:
+        for n in range(2000):
+            assert store.put(make_entry(path=f"/p{n}", body=b"x" * 1500, size=3000))
+        with store.env.begin() as txn:
+            stat = txn.stat(store.objects)
+        pages = stat["leaf_pages"] + stat["overflow_pages"] + stat["branch_pages"]
+        assert pages * 4096 / 2000 < 2600, pages  # two ~1.7 KB records a page, not one
+    finally:
+        store.close()
+
+
+def test_a_copy_is_kept_hot_once_read_twice(tmp_path: pathlib.Path) -> None:
+    from edgeproxy.shared.tiered import HOT_ADMIT, TieredStore
+
+    tiered = TieredStore(SharedStore(str(tmp_path / "hot"), 1_000_000), 100_000, 100_000)
+    try:
+        entry = make_entry()
+        assert tiered.put(entry) and tiered.hot.get(entry.primary_key) == []  # stores go to the shared store only
+        for _ in range(HOT_ADMIT):
+            (copy,) = tiered.get(entry.primary_key)
+            assert tiered.hot.get(entry.primary_key) == []
+            assert tiered.touch(copy) is False  # counted in the slot map, not (yet) hot
+        (copy,) = tiered.get(entry.primary_key)
+        assert idents(tiered.hot.get(entry.primary_key)) == [ident(entry)]
+        assert tiered.touch(copy) and tiered.stats().hits >= 1
+    finally:
+        tiered.close()
