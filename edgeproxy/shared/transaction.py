@@ -10,7 +10,7 @@ Rules kept here:
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import lmdb
 
@@ -19,19 +19,36 @@ from edgeproxy.cache.codec import decode_selector, encode_selector
 from edgeproxy.cache.entry import Entry
 from edgeproxy.cache.purge import PurgeAll, PurgeHost, PurgePrefix, PurgeTag, PurgeURL, Selector
 from edgeproxy.cache.store import PURGED_DURING_FETCH, TOO_LARGE
-from edgeproxy.shared.records import KEY_KEEP, U32, U64, Place, Probe, db_key, identity, slot_key
-
-if TYPE_CHECKING:
-    from edgeproxy.shared.store import SharedStore
+from edgeproxy.shared.records import KEY_KEEP, U32, U64, Place, Probe, State, db_key, identity, slot_key
+from edgeproxy.shared.slotmap import SlotMap
 
 MAP_FULL = "map-full"
+
+
+class Tables(Protocol):
+    """What a transaction needs of the store (shared/store.py's SharedStore): its tables, its slot map, its state."""
+
+    objects: Any
+    places: Any
+    keys: Any
+    tags: Any
+    queues: tuple[Any, Any]
+    ghost: Any
+    ghostq: Any
+    free: Any
+    purges: Any
+    leases: Any
+    slotmap: SlotMap
+
+    def read_state(self, txn: lmdb.Transaction) -> State: ...
+    def save_state(self, txn: lmdb.Transaction, state: State) -> None: ...
 
 
 class Write:
     """One write transaction's work: S3-FIFO's ``Queues`` over the tables, and what a put, a purge or an eviction
     changes. Versions to publish are collected and written to the slot map after the commit (``publish``)."""
 
-    def __init__(self, store: SharedStore, txn: lmdb.Transaction) -> None:
+    def __init__(self, store: Tables, txn: lmdb.Transaction) -> None:
         self.store = store
         self.txn = txn
         self.state = store.read_state(txn)
