@@ -19,6 +19,7 @@ import tomllib
 from collections.abc import Callable
 from dataclasses import dataclass, field, fields, replace
 from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
 
 if TYPE_CHECKING:
     from edgeproxy.cors import CorsPolicy
@@ -162,6 +163,52 @@ def _header_name(value: Any) -> str:
     return v
 
 
+_REDIS_SCHEMES = ("redis", "rediss", "unix")
+
+
+def _redis_url(value: Any) -> str:
+    """redis://[[USER]:PASSWORD@]HOST[:PORT][/DB], rediss://... (TLS) or unix:///PATH[?db=N]."""
+    text = _str(value)
+    expected = "expected redis://HOST[:PORT][/DB], rediss://... or unix:///PATH"
+    try:
+        url = urlsplit(text)
+        port_ok = url.port is None or url.port > 0  # .port raises ValueError on a bad one
+    except ValueError:
+        raise ValueError(f"{expected}, got {redact_url(text)!r}") from None
+    if url.scheme not in _REDIS_SCHEMES or not port_ok:
+        raise ValueError(f"{expected}, got {redact_url(text)!r}")
+    if url.scheme == "unix" and not url.path.startswith("/"):
+        raise ValueError(f"expected unix:///absolute/path, got {redact_url(text)!r}")
+    if url.scheme != "unix" and (not url.hostname or not re.fullmatch(r"/?\d*", url.path)):
+        raise ValueError(f"{expected}, got {redact_url(text)!r}")
+    return text
+
+
+def redact_url(url: str) -> str:
+    """``url`` with any password replaced by ``***``: what logs and replies may show."""
+    scheme, sep, rest = url.partition("://")
+    authority, slash, tail = rest.partition("/")
+    if sep and "@" in authority:
+        userinfo, _, host = authority.rpartition("@")
+        user = userinfo.partition(":")[0]
+        return f"{scheme}://{user}:***@{host}{slash}{tail}"
+    return url
+
+
+def _stream_name(value: Any) -> str:
+    text = _str(value)
+    if not text or len(text) > 200 or any(c <= " " or c == "\x7f" for c in text):
+        raise ValueError(f"expected a Redis key name (1-200 characters, no spaces), got {value!r}")
+    return text
+
+
+def _node_name(value: Any) -> str | None:
+    text = _opt_str(value)
+    if text is not None and not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,99}", text):
+        raise ValueError(f"expected a node name (letters, digits, '.', '_', ':', '-'; up to 100), got {value!r}")
+    return text
+
+
 # ---- the tree ----
 
 @dataclass(frozen=True)
@@ -232,6 +279,21 @@ class MetricsConfig:
 
 
 @dataclass(frozen=True)
+class FleetConfig:
+    redis: str | None = None  # None: this node purges alone (edgeproxy/fleet)
+    stream: str = "edgeproxy:purge"
+    node: str | None = None  # None: the host name (FleetConfig.node_name)
+    password_file: str | None = None
+    maxlen: int = 100_000
+    wait_timeout: float = 10 * SECONDS
+    connect_timeout: float = 2 * SECONDS
+
+    @property
+    def node_name(self) -> str:
+        return self.node or os.uname().nodename
+
+
+@dataclass(frozen=True)
 class SiteConfig:
     hosts: tuple[str, ...] = ("*",)
     origin: str = "http://127.0.0.1:9000"
@@ -253,6 +315,7 @@ class Config:
     cache: CacheConfig = field(default_factory=CacheConfig)
     log: LogConfig = field(default_factory=LogConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
+    fleet: FleetConfig = field(default_factory=FleetConfig)
     sites: tuple[SiteConfig, ...] = ()
     file: str = "<defaults>"
 
@@ -294,6 +357,10 @@ LOG_KEYS: dict[str, Callable[[Any], Any]] = {
     "level": _choice("debug", "info", "warning", "error"),
 }
 METRICS_KEYS: dict[str, Callable[[Any], Any]] = {"listen": parse_address}
+FLEET_KEYS: dict[str, Callable[[Any], Any]] = {
+    "redis": _redis_url, "stream": _stream_name, "node": _node_name, "password_file": _opt_str,
+    "maxlen": _int(100, 10**9), "wait_timeout": parse_duration, "connect_timeout": parse_duration,
+}
 SITE_KEYS: dict[str, Callable[[Any], Any]] = {
     "hosts": _list_of(_host_pattern), "origin": _origin_url, "host_header": _choice("forward", "origin"),
     "x_forwarded": _bool, "ca_file": _opt_str, "tls_verify": _bool, "query": _choice("keep", "sort", "ignore"),
@@ -305,7 +372,8 @@ SITE_KEYS: dict[str, Callable[[Any], Any]] = {
 RESTART_KEYS: frozenset[str] = frozenset({
     "server.listen", "server.tls_listen", "server.workers", "server.parser", "server.control_socket",
     "server.control_group", "server.control_uids", "server.control_gids", "metrics.listen", "cache.size",
-    "cache.shared", "cache.path", "cache.hot_size",
+    "cache.shared", "cache.path", "cache.hot_size", "fleet.redis", "fleet.stream", "fleet.node",
+    "fleet.password_file",
 })
 
 
@@ -360,6 +428,7 @@ def _site(table: Any, index: int, file: str) -> SiteConfig:
 SECTIONS: dict[str, tuple[type, dict[str, Callable[[Any], Any]]]] = {
     "server": (ServerConfig, SERVER_KEYS), "origin": (OriginConfig, ORIGIN_KEYS),
     "cache": (CacheConfig, CACHE_KEYS), "log": (LogConfig, LOG_KEYS), "metrics": (MetricsConfig, METRICS_KEYS),
+    "fleet": (FleetConfig, FLEET_KEYS),
 }
 
 
@@ -392,6 +461,9 @@ def _check(config: Config) -> None:
     for key, parser in (("server.parser", s.parser), ("origin.parser", config.origin.parser)):
         if parser == "httptools" and importlib.util.find_spec("httptools") is None:
             raise ConfigError(key, 'httptools is not installed: pip install "edgeproxy[fast]"', config.file)
+    if config.fleet.redis is not None and importlib.util.find_spec("redis") is None:
+        raise ConfigError("fleet.redis", 'the redis client is not installed: pip install "edgeproxy[fleet]"',
+                          config.file)
     if not s.listen and not s.tls_listen:
         raise ConfigError("server.listen", "no listener: give at least one HOST:PORT", config.file)
 
@@ -458,4 +530,6 @@ def to_dict(config: Config) -> dict[str, Any]:
         return obj
     data = plain(config)
     data["origin"]["parser"] = config.origin_parser  # the effective backend, not "as server.parser"
+    if config.fleet.redis is not None:  # a password in the URL is never printed
+        data["fleet"]["redis"] = redact_url(config.fleet.redis)
     return data

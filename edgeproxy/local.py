@@ -29,6 +29,7 @@ from edgeproxy.metrics import status_line, summarize
 from edgeproxy.proxy.client import IDLE, ClientConnection
 from edgeproxy.proxy.edge import Edge
 from edgeproxy.shared import layout
+from edgeproxy.shared.store import SharedStore
 from edgeproxy.timers import Timers
 
 DRAIN_POLL = 0.05
@@ -108,6 +109,10 @@ class LocalEdge:
 
     def reopen_logs(self) -> None:
         self.edge.access_log.reopen()
+
+    def kept_store(self) -> SharedStore | None:
+        """The host's store under this process's hot tier, when it has one (it outlives the process)."""
+        return getattr(self.edge.store, "shared", None)
 
     # ---- stop ----
     async def stop(self, drain_timeout: float) -> None:

@@ -157,7 +157,7 @@ _LABELLED = (
      "reason"),
 )
 
-# (source, key, family, metric name, help) of the unlabelled metrics.
+# (source, key, family, metric name, help) of the unlabelled metrics; "fleet" keys come from the fleet link.
 _SCALARS = (
     ("proxy", "response_bytes", CounterMetricFamily, "edgeproxy_response_bytes_total",
      "Bytes written to clients, heads and bodies."),
@@ -175,6 +175,25 @@ _SCALARS = (
      "Entries evicted to stay within capacity."),
     ("store", "inserts", CounterMetricFamily, "edgeproxy_cache_inserts_total", "Entries stored."),
     ("store", "purged", CounterMetricFamily, "edgeproxy_cache_purged_total", "Entries removed by purges."),
+    ("fleet", "connected", GaugeMetricFamily, "edgeproxy_fleet_connected", "1 while the fleet's Redis answers."),
+    ("fleet", "lag_seconds", GaugeMetricFamily, "edgeproxy_fleet_lag_seconds",
+     "How long ago the oldest purge this node has not applied was published (while Redis is unreachable: since "
+     "the node was last caught up)."),
+    ("fleet", "fleet_lag_seconds", GaugeMetricFamily, "edgeproxy_fleet_max_lag_seconds",
+     "The largest lag of the fleet's live nodes, as this node last read it."),
+    ("fleet", "nodes_alive", GaugeMetricFamily, "edgeproxy_fleet_nodes_alive", "Nodes whose heartbeat is current."),
+    ("fleet", "applied_seq", GaugeMetricFamily, "edgeproxy_fleet_applied_seq",
+     "The number of the last journal entry this node applied."),
+    ("fleet", "published", CounterMetricFamily, "edgeproxy_fleet_purges_published_total",
+     "Purges this node published to the fleet."),
+    ("fleet", "applied", CounterMetricFamily, "edgeproxy_fleet_purges_applied_total",
+     "Purges this node applied from the fleet's journal."),
+    ("fleet", "resyncs", CounterMetricFamily, "edgeproxy_fleet_resyncs_total",
+     "Times this node marked everything stale: a gap in the journal, or Redis unreachable at start."),
+    ("fleet", "link_failures", CounterMetricFamily, "edgeproxy_fleet_link_failures_total",
+     "Failed exchanges with the fleet's Redis."),
+    ("fleet", "unpublished", CounterMetricFamily, "edgeproxy_fleet_purges_unpublished_total",
+     "Purges applied on this node alone because Redis was unreachable (published when it answers again)."),
 )
 
 
@@ -199,8 +218,8 @@ def _histogram_family(name: str, doc: str, bounds: tuple[float, ...],
 class _SnapshotCollector(Collector):
     """Yields the families of one merged counters snapshot and one store stats dict."""
 
-    def __init__(self, counters: Mapping[str, Any], store: Mapping[str, Any]) -> None:
-        self.sources = {"proxy": counters, "store": store}
+    def __init__(self, counters: Mapping[str, Any], store: Mapping[str, Any], fleet: Mapping[str, Any]) -> None:
+        self.sources = {"proxy": counters, "store": store, "fleet": fleet}
 
     def collect(self) -> Iterator[Metric]:
         for source, key, name, doc, label in _LABELLED:
@@ -215,17 +234,19 @@ class _SnapshotCollector(Collector):
         for source, key, family_type, name, doc in _SCALARS:
             value = self.sources[source].get(key)
             if value is not None:
-                yield family_type(name, doc, value=value)
+                yield family_type(name, doc, value=float(value))
 
 
-def render(counters: Mapping[str, Any], store_stats: Mapping[str, Any] | None = None) -> bytes:
+def render(counters: Mapping[str, Any], store_stats: Mapping[str, Any] | None = None,
+           fleet: Mapping[str, Any] | None = None) -> bytes:
     """Prometheus text exposition of a (merged) counters snapshot and the store's stats as a dict
     (``dataclasses.asdict(store.stats())``; keys entries, bytes, capacity, hits, misses, evictions, inserts,
-    purged, not_stored). Missing counter keys read as zero; missing store keys leave their metric out.
+    purged, not_stored), and the fleet link's figures (``FleetMember.stats``) when there is one. Missing counter
+    keys read as zero; missing store and fleet keys leave their metric out.
     """
     snapshot = merge([ProxyCounters().to_dict(), counters])
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(_SnapshotCollector(snapshot, store_stats or {}))
+    registry.register(_SnapshotCollector(snapshot, store_stats or {}, fleet or {}))
     return generate_latest(registry)
 
 

@@ -14,7 +14,7 @@ import h11
 
 from edgeproxy.metrics import CONTENT_TYPE, render
 
-Figures = Callable[[], tuple[dict[str, Any], dict[str, Any]]]  # () -> (counters, store stats)
+Figures = Callable[[], tuple[dict[str, Any], ...]]  # () -> (counters, store stats[, fleet figures])
 
 
 class MetricsProtocol(asyncio.Protocol):

@@ -26,7 +26,7 @@ import logging
 import os
 import signal
 import socket
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from edgeproxy import systemd
 from edgeproxy.config import Config, ConfigError, keep_restart_keys, load_config, restart_keys_changed
@@ -34,6 +34,10 @@ from edgeproxy.control import protocol
 from edgeproxy.control.server import ControlServer, default_socket_path
 from edgeproxy.listeners import Listener, bind_listeners
 from edgeproxy.timers import Timers
+
+if TYPE_CHECKING:
+    from edgeproxy.fleet.member import FleetMember
+    from edgeproxy.shared.store import SharedStore
 
 log = logging.getLogger("edgeproxy")
 STATUS_INTERVAL = 5.0
@@ -52,6 +56,7 @@ class Backend(Protocol):
     def healthy(self) -> bool: ...
     def status(self) -> str: ...
     def reopen_logs(self) -> None: ...
+    def kept_store(self) -> SharedStore | None: ...  # where the fleet keeps its position with the objects
     async def stop(self, drain_timeout: float) -> None: ...
 
 
@@ -83,6 +88,7 @@ class Node:
         self.inherited = inherited or []
         self.loop = asyncio.get_running_loop()
         self.control: ControlServer | None = None
+        self.fleet: FleetMember | None = None
         self.metrics_server: asyncio.AbstractServer | None = None
         self.stopping = asyncio.Event()
         self.timers = Timers(self.loop)
@@ -99,6 +105,7 @@ class Node:
             await self.backend.start(self.inherited)
             self._background(self._serve_channel())
         else:
+            await self._start_fleet()  # caught up with the fleet's purges before anything is served
             await self.backend.start(bind_listeners(self.config))
             await self._start_control()
             await self._start_metrics()
@@ -117,12 +124,26 @@ class Node:
                                      allowed_gids=s.control_gids, expected_errors=(ConfigError,))
         await self.control.start()
 
+    async def _start_fleet(self) -> None:
+        if self.config.fleet.redis is None:
+            return
+        from edgeproxy.fleet.member import FleetMember  # the redis client is imported only with [fleet]
+
+        self.fleet = FleetMember(self.config.fleet, self.backend.purge, notes=self.backend.kept_store(),
+                                 stored_objects=lambda: int(self.backend.figures()[1].get("entries") or 0))
+        await self.fleet.start()
+
     async def _start_metrics(self) -> None:
         listen = self.config.metrics.listen
         if listen is not None:
             from edgeproxy.metrics_http import serve_metrics
 
-            self.metrics_server = await serve_metrics(self.backend.figures, *listen)
+            self.metrics_server = await serve_metrics(self.figures, *listen)
+
+    def figures(self) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
+        """Counters, store and fleet figures, for /metrics."""
+        counters, store = self.backend.figures()
+        return counters, store, self.fleet.stats() if self.fleet is not None else {}
 
     def _signals(self) -> None:
         self.loop.add_signal_handler(signal.SIGTERM, self.stopping.set)
@@ -144,9 +165,14 @@ class Node:
     async def handle_command(self, command: protocol.Command) -> dict[str, Any]:
         match command:
             case protocol.PurgeCommand():
+                if self.fleet is not None:
+                    return await self.fleet.purge(command, command.fleet_wait)
+                if command.fleet_wait is not None:
+                    raise ValueError("fleet_wait: this node has no [fleet] configured")
                 return await self.backend.purge(command)
             case protocol.StatsCommand():
-                return {**await self.backend.stats(), "pid": os.getpid()}
+                fleet = {"fleet": self.fleet.stats()} if self.fleet is not None else {}
+                return {**await self.backend.stats(), "pid": os.getpid(), **fleet}
             case protocol.PingCommand():
                 return {"pong": True, "pid": os.getpid(), **self.backend.ping()}
             case protocol.ReloadCommand():
@@ -165,6 +191,8 @@ class Node:
         systemd.reloading()
         self.config, kept = load_for_reload(self.config, self.config_path)
         reply = await self.backend.reload(self.config)
+        if self.fleet is not None:
+            self.fleet.config = self.config.fleet  # its restart-only keys kept their values
         log.info("reloaded %s", self.config_path)
         systemd.notify("READY=1", "STATUS=reloaded")
         return {"reloaded": True, "restart_needed": kept, **reply}
@@ -197,6 +225,8 @@ class Node:
             self.control.close()
         if self.metrics_server is not None:
             self.metrics_server.close()
+        if self.fleet is not None:
+            await self.fleet.stop()
         await self.backend.stop(self.config.server.drain_timeout)
 
 

@@ -46,7 +46,6 @@ from multiprocessing.process import BaseProcess
 from typing import Any
 
 from edgeproxy import metrics
-from edgeproxy.cache.codec import selector_fields
 from edgeproxy.cache.purge import PurgeURL, site_purge_url
 from edgeproxy.cache.store import StoreStats
 from edgeproxy.config import Config
@@ -112,12 +111,6 @@ class Worker:
             self.writer.close()
         self.reader = self.writer = None
         self.ready = False
-
-
-def purge_fields(command: protocol.PurgeCommand) -> dict[str, Any]:
-    """The request line that carries a parsed purge on to a worker."""
-    fields = selector_fields(command.selector)
-    return {"cmd": "purge", "kind": fields.pop("type"), "soft": command.soft, **fields}
 
 
 def _worker_row(w: Worker, shared: bool) -> dict[str, Any]:
@@ -281,7 +274,7 @@ class WorkerPool:
                 selector = site_purge_url(self.sites, selector)
             count = self.store.purge(selector, soft=command.soft, now=time.time())
             return {"purged": count, "workers": sum(w.ready for w in self.workers)}
-        replies = await self._broadcast(purge_fields(command))
+        replies = await self._broadcast(protocol.purge_request(command))
         return {"purged": sum(r.get("purged", 0) for r in replies), "workers": len(replies)}
 
     async def stats(self) -> dict[str, Any]:
@@ -306,6 +299,9 @@ class WorkerPool:
 
     def reopen_logs(self) -> None:
         self._signal_workers(signal.SIGUSR1)
+
+    def kept_store(self) -> SharedStore | None:
+        return self.store
 
     # ---- stop ----
     async def stop(self, drain_timeout: float) -> None:

@@ -45,10 +45,15 @@ EXIT_USAGE = 2  # bad arguments (argparse uses 2 too)
 EXIT_UNAVAILABLE = 69  # EX_UNAVAILABLE: no socket, nobody listening, no answer
 EXIT_NOPERM = 77  # EX_NOPERM: file mode or SO_PEERCRED refused us
 EXIT_CONFIG = 78  # EX_CONFIG: --config unreadable or invalid
+FLEET_WAIT = 10.0  # seconds, --fleet-timeout's default
 
 
 class ServerError(Exception):
     """The server answered ``ok: false``; the message is its error text."""
+
+
+class FleetIncomplete(ServerError):
+    """The purge was applied on the node asked, but not (yet) on every live node of the fleet."""
 
 
 # Most specific first: ControlUnavailable and ControlPermissionDenied are ControlErrors.
@@ -87,7 +92,8 @@ def purge_requests(args: argparse.Namespace) -> list[dict[str, Any]]:
     if len(given) != 1:
         got = " and ".join(_PURGE_OPTIONS[dest][0] for dest in given) or "nothing"
         raise protocol.ProtocolError(f"choose one of {_PURGE_CHOICES} (got {got})")
-    requests = [{"cmd": "purge", "soft": args.soft, **fields} for fields in _PURGE_OPTIONS[given[0]][1](args)]
+    wait = {"fleet_wait": args.fleet_timeout} if args.fleet_wait else {}
+    requests = [{"cmd": "purge", "soft": args.soft, **fields, **wait} for fields in _PURGE_OPTIONS[given[0]][1](args)]
     for request in requests:
         protocol.parse_request(protocol.encode_request(request).rstrip(b"\n"))
     return requests
@@ -104,7 +110,27 @@ def render_purge(replies: list[dict[str, Any]]) -> str:
     total = sum(int(r.get("purged", 0)) for r in replies)
     kind = replies[0].get("kind", "?")
     mode = "soft" if replies[0].get("soft") else "hard"
-    return f"purged {_plural(total, 'entry', 'entries')} ({kind}, {mode})"
+    line = f"purged {_plural(total, 'entry', 'entries')} ({kind}, {mode})"
+    fleets = [r["fleet"] for r in replies if "fleet" in r]
+    if fleets and all("applied_on" in f for f in fleets):
+        nodes = sorted({n for f in fleets for n in f["applied_on"]})
+        slowest = max(f["waited_ms"] for f in fleets)
+        line += f"; applied on {_plural(len(nodes), 'node', 'nodes')} ({', '.join(nodes)}) in {slowest:.1f} ms"
+    elif fleets:
+        line += f" here; published to the fleet as entry {fleets[-1].get('seq', '?')}"
+    return line
+
+
+def fleet_problem(replies: list[dict[str, Any]]) -> str | None:
+    """What went wrong fleet-wide, when something did: unpublished, or live nodes that had not applied in time."""
+    for reply in replies:
+        fleet = reply.get("fleet") or {}
+        if fleet.get("published") is False:
+            return str(fleet.get("error", "not published to the fleet"))
+        if fleet.get("pending"):
+            return (f"not applied within {fleet['waited_ms'] / 1000:.1f}s on: {', '.join(fleet['pending'])} "
+                    f"(applied on: {', '.join(fleet.get('applied_on') or ['none'])})")
+    return None
 
 
 def _flatten(obj: dict[str, Any], prefix: str = "") -> list[tuple[str, Any]]:
@@ -189,9 +215,13 @@ def _send(client: ControlClient, request: dict[str, Any]) -> dict[str, Any]:
 
 def run_purge(args: argparse.Namespace, client: ControlClient) -> str:
     replies = [_send(client, request) for request in purge_requests(args)]
-    if args.json:
-        return "\n".join(json.dumps(_body(r), sort_keys=True) for r in replies)
-    return render_purge(replies)
+    output = ("\n".join(json.dumps(_body(r), sort_keys=True) for r in replies) if args.json
+              else render_purge(replies))
+    problem = fleet_problem(replies)
+    if problem is not None:  # what was done is printed; the exit code and stderr say it is not done everywhere
+        print(output)
+        raise FleetIncomplete(problem)
+    return output
 
 
 def run_stats(args: argparse.Namespace, client: ControlClient) -> str:
@@ -226,6 +256,21 @@ def _add_purge_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--regex", help="purge cache keys matching this regular expression (re.search)")
     parser.add_argument("--all", action="store_true", help="purge everything")
     parser.add_argument("--soft", action="store_true", help="mark stale (revalidate) instead of removing")
+    parser.add_argument("--fleet-wait", action="store_true",
+                        help="with [fleet]: return once every live node applied it, or after --fleet-timeout naming "
+                             "the nodes that had not (exit 1 then)")
+    parser.add_argument("--fleet-timeout", type=_wait_seconds, default=FLEET_WAIT, metavar="SECONDS",
+                        help=f"how long --fleet-wait waits (default {FLEET_WAIT:g})")
+
+
+def _wait_seconds(value: str) -> float:
+    try:
+        seconds = float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected seconds, got {value!r}") from None
+    if not 0 <= seconds <= 3600:
+        raise argparse.ArgumentTypeError(f"expected 0 to 3600 seconds, got {value!r}")
+    return seconds
 
 
 SUBCOMMANDS: dict[str, tuple[str, Callable[[argparse.Namespace, ControlClient], str], Callable[..., None]]] = {
@@ -251,7 +296,9 @@ def add_subcommands(subparsers: argparse._SubParsersAction) -> None:  # type: ig
 def _runner(name: str, run: Callable[[argparse.Namespace, ControlClient], str]) -> Callable[..., int]:
     def func(args: argparse.Namespace) -> int:
         try:
-            with ControlClient(socket_path(args), args.timeout) as client:
+            waits = getattr(args, "fleet_wait", False)
+            timeout = max(args.timeout, args.fleet_timeout + DEFAULT_TIMEOUT) if waits else args.timeout
+            with ControlClient(socket_path(args), timeout) as client:
                 output = run(args, client)
         except tuple(cls for cls, _ in _EXIT_CODES) as exc:
             about = f"{name}: " if isinstance(exc, _ABOUT_THE_COMMAND) else ""

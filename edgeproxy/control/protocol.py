@@ -31,6 +31,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
+from edgeproxy.cache.codec import selector_fields
 from edgeproxy.cache.purge import parse_selector
 
 VERSION = 1
@@ -67,6 +68,8 @@ STRING = FieldType("a string", lambda v: isinstance(v, str))
 OPTIONAL_STRING = FieldType("a string or null", lambda v: v is None or isinstance(v, str))
 BOOLEAN = FieldType("true or false", lambda v: isinstance(v, bool))
 INTEGER = FieldType("an integer", lambda v: type(v) is int)
+SECONDS = FieldType("a number of seconds from 0 to 3600",
+                    lambda v: type(v) in (int, float) and 0 <= v <= 3600)
 STRING_LIST = FieldType(
     "a non-empty list of strings",
     lambda v: isinstance(v, list) and len(v) > 0 and all(isinstance(x, str) for x in v),
@@ -86,7 +89,8 @@ class Spec:
 
 COMMANDS: dict[str, Spec] = {
     # "kind" picks one more table from PURGE_KINDS; see _spec_for.
-    "purge": Spec(required={"kind": STRING}, optional={"soft": BOOLEAN}),
+    # fleet_wait: with [fleet], answer once every live node applied the purge, waiting at most this long.
+    "purge": Spec(required={"kind": STRING}, optional={"soft": BOOLEAN, "fleet_wait": SECONDS}),
     "stats": Spec(),
     "ping": Spec(),
     "reload": Spec(),
@@ -111,6 +115,7 @@ class PurgeCommand:
     selector: object  # one of the edgeproxy.cache.purge selector dataclasses
     soft: bool
     kind: str  # the wire name, echoed in the reply and used as a metrics label
+    fleet_wait: float | None = None  # seconds; None: answer once applied on this node
 
 
 @dataclass(frozen=True)
@@ -134,12 +139,14 @@ Command = PurgeCommand | StatsCommand | PingCommand | ReloadCommand
 def _build_purge(values: dict[str, Any]) -> PurgeCommand:
     kind = values.pop("kind")
     soft = values.pop("soft", False)
+    fleet_wait = values.pop("fleet_wait", None)
     try:
         # The grammar has checked names and JSON types; the selector checks the values (URL shape, regex).
         selector = parse_selector({"type": kind, **values})
     except ValueError as exc:
         raise ProtocolError(str(exc)) from exc
-    return PurgeCommand(selector=selector, soft=soft, kind=kind)
+    return PurgeCommand(selector=selector, soft=soft, kind=kind,
+                        fleet_wait=float(fleet_wait) if fleet_wait is not None else None)
 
 
 _BUILDERS: dict[str, Callable[[dict[str, Any]], Command]] = {
@@ -227,6 +234,13 @@ def _names(table: Mapping[str, object]) -> str:
 def encode_request(fields: Mapping[str, Any]) -> bytes:
     """One request line, newline included; ``v`` is added when absent."""
     return _dump({"v": VERSION, **fields})
+
+
+def purge_request(command: PurgeCommand) -> dict[str, Any]:
+    """The request fields (``cmd`` included, ``v`` and ``fleet_wait`` not) that parse back into ``command``: how a
+    purge is handed on, to a worker or to the fleet's journal."""
+    fields = selector_fields(command.selector)
+    return {"cmd": "purge", "kind": fields.pop("type"), "soft": command.soft, **fields}
 
 
 def reply_echo(command: Command) -> dict[str, Any]:

@@ -22,10 +22,11 @@ Rules kept here:
 - The store's records carry ``FORMAT``; a store of another format, or one LMDB can't open, is dropped and created
   anew by the owner, with one log line.
 
-Tables: ``meta`` (format, state), ``objects`` (slot -> encoded entry), ``place`` (slot -> the small record the
-queues, purges and versions need), ``keys`` (key -> slots, dupsort), ``tags`` (tag -> slots, dupsort), ``small`` and
-``main`` (sequence -> slot), ``ghost`` and ``ghostq`` (identity <-> sequence), ``free`` (reusable slots),
-``purges`` (generation -> selector), ``leases`` (identity -> until: one background revalidation per key per host).
+Tables: ``meta`` (format, state, notes such as the fleet's journal position), ``objects`` (slot -> encoded entry),
+``place`` (slot -> the small record the queues, purges and versions need), ``keys`` (key -> slots, dupsort),
+``tags`` (tag -> slots, dupsort), ``small`` and ``main`` (sequence -> slot), ``ghost`` and ``ghostq`` (identity <->
+sequence), ``free`` (reusable slots), ``purges`` (generation -> selector), ``leases`` (identity -> until: one
+background revalidation per key per host).
 """
 
 from __future__ import annotations
@@ -340,6 +341,19 @@ class SharedStore:
                 self._write(lambda w: w.drop_all())
             except lmdb.Error as exc:
                 log.error("cache: could not drop the cache: %s", exc)
+
+    # -- notes ----------------------------------------------------------------------------------------
+
+    def read_note(self, name: str) -> bytes | None:
+        """A small record another part keeps with the objects (the fleet's journal position), or None."""
+        with self.env.begin() as txn:
+            value = txn.get(b"note:" + name.encode(), db=self.meta)
+        return None if value is None else bytes(value)
+
+    def write_note(self, name: str, value: bytes) -> None:
+        """Keep ``value`` under ``name`` with the objects: it lives and dies with them (a dropped store loses it)."""
+        with self.env.begin(write=True) as txn:
+            txn.put(b"note:" + name.encode(), value, db=self.meta)
 
     # -- figures ---------------------------------------------------------------------------------------
 

@@ -156,6 +156,16 @@ GOOD = [
     ("log", "format", "json", "json"),
     ("log", "level", "debug", "debug"),
     ("metrics", "listen", "127.0.0.1:9145", ("127.0.0.1", 9145)),
+    ("fleet", "redis", "redis://127.0.0.1:6379/0", "redis://127.0.0.1:6379/0"),
+    ("fleet", "redis", "rediss://:secret@cache.internal:6380", "rediss://:secret@cache.internal:6380"),
+    ("fleet", "redis", "unix:///run/redis/redis.sock", "unix:///run/redis/redis.sock"),
+    ("fleet", "stream", "edge:purge", "edge:purge"),
+    ("fleet", "node", "edge-1.par", "edge-1.par"),
+    ("fleet", "node", "", None),
+    ("fleet", "password_file", "/etc/edgeproxy/redis.pass", "/etc/edgeproxy/redis.pass"),
+    ("fleet", "maxlen", 100000, 100000),
+    ("fleet", "wait_timeout", "5s", 5.0),
+    ("fleet", "connect_timeout", "500ms", 0.5),
     ("site", "hosts", ["Example.COM", "*.example.com", "*", "a.example:8080"],
      ("example.com", "*.example.com", "*", "a.example:8080")),
     ("site", "origin", "https://o.example:8443/", "https://o.example:8443"),
@@ -232,7 +242,31 @@ BAD = [
     ({"site": [{**SITE, "x_forwarded": "no"}]}, "site[0].x_forwarded", "true or false"),
     ({"site": [{**SITE, "allow_request_headers": ["Bad Name"]}]}, "site[0].allow_request_headers",
      "not a header field name"),
+    ({"fleet": {"redis": "http://127.0.0.1:6379"}}, "fleet.redis", "expected redis://HOST"),
+    ({"fleet": {"redis": "redis://h:port/0"}}, "fleet.redis", "expected redis://HOST"),
+    ({"fleet": {"redis": "redis://h/zero"}}, "fleet.redis", "expected redis://HOST"),
+    ({"fleet": {"redis": "unix://relative.sock"}}, "fleet.redis", "absolute"),
+    ({"fleet": {"stream": "has space"}}, "fleet.stream", "Redis key name"),
+    ({"fleet": {"node": "-dash"}}, "fleet.node", "node name"),
+    ({"fleet": {"maxlen": 10}}, "fleet.maxlen", "from 100"),
+    ({"fleet": {"reddis": "redis://h"}}, "fleet.reddis", "unknown key"),
 ]
+
+
+def test_a_bad_redis_url_never_shows_its_password():
+    e = error({"fleet": {"redis": "redis://user:hunter2@h:port/0"}})
+    assert "hunter2" not in str(e) and "user:***@h:port" in str(e)
+
+
+def test_check_config_never_prints_the_redis_password():
+    config = config_from_dict({"fleet": {"redis": "redis://:hunter2@127.0.0.1:6379/0"}})
+    assert config.fleet.redis == "redis://:hunter2@127.0.0.1:6379/0"
+    assert to_dict(config)["fleet"]["redis"] == "redis://:***@127.0.0.1:6379/0"
+
+
+def test_the_fleet_node_defaults_to_the_host_name():
+    assert config_from_dict({}).fleet.node_name == os.uname().nodename
+    assert config_from_dict({"fleet": {"node": "edge-2"}}).fleet.node_name == "edge-2"
 
 
 @pytest.mark.parametrize("data, key, reason", BAD, ids=[b[1] for b in BAD])

@@ -63,6 +63,9 @@ VALID = [
         PurgeCommand(PurgeRegex(r"\.png$"), soft=False, kind="regex"),
     ),
     (line(cmd="purge", kind="all", soft=True), PurgeCommand(PurgeAll(), soft=True, kind="all")),
+    (line(cmd="purge", kind="all", fleet_wait=5), PurgeCommand(PurgeAll(), soft=False, kind="all", fleet_wait=5.0)),
+    (line(cmd="purge", kind="all", fleet_wait=0.25),
+     PurgeCommand(PurgeAll(), soft=False, kind="all", fleet_wait=0.25)),
     # Field order doesn't matter, nor whitespace, nor a CR-less line with trailing spaces.
     (b'{ "cmd" : "ping" , "v" : 1 }  ', PingCommand()),
 ]
@@ -100,6 +103,10 @@ ERRORS = [
     (line(cmd="purge", kind="url", url="https://a.example/", soft=1), "soft: expected true or false"),
     (line(cmd="purge", kind="url", url="https://a.example/", soft="yes"), "soft: expected true or false"),
     (line(cmd="purge", kind="url", url="https://a.example/", host="a.example"), "host: unknown field"),
+    (line(cmd="purge", kind="all", fleet_wait="5"), "fleet_wait: expected a number of seconds"),
+    (line(cmd="purge", kind="all", fleet_wait=True), "fleet_wait: expected a number of seconds"),
+    (line(cmd="purge", kind="all", fleet_wait=-1), "fleet_wait: expected a number of seconds"),
+    (line(cmd="purge", kind="all", fleet_wait=3601), "fleet_wait: expected a number of seconds"),
     (line(cmd="purge", kind="prefix"), "prefix: required"),
     (line(cmd="purge", kind="prefix", prefix="/p/", host=3), "host: expected a string or null"),
     (line(cmd="purge", kind="host"), "host: required"),

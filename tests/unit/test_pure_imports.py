@@ -16,7 +16,8 @@ PURE_FILES: list[Path] = sorted([
     *(PACKAGE / "http").glob("*.py"),
     *(PACKAGE / "cache").glob("*.py"),
     *(PACKAGE / name for name in ("cors.py", "config.py", "sites.py", "control/protocol.py",
-                                  "proxy/forwarding.py", "errors.py")),  # the core raises the shared errors
+                                  "proxy/forwarding.py", "errors.py",  # the core raises the shared errors
+                                  "fleet/journal.py")),
 ])
 
 

@@ -1,0 +1,383 @@
+"""This node's link to the fleet: purges published to and applied from a Redis stream (``[fleet]``).
+
+Owns: the Redis connections (one for commands, one for the blocking read), publishing a purge (``PUBLISH_SCRIPT``),
+following the journal from the node's position and applying what it reads through the injected ``apply``, keeping
+the position with the cache's objects (the shared store's notes) and in the fleet's ``applied`` hash, the liveness
+key, ``--fleet-wait``, and the figures (its lag and the fleet's). What an entry means and what to do with a read is
+``edgeproxy.fleet.journal``; how a purge is applied is the backend's.
+
+Rules kept here:
+- Every purge, this node's own included, is applied as it is read from the stream, in the stream's order: one
+  path, so every node applies the same purges in the same order. The control reply waits for this node's own
+  application of the entry (the same promise as without a fleet: acknowledged once applied here).
+- ``start`` runs before the node serves: with a persisted cache it replays what the node missed since its position
+  (or, in a gap or with Redis unreachable, marks everything stale) before a single request can hit a purged object.
+- Redis down never stops serving: a purge given meanwhile is applied here at once and published when Redis
+  answers again (kept in memory only: a restart before that loses it, which the reply says); the follow loop
+  retries with backoff and resumes from its position. Nothing here raises into a request.
+- The Redis URL's password and the password file's content are never logged (``redact_url``).
+
+Keys, all named after ``[fleet] stream`` S: the stream S, its counter ``S:seq``, the hash ``S:applied`` (node ->
+"id seq time"), the set ``S:nodes`` and one ``S:alive:NODE`` key per node that expires ``ALIVE_FOR`` after the
+node's last heartbeat (liveness by Redis's clock, not the nodes').
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable
+from typing import Any, Protocol
+
+import redis.asyncio as aioredis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis.exceptions import RedisError
+
+from edgeproxy.cache.purge import PurgeAll
+from edgeproxy.config import FleetConfig, redact_url
+from edgeproxy.control.protocol import PurgeCommand
+from edgeproxy.fleet import journal
+from edgeproxy.fleet.journal import Apply, CaughtUp, Gap, NodeView, Position, Record
+
+log = logging.getLogger("edgeproxy.fleet")
+
+SECONDS = 1.0
+HEARTBEAT = 1 * SECONDS
+ALIVE_FOR = 3 * SECONDS  # a node silent this long is not waited for
+BLOCK = 1 * SECONDS  # one blocking read; then the counter is checked (a trim to the end shows only there)
+BACKOFF = (0.1, 0.2, 0.5, 1.0, 2.0)
+WAIT_POLL = 0.005
+BATCH = 256
+KEPT_RESULTS = 1024  # applied entries' results, for a publisher that reads its reply after the follower applied it
+OUTBOX_LIMIT = 10_000
+
+Applier = Callable[[PurgeCommand], Awaitable[dict[str, Any]]]
+LINK_ERRORS = (RedisError, OSError, TimeoutError)
+
+
+class Notes(Protocol):
+    """Where the position is kept with the objects (the shared store)."""
+
+    def read_note(self, name: str) -> bytes | None: ...
+    def write_note(self, name: str, value: bytes) -> None: ...
+
+
+EVERYTHING_STALE = PurgeCommand(selector=PurgeAll(), soft=True, kind="all")
+
+
+class FleetMember:
+    def __init__(self, config: FleetConfig, apply: Applier, *, notes: Notes | None,
+                 stored_objects: Callable[[], int]) -> None:
+        assert config.redis is not None
+        self.config = config
+        self.node = config.node_name
+        self.apply_command = apply
+        self.notes = notes
+        self.stored_objects = stored_objects
+        self.where = redact_url(config.redis)
+        s = config.stream
+        self.keys = {"stream": s, "seq": f"{s}:seq", "applied": f"{s}:applied", "nodes": f"{s}:nodes",
+                     "alive": f"{s}:alive:{self.node}"}
+        self.note_name = f"fleet:{s}"
+        self.position: Position | None = None  # None: unknown (see journal.start_position)
+        self.connected = False
+        self.caught_up_at = time.monotonic()
+        self.waiters: dict[int, asyncio.Future[dict[str, Any]]] = {}
+        self.results: OrderedDict[int, dict[str, Any]] = OrderedDict()
+        self.outbox: list[PurgeCommand] = []
+        self.view: list[NodeView] = []
+        self.counts = {"published": 0, "applied": 0, "resyncs": 0, "link_failures": 0, "unpublished": 0}
+        self.last_resync: str | None = None
+        self.tasks: list[asyncio.Task[None]] = []
+        self.redis: Any = None
+        self.reader: Any = None
+        self._publish: Any = None
+        self._bad_entries: set[str] = set()
+
+    # ---- start and stop ----
+    async def start(self) -> None:
+        """Connect and catch up before the node serves. Redis unreachable: mark what is stored stale and go on."""
+        password = self._password()
+        self.redis = self._client(password, self.config.wait_timeout + BLOCK)
+        self.reader = self._client(password, BLOCK + self.config.wait_timeout)
+        self._publish = self.redis.register_script(journal.PUBLISH_SCRIPT)
+        self.position = Position.unpack(self.notes.read_note(self.note_name)) if self.notes else None
+        try:
+            await asyncio.wait_for(self._catch_up(), self.config.connect_timeout + self.config.wait_timeout)
+            log.info("fleet: node %s follows %s on %s from entry %s", self.node, self.config.stream, self.where,
+                     self.position.seq if self.position else "?")
+        except LINK_ERRORS as exc:
+            self._link_failed(exc)
+            if self.position is not None or self.stored_objects():
+                log.warning("fleet: Redis at %s is unreachable at start (%s): every stored object is marked stale "
+                            "until it answers", self.where, _reason(exc))
+                await self._resync("Redis unreachable at start", self.position)
+        self.tasks = [asyncio.create_task(self._follow()), asyncio.create_task(self._heartbeat())]
+
+    async def stop(self) -> None:
+        for task in self.tasks:
+            task.cancel()
+        for task in self.tasks:
+            with contextlib.suppress(asyncio.CancelledError, *LINK_ERRORS):
+                await task
+        for future in self.waiters.values():
+            future.cancel()
+        for client in (self.redis, self.reader):
+            if client is not None:
+                with contextlib.suppress(*LINK_ERRORS):
+                    await client.aclose()
+
+    def _password(self) -> str | None:
+        if self.config.password_file is None:
+            return None
+        try:
+            with open(self.config.password_file, encoding="utf-8") as f:
+                return f.read().strip()
+        except OSError as exc:
+            raise OSError(f"fleet.password_file {self.config.password_file}: {exc.strerror}") from None
+
+    def _client(self, password: str | None, read_timeout: float) -> Any:
+        extra = {"password": password} if password is not None else {}
+        return aioredis.Redis.from_url(
+            self.config.redis, decode_responses=True, socket_connect_timeout=self.config.connect_timeout,
+            socket_timeout=read_timeout, retry=Retry(NoBackoff(), 0), client_name=f"edgeproxy:{self.node}", **extra)
+
+    # ---- following the journal ----
+    async def _follow(self) -> None:
+        failures = 0
+        while True:
+            try:
+                await self._catch_up()
+                await self._flush_outbox()
+                failures = 0
+                await self._wait_for_entries()
+            except LINK_ERRORS as exc:
+                self._link_failed(exc)
+                await asyncio.sleep(BACKOFF[min(failures, len(BACKOFF) - 1)])
+                failures += 1
+            except Exception:  # a bug must not end the loop: purges would stop arriving for good
+                log.exception("fleet: following the journal failed; retrying")
+                await asyncio.sleep(BACKOFF[-1])
+
+    async def _catch_up(self) -> None:
+        """Read and apply until the node stands at the journal's end (one atomic read per batch)."""
+        while True:
+            records, counter, end = await self._read_after(self.position or Position())
+            if not self.connected:
+                await self._beat()  # live at once: a --fleet-wait issued now must wait for this node too
+                self.connected = True
+                log.info("fleet: connected to %s", self.where)
+            if self.position is None:
+                start = journal.start_position(None, self.stored_objects(), end)
+                if isinstance(start, Gap):
+                    await self._resync(start.reason, start.end)
+                else:
+                    await self._advance(start, None)
+                continue
+            match journal.follow(self.position, records, counter, end):
+                case Apply(records=run):
+                    await self._apply_all(run)
+                case Gap(reason=reason, end=end):
+                    await self._resync(reason, end)
+                case CaughtUp():
+                    self.caught_up_at = time.monotonic()
+                    return
+
+    async def _read_after(self, position: Position) -> tuple[list[Record], int | None, Position]:
+        k = self.keys
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.xrange(k["stream"], min=f"({position.id}", max="+", count=BATCH)
+            pipe.get(k["seq"])
+            pipe.xrevrange(k["stream"], max="+", min="-", count=1)
+            entries, counter, last = await pipe.execute()
+        counter = int(counter) if counter is not None else None
+        end = Position(last[0][0], int(last[0][1].get("seq", counter or 0))) if last else Position(
+            journal.ZERO_ID, counter or 0)
+        return self._decode(entries), counter, end
+
+    def _decode(self, entries: list[tuple[str, dict[str, str]]]) -> list[Record]:
+        records = []
+        for entry_id, fields in entries:
+            try:
+                records.append(journal.decode_record(entry_id, fields))
+            except journal.JournalError as exc:
+                if entry_id not in self._bad_entries:  # once per entry: it is read again on every pass
+                    self._bad_entries.add(entry_id)
+                    log.error("fleet: %s; skipped", exc)
+        return records
+
+    async def _wait_for_entries(self) -> None:
+        """Block until entries arrive after the position (or BLOCK passes); apply those that run on from it."""
+        position = self.position or Position()
+        reply = await self.reader.xread({self.keys["stream"]: position.id}, count=BATCH, block=int(BLOCK * 1000))
+        if reply and self.position == position:
+            run = journal.contiguous(position, self._decode(reply[0][1]))
+            await self._apply_all(run)
+
+    async def _apply_all(self, records: tuple[Record, ...]) -> None:
+        for record in records:
+            result = await self._apply(record.command)
+            self.counts["applied"] += 1
+            await self._advance(record.position, result)
+
+    async def _apply(self, command: PurgeCommand) -> dict[str, Any]:
+        try:
+            return await self.apply_command(command)
+        except Exception as exc:  # a purge this node can't apply must not stall the journal for the others
+            log.exception("fleet: applying a %s purge failed", command.kind)
+            return {"purged": 0, "error": str(exc)}
+
+    async def _resync(self, reason: str, end: Position | None) -> None:
+        log.warning("fleet: %s: every stored object is marked stale (revalidated on its next request)", reason)
+        self.counts["resyncs"] += 1
+        self.last_resync = reason
+        result = await self._apply(EVERYTHING_STALE)
+        if end is not None:
+            await self._advance(end, result)
+
+    async def _advance(self, position: Position, result: dict[str, Any] | None) -> None:
+        self.position = position
+        if self.notes is not None:
+            self.notes.write_note(self.note_name, position.pack())
+        for seq in [s for s in self.waiters if s <= position.seq]:
+            future = self.waiters.pop(seq)
+            if not future.done():
+                future.set_result(result if seq == position.seq and result is not None else {"purged": 0})
+        if result is not None:
+            self.results[position.seq] = result
+            while len(self.results) > KEPT_RESULTS:
+                self.results.popitem(last=False)
+        if self.connected:
+            await self.redis.hset(self.keys["applied"], self.node, journal.applied_value(position, time.time()))
+
+    def _link_failed(self, exc: BaseException) -> None:
+        self.counts["link_failures"] += 1
+        if self.connected:
+            log.warning("fleet: lost Redis at %s (%s); serving on and retrying", self.where, _reason(exc))
+        self.connected = False
+
+    # ---- publishing ----
+    async def purge(self, command: PurgeCommand, wait: float | None = None) -> dict[str, Any]:
+        """Publish ``command`` and answer once this node applied it (and, with ``wait``, every live node)."""
+        started = time.monotonic()
+        try:
+            entry_id, seq = await self._publish_one(command)
+        except LINK_ERRORS as exc:
+            self._link_failed(exc)
+            return await self._purge_alone(command, exc)
+        fleet: dict[str, Any] = {"id": entry_id, "seq": seq, "node": self.node}
+        result = self.results.get(seq)
+        if result is None:
+            future = self.waiters.setdefault(seq, asyncio.get_running_loop().create_future())
+            try:
+                result = await asyncio.wait_for(asyncio.shield(future), self.config.wait_timeout)
+            except TimeoutError:
+                raise TimeoutError(f"published as entry {seq} but not applied on this node within "
+                                   f"{self.config.wait_timeout:g}s (is the fleet link up? see the log)") from None
+        if wait is not None:
+            fleet.update(await self._wait_fleet(seq, wait, started))
+        return {**result, "fleet": fleet}
+
+    async def _publish_one(self, command: PurgeCommand) -> tuple[str, int]:
+        keys = [self.keys["stream"], self.keys["seq"]]
+        entry_id, seq = await self._publish(keys=keys, args=[self.config.maxlen, journal.encode_purge(command),
+                                                              self.node])
+        self.counts["published"] += 1
+        return entry_id, int(seq)
+
+    async def _purge_alone(self, command: PurgeCommand, exc: BaseException) -> dict[str, Any]:
+        result = await self._apply(command)
+        self.counts["unpublished"] += 1
+        if len(self.outbox) < OUTBOX_LIMIT:
+            self.outbox.append(command)
+        return {**result, "fleet": {"published": False, "node": self.node, "error": (
+            f"Redis at {self.where} is unreachable ({_reason(exc)}): applied on this node only; it is published "
+            "when Redis answers again (unless this node restarts first)")}}
+
+    async def _flush_outbox(self) -> None:
+        while self.outbox:
+            await self._publish_one(self.outbox[0])
+            self.outbox.pop(0)
+
+    async def _wait_fleet(self, seq: int, timeout: float, started: float) -> dict[str, Any]:
+        deadline = started + timeout
+        while True:
+            views = await self._read_fleet()
+            waiting = journal.pending(views, seq)
+            if not waiting or time.monotonic() >= deadline:
+                break
+            await asyncio.sleep(WAIT_POLL)
+        applied = sorted(v.name for v in views if v.applied.seq >= seq)
+        return {"applied_on": applied, "pending": waiting, "waited_ms": round((time.monotonic() - started) * 1000, 3)}
+
+    # ---- the fleet's view ----
+    async def _read_fleet(self) -> list[NodeView]:
+        k = self.keys
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.smembers(k["nodes"])
+            pipe.hgetall(k["applied"])
+            pipe.get(k["seq"])
+            pipe.time()
+            names, applied, counter, (secs, micros) = await pipe.execute()
+        names = sorted(names | set(applied))
+        if not names:
+            return []
+        counter = int(counter or 0)
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.mget([f"{k['stream']}:alive:{name}" for name in names])
+            for name in names:
+                pos = journal.parse_applied(applied[name])[0] if name in applied else Position()
+                pipe.xrange(k["stream"], min=f"({pos.id}", max="+", count=1)
+            alive, *firsts = await pipe.execute()
+        now_ms = int(secs) * 1000 + int(micros) // 1000
+        return [journal.node_view(name, applied.get(name), alive[i] is not None, counter,
+                                  first[0][0] if first else None, now_ms)
+                for i, (name, first) in enumerate(zip(names, firsts, strict=True))]
+
+    async def _beat(self) -> None:
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.set(self.keys["alive"], "1", px=int(ALIVE_FOR * 1000))
+            pipe.sadd(self.keys["nodes"], self.node)
+            if self.position is not None:
+                pipe.hset(self.keys["applied"], self.node, journal.applied_value(self.position, time.time()))
+            await pipe.execute()
+
+    async def _heartbeat(self) -> None:
+        while True:
+            if self.connected:
+                try:
+                    await self._beat()
+                    self.view = await self._read_fleet()
+                except LINK_ERRORS:
+                    pass  # the follow loop notices and reconnects
+                except Exception:  # the heartbeat must outlive a bug: without it this node looks dead
+                    log.exception("fleet: heartbeat failed")
+            await asyncio.sleep(HEARTBEAT)
+
+    # ---- figures ----
+    def lag(self) -> float:
+        """Seconds this node may be behind: 0 while it follows the journal, else since it was last caught up."""
+        if self.connected and self.position is not None:
+            mine = next((v for v in self.view if v.name == self.node), None)
+            return mine.lag if mine is not None else 0.0
+        return round(time.monotonic() - self.caught_up_at, 3)
+
+    def stats(self) -> dict[str, Any]:
+        alive = [v for v in self.view if v.alive]
+        return {
+            "node": self.node, "redis": self.where, "stream": self.config.stream, "connected": self.connected,
+            "applied_seq": self.position.seq if self.position else None,
+            "applied_id": self.position.id if self.position else None,
+            "lag_seconds": self.lag(), "fleet_lag_seconds": max((v.lag for v in alive), default=0.0),
+            "nodes_alive": len(alive), **self.counts, "outbox": len(self.outbox), "last_resync": self.last_resync,
+            "nodes": {v.name: {"alive": v.alive, "applied_seq": v.applied.seq, "behind": v.behind,
+                               "lag_seconds": v.lag} for v in self.view},
+        }
+
+
+def _reason(exc: BaseException) -> str:
+    return str(exc) or type(exc).__name__

@@ -1,0 +1,307 @@
+"""A fleet of three edges and one real redis-server: a purge given to any node reaches every node, nothing is missed
+across a node's restart, Redis's outage or a trimmed journal, and ``--fleet-wait`` says who has applied it.
+
+Category: ops. Three proxies (each with its own persisted shared store, as under systemd) in front of the demo
+origin, and a redis-server with an append-only file, all on free loopback ports in the test's directory. Every wait
+is bounded.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from tests.integration.test_ops import control, wait_ready, wait_until
+from tests.redisserver import RedisServer
+from tests.scriptorigin import Reply, ScriptOrigin, Seen
+from tests.support import HTTPClient, Proc, Response, env, free_port, start_proxy
+
+NODES = ("edge-a", "edge-b", "edge-c")
+STREAM = "edgeproxy:purge"
+
+
+def cacheable(seen: Seen) -> Reply:
+    """Cacheable for an hour, with an ETag (a soft-purged copy revalidates with 304) and a tag."""
+    etag = f'"{seen.target}"'
+    fields = [("cache-control", "public, max-age=3600"), ("etag", etag), ("surrogate-key", "fleet-tag")]
+    if seen.header("if-none-match") == etag:
+        return Reply(304, fields, framing="none")
+    return Reply(200, [("content-type", "text/plain"), *fields], f"{seen.target}\n".encode())
+
+
+@pytest.fixture
+def origin() -> Iterator[ScriptOrigin]:
+    with ScriptOrigin() as o:
+        o.routes["/obj"] = cacheable
+        yield o
+
+
+@pytest.fixture
+def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
+    server = RedisServer(tmp_path / "redis").start()
+    yield server
+    server.stop()
+
+
+class Fleet:
+    def __init__(self, tmp_path: Path, origin_url: str, redis_url: str) -> None:
+        self.tmp_path, self.origin_url, self.redis_url = tmp_path, origin_url, redis_url
+        self.nodes: dict[str, Proc] = {}
+
+    def start(self, name: str, **overrides: Any) -> Proc:
+        workdir = self.tmp_path / name
+        workdir.mkdir(exist_ok=True)
+        fleet = {"redis": self.redis_url, "node": name, "connect_timeout": "1s", **overrides.pop("fleet", {})}
+        cache = {"shared": True, **overrides.pop("cache", {})}
+        proxy = start_proxy(self.origin_url, workdir, fleet=fleet, cache=cache,
+                            metrics={"listen": f"127.0.0.1:{free_port()}"}, **overrides)
+        wait_ready(proxy)
+        self.nodes[name] = proxy
+        return proxy
+
+    def stop(self, name: str) -> None:
+        self.nodes.pop(name).stop()
+
+    def stop_all(self) -> None:
+        for name in list(self.nodes):
+            self.stop(name)
+
+
+@pytest.fixture
+def fleet(tmp_path: Path, origin: ScriptOrigin, redis_server: RedisServer) -> Iterator[Fleet]:
+    f = Fleet(tmp_path, origin.url, redis_server.url)
+    yield f
+    f.stop_all()
+
+
+@pytest.fixture
+def three(fleet: Fleet) -> Fleet:
+    for name in NODES:
+        fleet.start(name)
+    wait_until(lambda: all(stats(p)["fleet"]["nodes_alive"] == 3 for p in fleet.nodes.values()),
+               what="three live nodes")
+    return fleet
+
+
+def stats(proxy: Proc) -> dict[str, Any]:
+    reply = control(proxy, {"cmd": "stats"})
+    assert reply["ok"], reply
+    return reply
+
+
+def get(proxy: Proc, target: str) -> Response:
+    with HTTPClient(proxy.port) as client:
+        return client.request("GET", target, headers={"Host": "fleet.test"})
+
+
+def cache_status(proxy: Proc, target: str) -> str:
+    return get(proxy, target).header("cache-status") or ""
+
+
+def is_hit(proxy: Proc, target: str) -> bool:
+    status = cache_status(proxy, target)
+    return "hit" in status and "fwd=" not in status
+
+
+def warm(fleet: Fleet, target: str) -> None:
+    """Every node stores ``target`` and then hits it."""
+    for proxy in fleet.nodes.values():
+        get(proxy, target)
+        assert is_hit(proxy, target), cache_status(proxy, target)
+
+
+def purge(proxy: Proc, fields: dict[str, Any], timeout: float = 15.0) -> dict[str, Any]:
+    reply = control(proxy, {"cmd": "purge", **fields}, timeout=timeout)
+    assert reply["ok"], reply
+    return reply
+
+
+def cli(proxy: Proc, *args: str, timeout: float = 30.0) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "edgeproxy", *args, "--control", proxy.extra["control"]],
+                          env=env(), capture_output=True, text=True, timeout=timeout)
+
+
+def metric(proxy: Proc, name: str) -> float:
+    listen = proxy.extra["config"]["metrics"]["listen"]
+    with urllib.request.urlopen(f"http://{listen}/metrics", timeout=5) as r:
+        text = r.read().decode()
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == name:
+                return sample.value
+    raise AssertionError(f"{name} not in /metrics")
+
+
+# ---- a purge reaches every node ----
+
+def test_a_purge_given_to_one_node_is_applied_by_every_node(three: Fleet) -> None:
+    a, b, c = (three.nodes[n] for n in NODES)
+    warm(three, "/obj??f=1")
+    reply = purge(a, {"kind": "url", "url": "http://fleet.test/obj??f=1", "fleet_wait": 10})
+    assert reply["purged"] == 1
+    assert reply["fleet"]["pending"] == [] and reply["fleet"]["applied_on"] == sorted(NODES)
+    for proxy in (a, b, c):
+        assert not is_hit(proxy, "/obj??f=1")
+
+
+@pytest.mark.parametrize("fields", [
+    {"kind": "prefix", "prefix": "/obj*"},
+    {"kind": "host", "host": "fleet.test"},
+    {"kind": "regex", "pattern": "f=2"},
+    {"kind": "all"},
+])
+@pytest.mark.parametrize("soft", [False, True])
+def test_every_kind_hard_and_soft_reaches_every_node(three: Fleet, fields: dict[str, Any], soft: bool) -> None:
+    warm(three, "/obj??f=2")
+    reply = purge(three.nodes["edge-b"], {**fields, "soft": soft, "fleet_wait": 10})
+    assert reply["fleet"]["applied_on"] == sorted(NODES), reply
+    for proxy in three.nodes.values():
+        status = cache_status(proxy, "/obj??f=2")
+        # soft: kept and revalidated with the origin; hard: gone, fetched again
+        assert "fwd=" in status and ("fwd=stale" in status if soft else "miss" in status), status
+
+
+def test_a_tag_purge_reaches_every_node(three: Fleet) -> None:
+    target = "/obj??tag=1&surrogate-key=fleet-tag"
+    warm(three, target)
+    purge(three.nodes["edge-c"], {"kind": "tag", "tags": ["fleet-tag"], "fleet_wait": 10})
+    for proxy in three.nodes.values():
+        assert not is_hit(proxy, target)
+
+
+def test_the_cli_waits_for_the_fleet_and_says_how_long_it_took(three: Fleet) -> None:
+    warm(three, "/obj??f=3")
+    done = cli(three.nodes["edge-a"], "purge", "http://fleet.test/obj??f=3", "--fleet-wait")
+    assert done.returncode == 0, done.stderr
+    assert "purged 1 entry (url, hard); applied on 3 nodes (edge-a, edge-b, edge-c) in" in done.stdout
+
+
+def test_stats_and_metrics_show_the_fleet(three: Fleet) -> None:
+    purge(three.nodes["edge-a"], {"kind": "all", "fleet_wait": 10})
+    fleet = stats(three.nodes["edge-b"])["fleet"]
+    assert fleet["node"] == "edge-b" and fleet["connected"] is True and fleet["lag_seconds"] == 0.0
+    assert fleet["applied"] >= 1 and fleet["published"] == 0
+    assert set(fleet["nodes"]) == set(NODES)
+    a = three.nodes["edge-a"]
+    assert metric(a, "edgeproxy_fleet_connected") == 1.0
+    assert metric(a, "edgeproxy_fleet_purges_published_total") == 1.0
+    assert metric(a, "edgeproxy_fleet_nodes_alive") == 3.0
+
+
+def test_without_a_fleet_fleet_wait_is_refused(proxy_factory: Callable[..., Proc], demo_origin: Proc) -> None:
+    proxy = proxy_factory(demo_origin.url)
+    reply = control(proxy, {"cmd": "purge", "kind": "all", "fleet_wait": 1})
+    assert not reply["ok"] and "no [fleet] configured" in reply["error"]
+
+
+# ---- nothing missed ----
+
+def test_a_node_stopped_while_purges_were_issued_replays_them_before_serving(three: Fleet) -> None:
+    targets = [f"/obj?replay={i}" for i in range(20)]
+    for target in targets:
+        warm(three, target)
+    three.stop("edge-c")
+    a = three.nodes["edge-a"]
+    for target in targets[:10]:
+        purge(a, {"kind": "url", "url": f"http://fleet.test{target}"})
+    c = three.start("edge-c")
+    assert "kept 20 objects" in c.log() or "kept" in c.log()
+    for target in targets[:10]:
+        assert not is_hit(c, target), target
+    assert all(is_hit(c, t) for t in targets[10:])  # what was not purged is still served from the kept cache
+    fleet = stats(c)["fleet"]
+    assert fleet["resyncs"] == 0 and fleet["applied"] == 10
+
+
+def test_a_gap_in_the_journal_marks_everything_stale(three: Fleet, redis_server: RedisServer) -> None:
+    targets = [f"/obj?gap={i}" for i in range(5)]
+    for target in targets:
+        warm(three, target)
+    three.stop("edge-c")
+    a = three.nodes["edge-a"]
+    purge(a, {"kind": "url", "url": f"http://fleet.test{targets[0]}"})
+    redis_server.client().xtrim(STREAM, maxlen=0)  # the journal loses the purge edge-c has not read
+    c = three.start("edge-c")
+    assert "were trimmed from the stream" in c.log()
+    assert "every stored object is marked stale" in c.log()
+    for target in targets:
+        status = cache_status(c, target)
+        assert "fwd=" in status, (target, status)  # none served without asking the origin
+    assert stats(c)["fleet"]["resyncs"] == 1
+
+
+def test_redis_down_at_start_marks_the_kept_cache_stale_then_catches_up(fleet: Fleet,
+                                                                      redis_server: RedisServer) -> None:
+    a = fleet.start("edge-a")
+    b = fleet.start("edge-b")
+    warm(fleet, "/obj?down=1")
+    fleet.stop("edge-b")
+    redis_server.kill()
+    b = fleet.start("edge-b")
+    assert "unreachable at start" in b.log()
+    assert "fwd=stale" in cache_status(b, "/obj?down=1")  # revalidated, not refetched
+    assert stats(b)["fleet"]["connected"] is False
+    assert metric(b, "edgeproxy_fleet_connected") == 0.0
+    redis_server.start()
+    wait_until(lambda: stats(a)["fleet"]["connected"] and stats(b)["fleet"]["connected"], timeout=15,
+               what="both nodes back on Redis")
+    get(b, "/obj?down=2")
+    purge(a, {"kind": "url", "url": "http://fleet.test/obj?down=2", "fleet_wait": 10})
+    assert not is_hit(b, "/obj?down=2")
+
+
+def test_redis_killed_under_load_no_request_fails_and_later_purges_arrive(three: Fleet,
+                                                                         redis_server: RedisServer) -> None:
+    warm(three, "/obj?load=1")
+    redis_server.kill()
+    failures = 0
+    deadline = time.monotonic() + 3
+    while time.monotonic() < deadline:  # bounded: 3 s of requests to every node while Redis is down
+        for proxy in three.nodes.values():
+            failures += get(proxy, "/obj?load=1").status != 200
+    assert failures == 0
+    a = three.nodes["edge-a"]
+    reply = purge(a, {"kind": "url", "url": "http://fleet.test/obj?load=1"})
+    assert reply["fleet"]["published"] is False and "unreachable" in reply["fleet"]["error"]
+    assert not is_hit(a, "/obj?load=1")  # applied here at once
+    assert stats(a)["fleet"]["lag_seconds"] > 0
+    redis_server.start()
+    wait_until(lambda: all(stats(p)["fleet"]["connected"] for p in three.nodes.values()), timeout=15,
+               what="every node back on Redis")
+    # the purge kept while Redis was down is published now: every node applies it
+    wait_until(lambda: all(not is_hit(p, "/obj?load=1") for p in three.nodes.values()), timeout=10,
+               what="the kept purge applied everywhere")
+    warm(three, "/obj?load=2")
+    reply = purge(three.nodes["edge-b"], {"kind": "url", "url": "http://fleet.test/obj?load=2",
+                                          "fleet_wait": 10})
+    assert reply["fleet"]["applied_on"] == sorted(NODES), (reply, [p.log() for p in three.nodes.values()])
+
+
+def test_fleet_wait_names_a_node_that_does_not_apply(three: Fleet) -> None:
+    c = three.nodes["edge-c"]
+    c.signal(19)  # SIGSTOP: alive for a moment (its heartbeat key lives on), applying nothing
+    try:
+        done = cli(three.nodes["edge-a"], "purge", "--all", "--fleet-wait", "--fleet-timeout", "0.5")
+    finally:
+        c.signal(18)  # SIGCONT
+    assert done.returncode == 1
+    assert "not applied within" in done.stderr and "edge-c" in done.stderr, done.stderr
+    assert "purged" in done.stdout
+
+
+def test_entries_not_written_by_edgeproxy_are_skipped(three: Fleet, redis_server: RedisServer) -> None:
+    redis_server.client().xadd(STREAM, {"purge": json.dumps({"cmd": "purge", "kind": "nonsense"})})
+    warm(three, "/obj??bad=1")
+    purge(three.nodes["edge-a"], {"kind": "url", "url": "http://fleet.test/obj??bad=1", "fleet_wait": 10})
+    for proxy in three.nodes.values():
+        assert not is_hit(proxy, "/obj??bad=1")
+        assert "not an edgeproxy purge" in proxy.log()
