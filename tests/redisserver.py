@@ -20,11 +20,12 @@ REDIS_SERVER = shutil.which("redis-server") or "/usr/bin/redis-server"
 
 
 class RedisServer:
-    def __init__(self, workdir: Path, *, appendonly: bool = True) -> None:
+    def __init__(self, workdir: Path, *, appendonly: bool = True, password: str | None = None) -> None:
         self.workdir = workdir
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.port = free_port()
         self.appendonly = appendonly
+        self.password = password
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -34,7 +35,8 @@ class RedisServer:
     def start(self) -> RedisServer:
         args = [REDIS_SERVER, "--bind", "127.0.0.1", "--port", str(self.port), "--dir", str(self.workdir),
                 "--save", "", "--appendonly", "yes" if self.appendonly else "no", "--protected-mode", "yes",
-                "--logfile", str(self.workdir / "redis.log"), "--daemonize", "no"]
+                "--logfile", str(self.workdir / "redis.log"), "--daemonize", "no",
+                *(["--requirepass", self.password] if self.password else [])]
         self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT,
                                      start_new_session=True)
         wait_port(self.port, proc=self.proc)
@@ -48,7 +50,8 @@ class RedisServer:
         raise TimeoutError("redis-server did not load its data")
 
     def client(self) -> redis.Redis:
-        return redis.Redis(host="127.0.0.1", port=self.port, decode_responses=True, socket_timeout=5)
+        return redis.Redis(host="127.0.0.1", port=self.port, password=self.password, decode_responses=True,
+                           socket_timeout=5)
 
     def kill(self) -> None:
         """SIGKILL, as a crash: what was acknowledged is in the append-only file already."""

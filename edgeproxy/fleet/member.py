@@ -92,6 +92,7 @@ class FleetMember:
         self.view: list[NodeView] = []
         self.counts = {"published": 0, "applied": 0, "resyncs": 0, "link_failures": 0, "unpublished": 0}
         self.last_resync: str | None = None
+        self.replay: tuple[int, float] = (0, 0.0)  # purges applied while starting, and the milliseconds it took
         self.tasks: list[asyncio.Task[None]] = []
         self.redis: Any = None
         self.reader: Any = None
@@ -106,10 +107,12 @@ class FleetMember:
         self.reader = self._client(password, BLOCK + self.config.wait_timeout)
         self._publish = self.redis.register_script(journal.PUBLISH_SCRIPT)
         self.position = Position.unpack(self.notes.read_note(self.note_name)) if self.notes else None
+        started, applied = time.monotonic(), self.counts["applied"]
         try:
-            await asyncio.wait_for(self._catch_up(), self.config.connect_timeout + self.config.wait_timeout)
-            log.info("fleet: node %s follows %s on %s from entry %s", self.node, self.config.stream, self.where,
-                     self.position.seq if self.position else "?")
+            await self._catch_up()  # bounded by the sockets' timeouts, not as a whole: a long replay must finish
+            self.replay = (self.counts["applied"] - applied, round((time.monotonic() - started) * 1000, 1))
+            log.info("fleet: node %s follows %s on %s at entry %s; replayed %d purges in %.1f ms", self.node,
+                     self.config.stream, self.where, self.position.seq if self.position else "?", *self.replay)
         except LINK_ERRORS as exc:
             self._link_failed(exc)
             if self.position is not None or self.stored_objects():
@@ -374,6 +377,7 @@ class FleetMember:
             "applied_id": self.position.id if self.position else None,
             "lag_seconds": self.lag(), "fleet_lag_seconds": max((v.lag for v in alive), default=0.0),
             "nodes_alive": len(alive), **self.counts, "outbox": len(self.outbox), "last_resync": self.last_resync,
+            "replayed_at_start": self.replay[0], "replay_ms": self.replay[1],
             "nodes": {v.name: {"alive": v.alive, "applied_seq": v.applied.seq, "behind": v.behind,
                                "lag_seconds": v.lag} for v in self.view},
         }

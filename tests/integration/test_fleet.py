@@ -197,6 +197,50 @@ def test_stats_and_metrics_show_the_fleet(three: Fleet) -> None:
     assert metric(a, "edgeproxy_fleet_nodes_alive") == 3.0
 
 
+@pytest.mark.parametrize("shared", [True, False])
+def test_a_node_with_workers_applies_fleet_purges_in_every_worker(fleet: Fleet, shared: bool) -> None:
+    a = fleet.start("edge-a")
+    b = fleet.start("edge-b", server={"workers": 2}, cache={"shared": shared})
+    for _ in range(8):  # fresh connections: both workers of edge-b store (shared: one of them) and hit
+        get(b, "/obj?w=1")
+    purge(a, {"kind": "url", "url": "http://fleet.test/obj?w=1", "fleet_wait": 10})
+    assert stats(b)["fleet"]["applied"] == 1
+    for _ in range(8):
+        assert "miss" in cache_status(b, "/obj?w=1") or is_hit(b, "/obj?w=1")
+    # every worker's copy went: the first request on each worker after the purge was not a hit
+    assert stats(b)["counters"]["requests"]["miss"] >= (2 if not shared else 1) + 1
+
+
+def test_redis_with_a_password_from_a_file_that_is_never_logged(tmp_path: Path, origin: ScriptOrigin) -> None:
+    server = RedisServer(tmp_path / "redis-auth", password="s3cret-fleet-pass").start()
+    try:
+        (tmp_path / "redis.pass").write_text("s3cret-fleet-pass\n")
+        f = Fleet(tmp_path, origin.url, server.url)
+        a = f.start("edge-a", fleet={"password_file": str(tmp_path / "redis.pass")})
+        b = f.start("edge-b", fleet={"redis": f"redis://:s3cret-fleet-pass@127.0.0.1:{server.port}/0"})
+        warm(f, "/obj?auth=1")
+        reply = purge(a, {"kind": "all", "fleet_wait": 10})
+        assert reply["fleet"]["applied_on"] == ["edge-a", "edge-b"]
+        assert stats(b)["fleet"]["redis"] == f"redis://:***@127.0.0.1:{server.port}/0"
+        f.stop_all()
+        for proxy in (a, b):
+            assert "s3cret" not in proxy.log()
+    finally:
+        server.stop()
+
+
+def test_a_wrong_password_is_a_link_failure_not_a_crash(tmp_path: Path, origin: ScriptOrigin) -> None:
+    server = RedisServer(tmp_path / "redis-auth", password="right").start()
+    try:
+        f = Fleet(tmp_path, origin.url, f"redis://:Wr0ngPass@127.0.0.1:{server.port}/0")
+        a = f.start("edge-a")
+        assert get(a, "/obj?auth=2").status == 200
+        assert stats(a)["fleet"]["connected"] is False and "Wr0ngPass" not in a.log()
+        f.stop_all()
+    finally:
+        server.stop()
+
+
 def test_without_a_fleet_fleet_wait_is_refused(proxy_factory: Callable[..., Proc], demo_origin: Proc) -> None:
     proxy = proxy_factory(demo_origin.url)
     reply = control(proxy, {"cmd": "purge", "kind": "all", "fleet_wait": 1})
