@@ -11,6 +11,9 @@
   (a resync) and serves none of the purged objects without the origin.
 - ``throughput``: hit 1 KiB with wrk against one node with ``[fleet]`` and one without, interleaved rounds, each
   pinned to core 0 with wrk on core 1: the ratio.
+- ``cluster``: one Zipf(1.0) stream of requests (``--zipf-requests`` over ``--zipf-urls`` objects of 1 KiB) sent to
+  one node, then round-robin to three independent nodes, then round-robin to three clustered nodes (``[cluster]``):
+  the origin fetches of each (the goal: clustered within 1.05x of one node).
 
     python -m benchmarks.fleet [--purges 1000] [--outage 30] [--rounds 3] [--seconds 5] [--out FILE.json]
 
@@ -21,7 +24,12 @@ redis-server (Debian's package) and wrk.
 from __future__ import annotations
 
 import argparse
+import bisect
+import concurrent.futures
+import http.client
+import itertools
 import json
+import random
 import re
 import statistics
 import subprocess
@@ -41,7 +49,7 @@ from edgeproxy.fleet.journal import id_ms, parse_applied
 
 STREAM = "edgeproxy:purge"
 NODES = ("edge-1", "edge-2", "edge-3")
-SCENARIOS = ("latency", "replay", "outage", "trim", "throughput")
+SCENARIOS = ("latency", "replay", "outage", "trim", "throughput", "cluster")
 
 
 class Cluster:
@@ -72,11 +80,13 @@ class Cluster:
     def redis(self) -> redis.Redis:
         return redis.Redis(port=self.redis_port, decode_responses=True, socket_timeout=10)
 
-    def start(self, name: str, fleet: bool = True, cpus: str = ALL_CPUS) -> dict[str, Any]:
+    def start(self, name: str, fleet: bool = True, cpus: str = ALL_CPUS, cluster: str = "") -> dict[str, Any]:
+        """``cluster``: a [cluster] table for this node, or none."""
         node = self.nodes.get(name) or {"port": free_port(), "control": str(self.workdir / f"{name}.sock")}
         config = self.workdir / f"{name}.toml"
         fleet_table = (f'[fleet]\nredis = "redis://127.0.0.1:{self.redis_port}/0"\nnode = "{name}"\n'
                        'connect_timeout = "1s"\n') if fleet else ""
+        fleet_table += cluster
         config.write_text(
             f'[server]\nlisten = ["127.0.0.1:{node["port"]}"]\ncontrol_socket = "{node["control"]}"\n'
             f'[log]\naccess = "{self.workdir / (name + ".access.log")}"\n'
@@ -236,12 +246,81 @@ def throughput(cluster: Cluster, rounds: int, seconds: float) -> dict[str, Any]:
             "ratio": round(fleet / alone, 3)}
 
 
+def zipf_targets(count: int, urls: int, seed: int) -> list[str]:
+    """``count`` request targets over ``urls`` objects, Zipf(1.0)-distributed: the shape of a CDN's traffic."""
+    rng = random.Random(seed)
+    weights = list(itertools.accumulate(1 / rank for rank in range(1, urls + 1)))
+    return [f"/bytes/1024?z={bisect.bisect(weights, rng.random() * weights[-1])}" for _ in range(count)]
+
+
+def drive(ports: list[int], targets: list[str], threads: int = 8) -> int:
+    """Send ``targets`` in order, request i to ``ports[i % len(ports)]``, on keep-alive connections; failures."""
+    def worker(offset: int) -> int:
+        conns = {port: http.client.HTTPConnection("127.0.0.1", port, timeout=30) for port in ports}
+        failed = 0
+        for i in range(offset, len(targets), threads):
+            conn = conns[ports[i % len(ports)]]
+            conn.request("GET", targets[i], headers={"Host": "zipf.test"})
+            response = conn.getresponse()
+            response.read()
+            failed += response.status != 200
+        return failed
+
+    with concurrent.futures.ThreadPoolExecutor(threads) as pool:
+        return sum(pool.map(worker, range(threads)))
+
+
+def origin_fetches(nodes: list[dict[str, Any]]) -> int:
+    """Requests the nodes sent to the origin: their origin requests less those that went to a peer."""
+    total = 0
+    for node in nodes:
+        counters = control(node, {"cmd": "stats"})["counters"]
+        total += counters["origin_requests"] - counters["cluster"]["sent"]
+    return total
+
+
+def clustering(cluster: Cluster, requests: int, urls: int) -> dict[str, Any]:
+    """Origin fetches for one Zipf stream: all to one node; round-robin over three independent nodes; round-robin
+    over three clustered nodes."""
+    for name in list(cluster.nodes):
+        cluster.stop(name)
+        del cluster.nodes[name]
+    targets = zipf_targets(requests, urls, seed=14)
+    secret = cluster.workdir / "cluster.key"
+    secret.write_text("benchmark-cluster-secret-0123456789\n")
+    results: dict[str, Any] = {"requests": requests, "urls": urls, "distinct": len(set(targets))}
+    for label, size, clustered in (("one_node", 1, False), ("three_independent", 3, False),
+                                   ("three_clustered", 3, True)):
+        names = [f"{label}-{i}" for i in range(size)]
+        ports = [free_port() for _ in names]
+        peers = ", ".join(f'"127.0.0.1:{p}"' for p in ports)
+        nodes = []
+        for name, port in zip(names, ports, strict=True):
+            cluster.nodes[name] = {"port": port, "control": str(cluster.workdir / f"{name}.sock")}
+            table = (f'[cluster]\npeers = [{peers}]\nself = "127.0.0.1:{port}"\nsecret_file = "{secret}"\n'
+                     if clustered else "")
+            nodes.append(cluster.start(name, fleet=False, cluster=table))
+        started = time.monotonic()
+        failed = drive(ports, targets)
+        results[label] = {"origin_fetches": origin_fetches(nodes), "failed": failed,
+                          "seconds": round(time.monotonic() - started, 1)}
+        for name in names:
+            cluster.stop(name)
+    results["clustered_vs_one"] = round(results["three_clustered"]["origin_fetches"]
+                                        / results["one_node"]["origin_fetches"], 3)
+    results["independent_vs_one"] = round(results["three_independent"]["origin_fetches"]
+                                          / results["one_node"]["origin_fetches"], 3)
+    return results
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--purges", type=int, default=1000)
     parser.add_argument("--outage", type=float, default=30.0)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--seconds", type=float, default=5.0)
+    parser.add_argument("--zipf-requests", type=int, default=30000)
+    parser.add_argument("--zipf-urls", type=int, default=10000)
     parser.add_argument("--out", type=Path)
     parser.add_argument("--only", action="append", choices=SCENARIOS, help="run these scenarios (default: all)")
     opts = parser.parse_args()
@@ -262,7 +341,8 @@ def main() -> None:
                               ("replay", lambda: replay(cluster, opts.purges)),
                               ("outage", lambda: outage(cluster, opts.outage)),
                               ("trim", lambda: trim(cluster)),
-                              ("throughput", lambda: throughput(cluster, opts.rounds, opts.seconds))):
+                              ("throughput", lambda: throughput(cluster, opts.rounds, opts.seconds)),
+                              ("cluster", lambda: clustering(cluster, opts.zipf_requests, opts.zipf_urls))):
                 if opts.only and name.partition("_")[0] not in opts.only:
                     continue
                 results[name] = run()

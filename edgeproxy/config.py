@@ -195,6 +195,14 @@ def redact_url(url: str) -> str:
     return url
 
 
+def _peer(value: Any) -> str:
+    """A cluster peer as HOST:PORT, spelled one way (so that every node ranks the same strings)."""
+    host, port = parse_address(value)
+    if not host or host in ("0.0.0.0", "::"):
+        raise ValueError(f"expected the HOST:PORT other nodes reach this one at, got {value!r}")
+    return f"[{host}]:{port}" if ":" in host else f"{host.lower()}:{port}"
+
+
 def _stream_name(value: Any) -> str:
     text = _str(value)
     if not text or len(text) > 200 or any(c <= " " or c == "\x7f" for c in text):
@@ -294,6 +302,14 @@ class FleetConfig:
 
 
 @dataclass(frozen=True)
+class ClusterConfig:
+    peers: tuple[str, ...] = ()  # HOST:PORT of every node, this one's included (edgeproxy/fleet/cluster.py)
+    me: str | None = None  # the TOML key is "self": which of the peers this node is
+    secret_file: str | None = None
+    connect_timeout: float = 0.5 * SECONDS  # a peer that does not accept in this long is skipped
+
+
+@dataclass(frozen=True)
 class SiteConfig:
     hosts: tuple[str, ...] = ("*",)
     origin: str = "http://127.0.0.1:9000"
@@ -316,6 +332,7 @@ class Config:
     log: LogConfig = field(default_factory=LogConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
     fleet: FleetConfig = field(default_factory=FleetConfig)
+    cluster: ClusterConfig = field(default_factory=ClusterConfig)
     sites: tuple[SiteConfig, ...] = ()
     file: str = "<defaults>"
 
@@ -323,6 +340,17 @@ class Config:
     def shared_cache(self) -> bool:
         """Whether the workers share one store: ``[cache] shared``, by default when there is more than one."""
         return self.cache.shared if self.cache.shared is not None else self.server.workers > 1
+
+    @property
+    def node_id(self) -> str:
+        """This node among others: ``[cluster] self``, else ``[fleet] node``, else host name and first port (what
+        its ``CDN-Loop`` member names; several instances on one host differ by port)."""
+        if self.cluster.me is not None:
+            return self.cluster.me
+        if self.fleet.node is not None:
+            return self.fleet.node
+        host, port = (self.server.listen or self.server.tls_listen or (("", 0),))[0]
+        return f"{os.uname().nodename}:{port}"
 
     @property
     def origin_parser(self) -> str:
@@ -357,6 +385,12 @@ LOG_KEYS: dict[str, Callable[[Any], Any]] = {
     "level": _choice("debug", "info", "warning", "error"),
 }
 METRICS_KEYS: dict[str, Callable[[Any], Any]] = {"listen": parse_address}
+CLUSTER_KEYS: dict[str, Callable[[Any], Any]] = {
+    "peers": _list_of(_peer), "self": _peer, "secret_file": _opt_str,
+    "connect_timeout": parse_duration,
+}
+# TOML keys that are not Python names: key -> dataclass field.
+FIELD_NAMES: dict[str, str] = {"cluster.self": "me"}
 FLEET_KEYS: dict[str, Callable[[Any], Any]] = {
     "redis": _redis_url, "stream": _stream_name, "node": _node_name, "password_file": _opt_str,
     "maxlen": _int(100, 10**9), "wait_timeout": parse_duration, "connect_timeout": parse_duration,
@@ -396,7 +430,7 @@ def _section(cls: type, table: Any, spec: dict[str, Callable[[Any], Any]], prefi
             known = ", ".join(sorted(spec))
             raise ConfigError(f"{prefix}.{key}", f"unknown key (known keys: {known})", file)
         try:
-            values[key] = parse(raw)
+            values[FIELD_NAMES.get(f"{prefix}.{key}", key)] = parse(raw)
         except ValueError as e:
             raise ConfigError(f"{prefix}.{key}", str(e), file) from None
     return cls(**values)
@@ -428,7 +462,7 @@ def _site(table: Any, index: int, file: str) -> SiteConfig:
 SECTIONS: dict[str, tuple[type, dict[str, Callable[[Any], Any]]]] = {
     "server": (ServerConfig, SERVER_KEYS), "origin": (OriginConfig, ORIGIN_KEYS),
     "cache": (CacheConfig, CACHE_KEYS), "log": (LogConfig, LOG_KEYS), "metrics": (MetricsConfig, METRICS_KEYS),
-    "fleet": (FleetConfig, FLEET_KEYS),
+    "fleet": (FleetConfig, FLEET_KEYS), "cluster": (ClusterConfig, CLUSTER_KEYS),
 }
 
 
@@ -461,11 +495,28 @@ def _check(config: Config) -> None:
     for key, parser in (("server.parser", s.parser), ("origin.parser", config.origin.parser)):
         if parser == "httptools" and importlib.util.find_spec("httptools") is None:
             raise ConfigError(key, 'httptools is not installed: pip install "edgeproxy[fast]"', config.file)
+    _check_cluster(config)
     if config.fleet.redis is not None and importlib.util.find_spec("redis") is None:
         raise ConfigError("fleet.redis", 'the redis client is not installed: pip install "edgeproxy[fleet]"',
                           config.file)
     if not s.listen and not s.tls_listen:
         raise ConfigError("server.listen", "no listener: give at least one HOST:PORT", config.file)
+
+
+def _check_cluster(config: Config) -> None:
+    c = config.cluster
+    if not c.peers and c.me is None:
+        return
+    if len(c.peers) < 2:
+        raise ConfigError("cluster.peers", "a cluster needs at least two peers (this node's included)", config.file)
+    if len(set(c.peers)) != len(c.peers):
+        raise ConfigError("cluster.peers", "a peer is listed twice", config.file)
+    if c.me is None or c.me not in c.peers:
+        raise ConfigError("cluster.self", f"must be one of cluster.peers ({', '.join(c.peers)}), got {c.me!r}",
+                          config.file)
+    if c.secret_file is None:
+        raise ConfigError("cluster.secret_file", "required with cluster.peers: internal requests are signed with it",
+                          config.file)
 
 
 def load_config(path: str) -> Config:
@@ -532,4 +583,5 @@ def to_dict(config: Config) -> dict[str, Any]:
     data["origin"]["parser"] = config.origin_parser  # the effective backend, not "as server.parser"
     if config.fleet.redis is not None:  # a password in the URL is never printed
         data["fleet"]["redis"] = redact_url(config.fleet.redis)
+    data["cluster"]["self"] = data["cluster"].pop("me")  # as the file spells it
     return data

@@ -39,6 +39,7 @@ CACHE_KINDS = tuple(o for o in Outcome if o is not Outcome.NONE)
 FORCED_ANSWERS = ("origin", "collapsed", "interval")
 STATUS_CLASSES = {1: "1xx", 2: "2xx", 3: "3xx", 4: "4xx", 5: "5xx"}
 ORIGIN_ERROR_KINDS = ("connect", "timeout", "protocol")
+CLUSTER_KINDS = ("sent", "failed", "received")
 # Seconds from sending a request to the origin until its response head arrived. An edge on a LAN origin sits
 # in the low buckets, a far origin in the hundreds of ms; 30 s is the default origin read timeout.
 LATENCY_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
@@ -52,7 +53,7 @@ class ProxyCounters:
     __slots__ = (
         "requests", "responses", "response_bytes", "origin_requests", "origin_errors", "memo_hits",
         "latency_buckets", "latency_sum", "open_connections", "purges", "gc_buckets", "gc_sum",
-        "forced",
+        "forced", "cluster",
     )
 
     def __init__(self) -> None:
@@ -71,6 +72,8 @@ class ProxyCounters:
         self.forced: dict[str, int] = dict.fromkeys(FORCED_ANSWERS, 0)
         self.gc_buckets = [0] * (len(GC_PAUSE_BUCKETS) + 1)
         self.gc_sum = 0.0
+        # Requests between cluster nodes: sent to a peer, failed over to the next hop, received from a peer.
+        self.cluster: dict[str, int] = dict.fromkeys(CLUSTER_KINDS, 0)
 
     def response(self, cache: Outcome, status: int, sent_bytes: int) -> None:
         """A response went to a client: its cache outcome, status code and bytes written (head + body)."""
@@ -113,6 +116,7 @@ class ProxyCounters:
             "open_connections": self.open_connections,
             "purges": dict(self.purges),
             "forced": dict(self.forced),
+            "cluster": dict(self.cluster),
             "gc_pause": {"buckets": list(self.gc_buckets), "sum": self.gc_sum},
         }
 
@@ -153,6 +157,8 @@ _LABELLED = (
     ("proxy", "forced", "edgeproxy_forced_revalidations_total",
      "Requests whose own directives (no-cache, max-age, min-fresh) asked for validation, by what answered them: "
      "the origin, a concurrent validation (collapsed) or one within revalidate_interval.", "answered"),
+    ("proxy", "cluster", "edgeproxy_cluster_requests_total",
+     "Requests between cluster nodes: sent to a peer, failed over to the next hop, received from a peer.", "kind"),
     ("store", "not_stored", "edgeproxy_cache_not_stored_total", "Responses the store refused, by reason.",
      "reason"),
 )

@@ -174,7 +174,7 @@ class ScriptedPool(OriginPool):
         super().__init__(**limits)
         self.origin = origin
 
-    async def _connect(self, address: OriginAddress) -> OriginConnection:
+    async def _connect(self, address: OriginAddress, timeout: float = 0.0) -> OriginConnection:
         if self.origin.refuse:
             raise OriginConnectError(f"connect to {address.host}:{address.port} failed: refused")
         conn = OriginConnection(address, self.parser)

@@ -154,9 +154,9 @@ def proxy_config(origin_url: str, port: int, workdir: Path, **overrides: Any) ->
 
 
 def start_proxy(origin_url: str, workdir: Path | None = None, extra_env: dict[str, str] | None = None,
-                **overrides: Any) -> Proc:
+                port: int | None = None, **overrides: Any) -> Proc:
     workdir = workdir or Path(tempfile.mkdtemp(prefix="edgeproxy-test-"))
-    port = free_port()
+    port = port or free_port()
     config = proxy_config(origin_url, port, workdir, **overrides)
     config_path = workdir / "edgeproxy.toml"
     config_path.write_text(to_toml(config))

@@ -34,6 +34,7 @@ from edgeproxy.proxy.collapse import Collapser
 from edgeproxy.proxy.hot import HeadMemo
 from edgeproxy.proxy.origin import OriginAddress, OriginPool
 from edgeproxy.proxy.parser import Limits, RequestHead, RequestParser
+from edgeproxy.proxy.peers import load_peers
 from edgeproxy.sites import SiteTable, normalize_host
 
 if TYPE_CHECKING:
@@ -106,6 +107,8 @@ class Edge:
         self.memo = HeadMemo(self) if s.head_memo else None
         self.cache_status = CacheStatus(s.name.encode())
         self.via = forwarding.via_token(s.name)
+        self.cdn_loop = forwarding.cdn_loop_member(s.name, config.node_id)
+        self.peers = load_peers(config)
         self.limits = Limits(max_uri=s.max_uri, max_header_bytes=s.max_header_bytes, max_headers=s.max_headers,
                              max_body=s.max_body)
         o = config.origin
@@ -207,7 +210,7 @@ class Edge:
         return forwarding.request_fields(
             headers, host=origin_host, via=self.via, client_ip=client_ip, scheme=scheme,
             x_forwarded=site.config.x_forwarded, allowed_unkeyed=site.allowed_unkeyed,
-            body_length=body_length, chunked=chunked, client_host=key_host)
+            body_length=body_length, chunked=chunked, client_host=key_host, cdn_loop=self.cdn_loop)
 
     def revalidate_in_background(self, ex: Exchange, entry: Entry) -> None:
         """stale-while-revalidate: one background revalidation per key (RFC 5861 §3)."""

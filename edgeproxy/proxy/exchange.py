@@ -45,8 +45,9 @@ from edgeproxy.errors import (
     OriginError,
     ProxyError,
 )
+from edgeproxy.fleet.cluster import FIELD, ClusterAuthError
 from edgeproxy.http.headers import get
-from edgeproxy.proxy import forwarding
+from edgeproxy.proxy import forwarding, peers
 from edgeproxy.proxy.delivery import deliver, write_answer, write_error, write_local
 from edgeproxy.proxy.origin import OriginConnection
 from edgeproxy.proxy.origin_parser import ResponseHead
@@ -57,7 +58,6 @@ from edgeproxy.proxy.upstream import (
     PassInstead,
     freshen_stored,
     relay,
-    send_request,
 )
 from edgeproxy.sites import normalize_host
 
@@ -93,6 +93,7 @@ class Exchange:
     uncacheable: bool = False  # the origin's complete answer is one we won't store (hit-for-miss)
     refusal: ClientError | None = None  # decided by _prepare, answered by begin
     arrived: float = 0.0  # the wall clock of the first lookup, for one made again after waiting (collapsing)
+    internal: str | None = None  # the cluster peer that asked (a signed request): answered here, never sent on
 
     def answer_locally(self) -> bool:
         """Requests this node answers itself (Max-Forwards: 0, TRACE, OPTIONS *). True when answered."""
@@ -222,7 +223,7 @@ class Exchange:
             if isinstance(decision, Revalidate):
                 fields += decision.headers_to_add
         request_time = edge.clock()
-        conn, response = await send_request(self, fields)
+        conn, response = await peers.fetch(self, fields, cacheable)
         response_time = edge.clock()
         edge.counters.origin_response(response_time - request_time)
         try:
@@ -334,15 +335,44 @@ def _prepare(edge: Edge, client: ClientConnection, head: RequestHead, started: f
     host, site = edge.resolve_host(host_field, client.scheme)
     creq = CacheRequest(head.method, client.scheme, host, target, head.headers)
     ex = Exchange(edge, client, head, site, host, target, started, creq, primary_key(creq, site.policy.query_mode))
-    # Refused here but answered by begin, which then knows the site (and so its CORS fields): a request that came
-    # back around (508), an expectation we can't meet (417).
-    if b"via" in fields and forwarding.is_loop(head.headers, edge.via):
+    # Refused here but answered by begin, which then knows the site (and so its CORS fields): a cluster request
+    # that does not hold (403), a request that came back around (508), an expectation we can't meet (417).
+    signed = fields.get(FIELD)
+    if signed is not None:
+        ex.refusal = _check_peer(ex, signed)
+    if ex.refusal is not None:
+        pass
+    elif _is_loop(ex, fields):
         ex.refusal = LoopDetected()
     else:
         expect = fields.get(b"expect")
         if expect is not None and expect.lower() != b"100-continue":
             ex.refusal = ExpectationFailed()
     return ex
+
+
+def _is_loop(ex: Exchange, fields: dict[bytes, bytes]) -> bool:
+    """Our CDN-Loop member came back (RFC 8586); or, for a request no edgeproxy tagged with its node, our Via name."""
+    headers, edge = ex.head.headers, ex.edge
+    if b"cdn-loop" in fields and forwarding.carries_cdn_id(headers, edge.cdn_loop):
+        return forwarding.is_cdn_loop(headers, edge.cdn_loop)
+    return b"via" in fields and ex.internal is None and forwarding.is_loop(headers, edge.via)
+
+
+def _check_peer(ex: Exchange, signed: bytes) -> ClientError | None:
+    """A request signed as a cluster peer's: note the peer, or the refusal (cluster nodes share one Via name, so a
+    peer's request is exempt from the Via loop check; CDN-Loop still applies)."""
+    edge = ex.edge
+    if edge.peers is None:
+        log.warning("refused a cluster request from %s: this node is in no cluster", ex.client.peer)
+        return Forbidden("not a cluster node")
+    try:
+        ex.internal = edge.peers.ring.verify(signed, ex.head.method, ex.host.encode(), ex.target, edge.clock())
+    except ClusterAuthError as e:
+        log.warning("refused a cluster request from %s: %s", ex.client.peer, e)
+        return Forbidden("cluster request refused")
+    edge.counters.cluster["received"] += 1
+    return None
 
 
 def _origin_form(target: bytes) -> tuple[bytes, bytes | None]:

@@ -6,6 +6,11 @@ Rules kept here:
   exchange on the client side).
 - ``Via`` gets ``1.1 <name>`` appended; a request with a Via member whose received-by is our name is a loop
   (RFC 9110 §7.6.3). Members are compared whole: ``1.1 edgeproxy-b`` is another node, not us.
+- ``CDN-Loop`` (RFC 8586) gets ``<name>; node=<node>`` appended on every request sent on (to an origin or a
+  peer); a request that already carries our member, node included, came back around: 508. The node makes the member
+  unique where names are shared (nodes of one cluster, tiers left at the default name): a request whose CDN-Loop
+  names our cdn-id is judged by it alone, so an edge in front of a shield of the same name is a tier, not a loop.
+  A client's ``EdgeProxy-Cluster`` field is never sent on (edgeproxy/fleet/cluster.py signs those a node sends).
 - Unkeyed inputs that origins use to rewrite responses (``X-Forwarded-Host``, ``X-Original-URL``,
   ``X-Rewrite-URL``, ``X-HTTP-Method-Override``) are dropped from client requests unless a site allows them:
   they would change the response without changing the cache key (cache poisoning).
@@ -23,7 +28,8 @@ UNKEYED_REQUEST_FIELDS: frozenset[bytes] = frozenset(
 )
 # Fields we set ourselves on the way to the origin.
 _SET_BY_US: frozenset[bytes] = frozenset(
-    {b"host", b"expect", b"via", b"x-forwarded-for", b"x-forwarded-proto", b"surrogate-capability"})
+    {b"host", b"expect", b"via", b"x-forwarded-for", b"x-forwarded-proto", b"surrogate-capability", b"cdn-loop",
+     b"edgeproxy-cluster"})
 
 
 # Edge Architecture 1.0 §2.2: tells the origin it may target Surrogate-Control members at this device.
@@ -40,6 +46,27 @@ def is_loop(headers: Headers, token: bytes) -> bool:
     return any(member.lower().split()[1:2] == [ours] for member in get_list(headers, b"via"))
 
 
+def cdn_loop_member(name: str, node: str) -> bytes:
+    return f"{name}; node={node}".encode("ascii", "replace")
+
+
+def is_cdn_loop(headers: Headers, member: bytes) -> bool:
+    """True when a CDN-Loop member is ours: the same cdn-id and node (whitespace around ';' ignored)."""
+    ours = _member_parts(member)
+    return any(_member_parts(m) == ours for m in get_list(headers, b"cdn-loop"))
+
+
+def carries_cdn_id(headers: Headers, member: bytes) -> bool:
+    """True when a CDN-Loop member names our cdn-id, whichever node: another edgeproxy passed this request on, so its
+    node ids (``is_cdn_loop``) tell a loop from a tier, where Via's shared name could not."""
+    ours = _member_parts(member)[0]
+    return any(_member_parts(m)[0] == ours for m in get_list(headers, b"cdn-loop"))
+
+
+def _member_parts(member: bytes) -> list[bytes]:
+    return [p.strip().lower() for p in member.split(b";")]
+
+
 def request_fields(
     headers: Headers,
     *,
@@ -52,6 +79,7 @@ def request_fields(
     body_length: int | None,
     chunked: bool,
     client_host: bytes | None = None,
+    cdn_loop: bytes | None = None,
 ) -> Headers:
     """End-to-end request fields for the origin, with Host, Via, X-Forwarded-* and framing set.
 
@@ -66,6 +94,9 @@ def request_fields(
     xff = [v for k, v in headers if k == b"x-forwarded-for"]
     out.extend((k, v) for k, v in headers if k not in drop)
     out.append((b"via", b", ".join([*old_via, via])))
+    loop = [v for k, v in headers if k == b"cdn-loop"] + ([cdn_loop] if cdn_loop is not None else [])
+    if loop:  # RFC 8586 §2: kept, and ours added to the end
+        out.append((b"cdn-loop", b", ".join(loop)))
     out.append(SURROGATE_CAPABILITY)
     if x_forwarded:
         if client_ip is not None:

@@ -272,8 +272,10 @@ class OriginPool:
         self.cleanup_handle: asyncio.TimerHandle | None = None
         self.opened = 0  # connections ever opened (tests count reuse with it)
 
-    async def acquire(self, address: OriginAddress, fresh: bool = False) -> OriginConnection:
-        """An idle pooled connection (most recent first) or a new one; ``fresh`` skips the idle ones."""
+    async def acquire(self, address: OriginAddress, fresh: bool = False,
+                      connect_timeout: float | None = None) -> OriginConnection:
+        """An idle pooled connection (most recent first) or a new one; ``fresh`` skips the idle ones.
+        ``connect_timeout``: this connection's, instead of the pool's (a cluster peer is given less time)."""
         idle = None if fresh else self.idle.get(address)
         while idle:
             conn = idle.pop()  # most recently used first: the likeliest still open
@@ -286,7 +288,7 @@ class OriginPool:
         self.total += 1
         self.active[address] += 1
         try:
-            return await self._connect(address)
+            return await self._connect(address, connect_timeout or self.connect_timeout)
         except BaseException:
             self._free_slot(address)
             raise
@@ -320,7 +322,7 @@ class OriginPool:
                 return True
         return False
 
-    async def _connect(self, address: OriginAddress) -> OriginConnection:
+    async def _connect(self, address: OriginAddress, timeout: float) -> OriginConnection:
         loop = asyncio.get_running_loop()
         parser = self.parser
         ctx = None
@@ -330,7 +332,7 @@ class OriginPool:
             _, conn = await asyncio.wait_for(
                 loop.create_connection(lambda: OriginConnection(address, parser), address.host, address.port, ssl=ctx,
                                        server_hostname=address.host if ctx else None),
-                self.connect_timeout)
+                timeout)
         except TimeoutError:
             raise OriginTimeout(f"connect to {address.host}:{address.port} timed out") from None
         except (OSError, ssl.SSLError) as e:

@@ -34,7 +34,7 @@ from edgeproxy.http.headers import get
 from edgeproxy.http.wire import serialize_head
 from edgeproxy.proxy import forwarding
 from edgeproxy.proxy.delivery import connection_line, deliver
-from edgeproxy.proxy.origin import OriginClosed, OriginClosedUnsent, OriginConnection, body_chunk
+from edgeproxy.proxy.origin import OriginAddress, OriginClosed, OriginClosedUnsent, OriginConnection, body_chunk
 from edgeproxy.proxy.origin_parser import ResponseHead
 
 if TYPE_CHECKING:
@@ -63,8 +63,11 @@ class PassInstead(Exception):
     """A ranged miss whose full response can't be kept: the range is fetched on its own, uncached."""
 
 
-async def send_request(ex: Exchange, fields: list[tuple[bytes, bytes]]) -> tuple[OriginConnection, ResponseHead]:
+async def send_request(ex: Exchange, fields: list[tuple[bytes, bytes]], address: OriginAddress | None = None,
+                       connect_timeout: float | None = None) -> tuple[OriginConnection, ResponseHead]:
     """Acquire an origin connection, send the request and read the response head.
+
+    ``address``: where to, instead of the site's origin (a cluster peer), with its own ``connect_timeout``.
 
     A request body is read up to ``[server] request_buffer`` before anything goes to the origin (like nginx's
     proxy_request_buffering): a body that turns out malformed gets its 400 with nothing forwarded, a slow uploader
@@ -74,11 +77,11 @@ async def send_request(ex: Exchange, fields: list[tuple[bytes, bytes]]) -> tuple
     any) is fully buffered (RFC 9110 §9.2.2): a body already streamed can't be replayed.
     """
     edge, head = ex.edge, ex.head
-    address = ex.site.address
+    address = address or ex.site.address
     buffered, complete = await _buffer_request_body(ex) if head.has_body else ([], True)
     retry = head.method in IDEMPOTENT and complete
     for attempt in (1, 2):
-        conn = await edge.pool.acquire(address, fresh=attempt == 2)
+        conn = await edge.pool.acquire(address, fresh=attempt == 2, connect_timeout=connect_timeout)
         t0 = time.monotonic()
         try:
             conn.send_head(head.method, ex.target, fields)

@@ -213,9 +213,9 @@ def test_a_node_with_workers_applies_fleet_purges_in_every_worker(fleet: Fleet, 
 
 def test_redis_with_a_password_from_a_file_that_is_never_logged(tmp_path: Path, origin: ScriptOrigin) -> None:
     server = RedisServer(tmp_path / "redis-auth", password="s3cret-fleet-pass").start()
+    f = Fleet(tmp_path, origin.url, server.url)
     try:
         (tmp_path / "redis.pass").write_text("s3cret-fleet-pass\n")
-        f = Fleet(tmp_path, origin.url, server.url)
         a = f.start("edge-a", fleet={"password_file": str(tmp_path / "redis.pass")})
         b = f.start("edge-b", fleet={"redis": f"redis://:s3cret-fleet-pass@127.0.0.1:{server.port}/0"})
         warm(f, "/obj?auth=1")
@@ -226,18 +226,19 @@ def test_redis_with_a_password_from_a_file_that_is_never_logged(tmp_path: Path, 
         for proxy in (a, b):
             assert "s3cret" not in proxy.log()
     finally:
+        f.stop_all()
         server.stop()
 
 
 def test_a_wrong_password_is_a_link_failure_not_a_crash(tmp_path: Path, origin: ScriptOrigin) -> None:
     server = RedisServer(tmp_path / "redis-auth", password="right").start()
+    f = Fleet(tmp_path, origin.url, f"redis://:Wr0ngPass@127.0.0.1:{server.port}/0")
     try:
-        f = Fleet(tmp_path, origin.url, f"redis://:Wr0ngPass@127.0.0.1:{server.port}/0")
         a = f.start("edge-a")
         assert get(a, "/obj?auth=2").status == 200
         assert stats(a)["fleet"]["connected"] is False and "Wr0ngPass" not in a.log()
-        f.stop_all()
     finally:
+        f.stop_all()
         server.stop()
 
 

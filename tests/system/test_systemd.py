@@ -46,7 +46,7 @@ def wheelhouse(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The checkout and its dependencies as wheels: what ``install-service --wheelhouse`` takes offline."""
     out = tmp_path_factory.mktemp("wheels")
     proc = subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--disable-pip-version-check",
-                           "--wheel-dir", str(out), f"{REPO}[fast]"], capture_output=True, text=True, timeout=300)
+                           "--wheel-dir", str(out), f"{REPO}[fast,fleet]"], capture_output=True, text=True, timeout=300)
     if proc.returncode != 0:
         _unavailable(f"pip wheel of the checkout failed: {proc.stderr[-2000:]}")
     return out

@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 
 from edgeproxy.config import (
+    FIELD_NAMES,
     GIB,
     KIB,
     MIB,
@@ -166,6 +167,11 @@ GOOD = [
     ("fleet", "maxlen", 100000, 100000),
     ("fleet", "wait_timeout", "5s", 5.0),
     ("fleet", "connect_timeout", "500ms", 0.5),
+    ("cluster", "peers", ["10.0.0.1:8080", "Edge-2.internal:8080", "[fd00::3]:8080"],
+     ("10.0.0.1:8080", "edge-2.internal:8080", "[fd00::3]:8080")),
+    ("cluster", "self", "10.0.0.1:8080", "10.0.0.1:8080"),
+    ("cluster", "secret_file", "/etc/edgeproxy/cluster.key", "/etc/edgeproxy/cluster.key"),
+    ("cluster", "connect_timeout", "250ms", 0.25),
     ("site", "hosts", ["Example.COM", "*.example.com", "*", "a.example:8080"],
      ("example.com", "*.example.com", "*", "a.example:8080")),
     ("site", "origin", "https://o.example:8443/", "https://o.example:8443"),
@@ -189,7 +195,7 @@ def test_every_key_has_a_good_value_and_a_field():
     assert {(s, k) for s, k, _, _ in GOOD} == {(s, k) for s, spec in SPECS.items() for k in spec}
     for section, spec in SPECS.items():
         names = {f.name for f in fields(CLASSES[section])}
-        assert set(spec) <= names, section
+        assert {FIELD_NAMES.get(f"{section}.{k}", k) for k in spec} <= names, section
 
 
 def test_good_values_land_on_the_tree():
@@ -250,7 +256,20 @@ BAD = [
     ({"fleet": {"node": "-dash"}}, "fleet.node", "node name"),
     ({"fleet": {"maxlen": 10}}, "fleet.maxlen", "from 100"),
     ({"fleet": {"reddis": "redis://h"}}, "fleet.reddis", "unknown key"),
+    ({"cluster": {"peers": ["a:1"], "self": "a:1", "secret_file": "/k"}}, "cluster.peers", "at least two"),
+    ({"cluster": {"peers": ["a:1", "A:1"], "self": "a:1", "secret_file": "/k"}}, "cluster.peers", "twice"),
+    ({"cluster": {"peers": ["a:1", "b:1"], "self": "c:1", "secret_file": "/k"}}, "cluster.self", "one of"),
+    ({"cluster": {"peers": ["a:1", "b:1"], "secret_file": "/k"}}, "cluster.self", "one of"),
+    ({"cluster": {"peers": ["a:1", "b:1"], "self": "a:1"}}, "cluster.secret_file", "required"),
+    ({"cluster": {"peers": ["0.0.0.0:1", "b:1"]}}, "cluster.peers", "other nodes reach"),
+    ({"cluster": {"peers": ["a", "b:1"]}}, "cluster.peers", "HOST:PORT"),
 ]
+
+
+def test_cluster_self_is_spelled_as_in_the_file() -> None:
+    config = config_from_dict({"cluster": {"peers": ["a:1", "b:1"], "self": "b:1", "secret_file": "/k"}})
+    assert config.cluster.me == "b:1"
+    assert to_dict(config)["cluster"]["self"] == "b:1"
 
 
 def test_a_bad_redis_url_never_shows_its_password():

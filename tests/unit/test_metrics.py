@@ -181,6 +181,7 @@ def test_render_exposes_every_family_with_its_values():
         "edgeproxy_cache_misses": "counter", "edgeproxy_cache_evictions": "counter",
         "edgeproxy_cache_inserts": "counter", "edgeproxy_cache_purged": "counter",
         "edgeproxy_cache_not_stored": "counter", "edgeproxy_forced_revalidations": "counter",
+        "edgeproxy_cluster_requests": "counter",
     }
 
 

@@ -17,7 +17,7 @@ PURE_FILES: list[Path] = sorted([
     *(PACKAGE / "cache").glob("*.py"),
     *(PACKAGE / name for name in ("cors.py", "config.py", "sites.py", "control/protocol.py",
                                   "proxy/forwarding.py", "errors.py",  # the core raises the shared errors
-                                  "fleet/journal.py")),
+                                  "fleet/journal.py", "fleet/cluster.py")),
 ])
 
 

@@ -1,0 +1,92 @@
+"""The cluster on a miss: a fetch to store goes to the key's owner (and, when it is down or slow, the next node on the
+ring) before the origin. The ring and the signatures are edgeproxy/fleet/cluster.py; this module reads the secret,
+knows the peers' addresses and moves the request.
+
+Rules kept here:
+- Only fetches to store (a GET or HEAD miss or revalidation) go to a peer: a pass, a request with a body or an
+  internal request (a peer's own: it never goes round again) goes to the origin.
+- A peer that can't be connected to within ``[cluster] connect_timeout``, or closes or times out before its
+  response head, is skipped for the next hop and finally the origin: a client sees no error that a direct fetch
+  would not have given. A response the peer gives (a 502 from its origin included) is the answer.
+- The peer is asked for the host the cache key was made from (its site and key are ours), signed for that method,
+  host and target.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from edgeproxy.config import Config
+from edgeproxy.errors import OriginConnectError, OriginTimeout
+from edgeproxy.fleet.cluster import FIELD, Ring
+from edgeproxy.http.headers import Headers
+from edgeproxy.proxy.origin import OriginAddress, OriginClosed, OriginConnection
+from edgeproxy.proxy.origin_parser import ResponseHead
+from edgeproxy.proxy.upstream import send_request
+
+if TYPE_CHECKING:
+    from edgeproxy.proxy.exchange import Exchange
+
+log = logging.getLogger("edgeproxy.cluster")
+ASKED = (b"GET", b"HEAD")
+PEER_FAILURES = (OriginConnectError, OriginTimeout, OriginClosed)
+LOG_EVERY = 10.0  # seconds: a peer that is down is named once in this long, not once a miss
+_logged: dict[str, float] = {}
+
+
+def _note_failure(peer: str, key: str, exc: Exception) -> None:
+    now = time.monotonic()
+    if now - _logged.get(peer, -LOG_EVERY) >= LOG_EVERY:
+        _logged[peer] = now
+        log.warning("cluster: peer %s skipped (asked for %s): %s; the next hop answers", peer, key, exc)
+
+
+@dataclass(frozen=True, slots=True)
+class Peers:
+    ring: Ring
+    addresses: dict[str, OriginAddress]
+    connect_timeout: float
+
+
+def load_peers(config: Config) -> Peers | None:
+    """The cluster as ``config`` describes it (reading its secret), or None without one. OSError names the file."""
+    c = config.cluster
+    if not c.peers or c.me is None or c.secret_file is None:
+        return None
+    try:
+        with open(c.secret_file, "rb") as f:
+            secret = f.read().strip()
+    except OSError as exc:
+        raise OSError(f"cluster.secret_file {c.secret_file}: {exc.strerror}") from None
+    if len(secret) < 16:
+        raise OSError(f"cluster.secret_file {c.secret_file}: the secret must be at least 16 bytes")
+    addresses = {peer: OriginAddress.from_url(f"http://{peer}") for peer in c.peers if peer != c.me}
+    return Peers(Ring(c.peers, c.me, secret), addresses, c.connect_timeout)
+
+
+def peer_fields(fields: Headers, host: bytes, signature: bytes) -> Headers:
+    """The origin request's fields as a peer is asked: the key's host, and signed."""
+    return [(b"host", host), *((k, v) for k, v in fields if k != b"host"), (FIELD, signature)]
+
+
+async def fetch(ex: Exchange, fields: Headers, cacheable: bool) -> tuple[OriginConnection, ResponseHead]:
+    """Send the request to the key's owner (then the next node), else the origin; the connection and response head."""
+    edge, peers = ex.edge, ex.edge.peers
+    if peers is not None and cacheable and ex.internal is None and ex.head.method in ASKED:
+        hops = peers.ring.hops(ex.key)
+        if hops:
+            host = ex.host.encode()
+            signed = peer_fields(fields, host, peers.ring.sign(ex.head.method, host, ex.target, edge.clock()))
+            for peer in hops:
+                try:
+                    result = await send_request(ex, signed, peers.addresses[peer], peers.connect_timeout)
+                except PEER_FAILURES as exc:
+                    edge.counters.cluster["failed"] += 1
+                    _note_failure(peer, ex.key, exc)
+                    continue
+                edge.counters.cluster["sent"] += 1
+                return result
+    return await send_request(ex, fields)

@@ -1,0 +1,172 @@
+"""A cluster of three edges: each object is fetched from the origin once per cluster (by its owner), Cache-Status
+shows both hops, clients can neither forge cluster traffic nor loop it, and an owner that is down is skipped.
+
+Category: ops. Three proxies on ports chosen before they start (each lists all three as its peers) in front of a
+scripted origin that counts what it is asked, on free loopback ports. Every wait is bounded.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from edgeproxy.fleet.cluster import Ring, ranking
+from tests.integration.test_ops import control, wait_ready
+from tests.scriptorigin import Reply, ScriptOrigin, Seen
+from tests.support import HTTPClient, Proc, Response, free_port, start_proxy
+
+SECRET = "cluster-test-secret-0123456789"
+HOST = "cluster.test"
+
+
+def cacheable(seen: Seen) -> Reply:
+    return Reply(200, [("content-type", "text/plain"), ("cache-control", "public, max-age=3600")],
+                 f"{seen.target}\n".encode())
+
+
+class Cluster:
+    def __init__(self, tmp_path: Path, origin: ScriptOrigin, size: int = 3) -> None:
+        self.tmp_path, self.origin = tmp_path, origin
+        self.ports = [free_port() for _ in range(size)]
+        self.peers = [f"127.0.0.1:{p}" for p in self.ports]
+        self.secret = tmp_path / "cluster.key"
+        self.secret.write_text(SECRET + "\n")
+        self.nodes: dict[str, Proc] = {}
+
+    def start(self, peer: str, **overrides: object) -> Proc:
+        workdir = self.tmp_path / peer.replace(":", "-")
+        workdir.mkdir(exist_ok=True)
+        cluster = {"peers": self.peers, "self": peer, "secret_file": str(self.secret)}
+        proxy = start_proxy(self.origin.url, workdir, port=int(peer.rpartition(":")[2]), cluster=cluster,
+                            **overrides)  # type: ignore[arg-type]
+        wait_ready(proxy)
+        self.nodes[peer] = proxy
+        return proxy
+
+    def stop(self, peer: str) -> None:
+        self.nodes.pop(peer).stop()
+
+    def owner(self, target: str) -> str:
+        return ranking(f"http://{HOST}{target}", self.peers)[0]
+
+    def others(self, target: str) -> list[str]:
+        return [p for p in self.peers if p != self.owner(target)]
+
+
+@pytest.fixture
+def origin() -> Iterator[ScriptOrigin]:
+    with ScriptOrigin() as o:
+        o.routes["/obj"] = cacheable
+        yield o
+
+
+@pytest.fixture
+def cluster(tmp_path: Path, origin: ScriptOrigin) -> Iterator[Cluster]:
+    c = Cluster(tmp_path, origin)
+    try:
+        for peer in c.peers:
+            c.start(peer)
+        yield c
+    finally:
+        for peer in list(c.nodes):
+            c.stop(peer)
+
+
+def get(proxy: Proc, target: str, headers: dict[str, str] | None = None) -> Response:
+    with HTTPClient(proxy.port) as client:
+        return client.request("GET", target, headers={"Host": HOST, **(headers or {})})
+
+
+def cache_status(response: Response) -> list[str]:
+    """Every Cache-Status member, in order (the origin-side cache first: RFC 9211 §2), over all its field lines."""
+    return [m.strip() for line in response.header_all("cache-status") for m in line.split(",")]
+
+
+def counters(proxy: Proc) -> dict[str, int]:
+    return control(proxy, {"cmd": "stats"})["counters"]["cluster"]
+
+
+def test_each_object_is_fetched_from_the_origin_once_per_cluster(cluster: Cluster, origin: ScriptOrigin) -> None:
+    targets = [f"/obj?n={i}" for i in range(30)]
+    for target in targets:
+        for proxy in cluster.nodes.values():
+            assert get(proxy, target).status == 200
+    fetched = [s.target for s in origin.seen("/obj")]
+    assert sorted(fetched) == sorted(targets)  # once each, whichever node was asked first
+    for target in targets:
+        for proxy in cluster.nodes.values():
+            status = cache_status(get(proxy, target))
+            assert status[-1].startswith("edgeproxy; hit; ttl="), status  # every node now hits
+    sent = sum(counters(p)["sent"] for p in cluster.nodes.values())
+    received = sum(counters(p)["received"] for p in cluster.nodes.values())
+    assert sent == received == 2 * len(targets)  # every non-owner asked the owner once per object
+
+
+def test_cache_status_shows_both_hops(cluster: Cluster) -> None:
+    target = "/obj?hops=1"
+    owner = cluster.nodes[cluster.owner(target)]
+    asker = cluster.nodes[cluster.others(target)[0]]
+    assert cache_status(get(owner, target)) == ["edgeproxy; fwd=uri-miss; fwd-status=200; stored"]
+    status = cache_status(get(asker, target))
+    assert status[0].startswith("edgeproxy; hit") and status[1] == "edgeproxy; fwd=uri-miss; fwd-status=200; stored"
+    # a hit on the asking node: the owner's member as it was stored, then this node's hit
+    later = cache_status(get(asker, target))
+    assert later[0].startswith("edgeproxy; hit") and later[1].startswith("edgeproxy; hit")
+
+
+def test_a_client_cannot_forge_cluster_traffic(cluster: Cluster, origin: ScriptOrigin) -> None:
+    target = "/obj?forged=1"
+    owner = cluster.owner(target)
+    asker = cluster.nodes[cluster.others(target)[0]]
+    forged = get(asker, target, {"EdgeProxy-Cluster": f"{owner}; t={int(time.time())}; sig=00ff"})
+    assert forged.status == 403
+    stale = Ring(tuple(cluster.peers), owner, SECRET.encode()).sign(b"GET", HOST.encode(), target.encode(),
+                                                                    time.time() - 600)
+    assert get(asker, target, {"EdgeProxy-Cluster": stale.decode()}).status == 403  # an old signature: replayed
+    assert origin.seen("/obj") == []
+    assert "refused a cluster request" in asker.log()
+
+
+def test_a_request_that_comes_back_around_is_refused(cluster: Cluster) -> None:
+    peer = cluster.peers[0]
+    looped = get(cluster.nodes[peer], "/obj?loop=1", {"CDN-Loop": f"othercdn, edgeproxy; node={peer}"})
+    assert looped.status == 508
+
+
+def test_an_owner_that_is_down_is_skipped(cluster: Cluster, origin: ScriptOrigin) -> None:
+    target = "/obj?down=1"
+    owner = cluster.owner(target)
+    cluster.stop(owner)
+    asker = cluster.nodes[cluster.others(target)[0]]
+    response = get(asker, target)
+    assert response.status == 200 and response.body == f"{target}\n".encode()
+    assert counters(asker)["failed"] >= 1
+    assert len(origin.seen("/obj")) == 1
+    assert "cluster: peer" in asker.log() and "skipped" in asker.log()
+
+
+def test_a_tier_of_the_same_name_works_and_a_loop_between_tiers_is_refused(tmp_path: Path,
+                                                                             origin: ScriptOrigin) -> None:
+    for name in ("shield", "edge", "a", "b"):
+        (tmp_path / name).mkdir()
+    shield = start_proxy(origin.url, tmp_path / "shield")
+    edge = start_proxy(shield.url, tmp_path / "edge")
+    try:
+        r = get(edge, "/obj?tier=1")
+        assert r.status == 200 and len(origin.seen("/obj")) == 1
+        assert len(cache_status(r)) == 2  # the shield's entry, then the edge's
+        # Two tiers pointing at each other: the request comes back to the first with its own CDN-Loop member.
+        a_port, b_port = free_port(), free_port()
+        a = start_proxy(f"http://127.0.0.1:{b_port}", tmp_path / "a", port=a_port)
+        b = start_proxy(f"http://127.0.0.1:{a_port}", tmp_path / "b", port=b_port)
+        try:
+            assert get(a, "/obj?loop=2").status == 508
+        finally:
+            a.stop()
+            b.stop()
+    finally:
+        edge.stop()
+        shield.stop()
