@@ -18,6 +18,7 @@ import asyncio
 import dataclasses
 import ssl
 import time
+from collections.abc import Callable
 from typing import Any
 
 from edgeproxy import gcpolicy
@@ -109,6 +110,10 @@ class LocalEdge:
 
     def reopen_logs(self) -> None:
         self.edge.access_log.reopen()
+
+    def follow_journal(self, applied: Callable[[], int | None]) -> None:
+        """This process follows the fleet's journal itself: its position is the one to sign peer requests with."""
+        self.edge.journal = applied
 
     def kept_store(self) -> SharedStore | None:
         """The host's store under this process's hot tier, when it has one (it outlives the process)."""

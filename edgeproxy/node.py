@@ -26,6 +26,7 @@ import logging
 import os
 import signal
 import socket
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Protocol
 
 from edgeproxy import systemd
@@ -57,6 +58,7 @@ class Backend(Protocol):
     def status(self) -> str: ...
     def reopen_logs(self) -> None: ...
     def kept_store(self) -> SharedStore | None: ...  # where the fleet keeps its position with the objects
+    def follow_journal(self, applied: Callable[[], int | None]) -> None: ...  # the fleet entry this cache applied
     async def stop(self, drain_timeout: float) -> None: ...
 
 
@@ -129,9 +131,10 @@ class Node:
             return
         from edgeproxy.fleet.member import FleetMember  # the redis client is imported only with [fleet]
 
-        self.fleet = FleetMember(self.config.fleet, self.backend.purge, notes=self.backend.kept_store(),
-                                 stored_objects=lambda: int(self.backend.figures()[1].get("entries") or 0))
-        await self.fleet.start()
+        fleet = self.fleet = FleetMember(self.config.fleet, self.backend.purge, notes=self.backend.kept_store(),
+                                         stored_objects=lambda: int(self.backend.figures()[1].get("entries") or 0))
+        self.backend.follow_journal(lambda: fleet.position.seq if fleet.position is not None else None)
+        await fleet.start()
 
     async def _start_metrics(self) -> None:
         listen = self.config.metrics.listen

@@ -42,6 +42,7 @@ import os
 import signal
 import socket
 import time
+from collections.abc import Callable
 from multiprocessing.process import BaseProcess
 from typing import Any
 
@@ -302,6 +303,10 @@ class WorkerPool:
 
     def kept_store(self) -> SharedStore | None:
         return self.store
+
+    def follow_journal(self, applied: Callable[[], int | None]) -> None:
+        """Nothing to hand on: workers over a shared store read the position the fleet keeps in it; workers with
+        caches of their own don't know it (their requests to cluster peers carry none)."""
 
     # ---- stop ----
     async def stop(self, drain_timeout: float) -> None:

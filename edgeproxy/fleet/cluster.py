@@ -9,11 +9,13 @@ Rules kept here:
   when the owner is down or slow), then the origin. The owner is then the only node that fetches the key from the
   origin and the one whose collapsing serves the whole cluster; an asking node stores what it gets like any
   response, so its hot objects are served locally afterwards.
-- **Internal requests** carry ``EdgeProxy-Cluster: NODE; t=UNIX; sig=HEX``: an HMAC-SHA256 of the node, the time,
-  the method, host and target, keyed with the shared secret (``[cluster] secret_file``). A node answers an internal
-  request itself and never forwards it again, so a request makes at most one cluster hop. A forged, replayed (older
-  than ``MAX_SKEW``) or foreign signature is refused with 403: clients cannot make a node skip its ring, nor pose as
-  a peer. The field never reaches an origin.
+- **Internal requests** carry ``EdgeProxy-Cluster: NODE; t=UNIX[; seq=N]; sig=HEX``: an HMAC-SHA256 of the node, the
+  time, the fleet journal entry the sender has applied (``seq``, with ``[fleet]``), the method, host and target, keyed
+  with the shared secret (``[cluster] secret_file``). A peer that has not yet applied entry ``seq`` does not answer
+  from its cache (the sender has applied a purge it has not: its copy may be purged), it fetches anew. A node answers
+  an internal request itself and never forwards it again, so a request makes at most one cluster hop. A forged,
+  replayed (older than ``MAX_SKEW``) or foreign signature is refused with 403: clients cannot make a node skip its
+  ring, nor pose as a peer. The field never reaches an origin.
 - Loops between tiers or clusters that share nothing are caught by ``CDN-Loop`` (RFC 8586, edgeproxy/proxy/
   forwarding.py), not here.
 """
@@ -56,27 +58,43 @@ class Ring:
         ranked = ranking(key, self.peers)
         return ranked[:min(ranked.index(self.me), MAX_HOPS)]
 
-    def sign(self, method: bytes, host: bytes, target: bytes, now: float) -> bytes:
+    def sign(self, method: bytes, host: bytes, target: bytes, now: float, seq: int | None = None) -> bytes:
         t = int(now)
-        return f"{self.me}; t={t}; sig=".encode() + _mac(self.secret, self.me, t, method, host, target)
+        applied = f"; seq={seq}" if seq is not None else ""
+        return f"{self.me}; t={t}{applied}; sig=".encode() + _mac(self.secret, self.me, t, seq, method, host, target)
 
-    def verify(self, value: bytes, method: bytes, host: bytes, target: bytes, now: float) -> str:
-        """The peer that signed ``value`` for this request, or ClusterAuthError."""
+    def verify(self, value: bytes, method: bytes, host: bytes, target: bytes, now: float) -> Signed:
+        """Who signed ``value`` for this request and the journal entry it had applied, or ClusterAuthError."""
         try:
-            node, t_part, sig_part = (p.strip() for p in value.decode("ascii").split(";"))
-            t = int(t_part.removeprefix("t="))
-            sig = sig_part.removeprefix("sig=").encode("ascii")
-        except (UnicodeDecodeError, ValueError):
+            node, *params = (p.strip() for p in value.decode("ascii").split(";"))
+            fields = dict(p.split("=", 1) for p in params)
+            t = int(fields.pop("t"))
+            seq = int(fields.pop("seq")) if "seq" in fields else None
+            sig = fields.pop("sig").encode("ascii")
+        except (UnicodeDecodeError, ValueError, KeyError):
             raise ClusterAuthError("malformed") from None
         if node not in self.peers or node == self.me:
             raise ClusterAuthError(f"{node!r} is not a peer")
         if abs(now - t) > MAX_SKEW:
             raise ClusterAuthError(f"signed {now - t:+.0f}s away from this node's clock")
-        if not hmac.compare_digest(sig, _mac(self.secret, node, t, method, host, target)):
+        if fields or not hmac.compare_digest(sig, _mac(self.secret, node, t, seq, method, host, target)):
             raise ClusterAuthError(f"bad signature from {node}")
-        return node
+        return Signed(node, seq)
 
 
-def _mac(secret: bytes, node: str, t: int, method: bytes, host: bytes, target: bytes) -> bytes:
-    message = b"\n".join((node.encode(), b"%d" % t, method, host.lower(), target))
+@dataclass(frozen=True, slots=True)
+class Signed:
+    """A verified internal request: the peer that sent it, and the fleet journal entry it had applied (or None)."""
+
+    node: str
+    seq: int | None
+
+    def ahead_of(self, applied: int | None) -> bool:
+        """Whether the sender has applied a purge this node (at ``applied``) has not: its cache must not answer."""
+        return self.seq is not None and applied is not None and self.seq > applied
+
+
+def _mac(secret: bytes, node: str, t: int, seq: int | None, method: bytes, host: bytes, target: bytes) -> bytes:
+    applied = b"-" if seq is None else b"%d" % seq
+    message = b"\n".join((node.encode(), b"%d" % t, applied, method, host.lower(), target))
     return hmac.new(secret, message, hashlib.sha256).hexdigest().encode("ascii")

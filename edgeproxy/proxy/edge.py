@@ -34,7 +34,7 @@ from edgeproxy.proxy.collapse import Collapser
 from edgeproxy.proxy.hot import HeadMemo
 from edgeproxy.proxy.origin import OriginAddress, OriginPool
 from edgeproxy.proxy.parser import Limits, RequestHead, RequestParser
-from edgeproxy.proxy.peers import load_peers
+from edgeproxy.proxy.peers import journal_in_store, load_peers
 from edgeproxy.sites import SiteTable, normalize_host
 
 if TYPE_CHECKING:
@@ -91,6 +91,9 @@ class Edge:
             config.cache.size, config.cache.max_object_size, config.cache.max_variants)
         self.collapser = Collapser(config.cache.collapse_timeout, config.cache.hit_for_miss_ttl)
         self.background: set[asyncio.Task[None]] = set()
+        # The fleet journal entry this process's cache has applied (None: no fleet, or not known here): read from the
+        # shared store's note, or handed in by the process that follows the journal (``follow_journal``).
+        self.journal: Callable[[], int | None] | None = None
         o = config.origin
         self.pool = OriginPool(connect_timeout=o.connect_timeout, idle_timeout=o.idle_timeout,
                                max_total=o.max_connections, max_per_origin=o.max_per_origin,
@@ -109,6 +112,8 @@ class Edge:
         self.via = forwarding.via_token(s.name)
         self.cdn_loop = forwarding.cdn_loop_member(s.name, config.node_id)
         self.peers = load_peers(config)
+        if config.fleet.redis is not None and self.journal is None:
+            self.journal = journal_in_store(self.store, config.fleet.stream)
         self.limits = Limits(max_uri=s.max_uri, max_header_bytes=s.max_header_bytes, max_headers=s.max_headers,
                              max_body=s.max_body)
         o = config.origin
@@ -211,6 +216,10 @@ class Edge:
             headers, host=origin_host, via=self.via, client_ip=client_ip, scheme=scheme,
             x_forwarded=site.config.x_forwarded, allowed_unkeyed=site.allowed_unkeyed,
             body_length=body_length, chunked=chunked, client_host=key_host, cdn_loop=self.cdn_loop)
+
+    def journal_seq(self) -> int | None:
+        """The last fleet journal entry this cache has applied, when this process knows it."""
+        return self.journal() if self.journal is not None else None
 
     def revalidate_in_background(self, ex: Exchange, entry: Entry) -> None:
         """stale-while-revalidate: one background revalidation per key (RFC 5861 §3)."""

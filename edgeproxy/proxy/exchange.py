@@ -94,6 +94,7 @@ class Exchange:
     refusal: ClientError | None = None  # decided by _prepare, answered by begin
     arrived: float = 0.0  # the wall clock of the first lookup, for one made again after waiting (collapsing)
     internal: str | None = None  # the cluster peer that asked (a signed request): answered here, never sent on
+    ahead: bool = False  # that peer applied a fleet purge this node has not yet: the cache must not answer
 
     def answer_locally(self) -> bool:
         """Requests this node answers itself (Max-Forwards: 0, TRACE, OPTIONS *). True when answered."""
@@ -190,7 +191,8 @@ class Exchange:
         if waiting is None or await collapser.wait(waiting):
             # Look again: a concurrent fetch may have finished between begin's decision and this task's start, or
             # while we waited for it. One lookup per fetch to store (~2 µs of a miss), against a second origin request.
-            again = lookup(self.creq, edge.store.get(self.key), edge.clock(), self.site.policy, arrived=self.arrived)
+            stored = edge.store.get(self.key) if not self.ahead else []
+            again = lookup(self.creq, stored, edge.clock(), self.site.policy, arrived=self.arrived)
             match again:
                 # Validated: a validation this request's own directives asked for, finished after it came.
                 case Hit(entry=entry, age=age, ttl=left) | Validated(entry=entry, age=age, ttl=left):
@@ -289,7 +291,8 @@ def begin(edge: Edge, client: ClientConnection, head: RequestHead) -> bool:
     if ex.answer_locally() or ex.edge_cors():
         return client.response_done(head.keep_alive)
     now = edge.clock()
-    decision = lookup(ex.creq, edge.store.get(ex.key), now, ex.site.policy)
+    # A peer ahead of this node's fleet journal is answered as if nothing were stored: it fetches anew.
+    decision = lookup(ex.creq, edge.store.get(ex.key) if not ex.ahead else [], now, ex.site.policy)
     if type(decision) is Hit:  # the hot path skips the pattern match below (measured: ~1 µs)
         ex.cache = HIT
         deliver(ex, decision.entry, decision.age, edge.cache_status.hit(decision.ttl))
@@ -367,10 +370,12 @@ def _check_peer(ex: Exchange, signed: bytes) -> ClientError | None:
         log.warning("refused a cluster request from %s: this node is in no cluster", ex.client.peer)
         return Forbidden("not a cluster node")
     try:
-        ex.internal = edge.peers.ring.verify(signed, ex.head.method, ex.host.encode(), ex.target, edge.clock())
+        sender = edge.peers.ring.verify(signed, ex.head.method, ex.host.encode(), ex.target, edge.clock())
     except ClusterAuthError as e:
         log.warning("refused a cluster request from %s: %s", ex.client.peer, e)
         return Forbidden("cluster request refused")
+    ex.internal = sender.node
+    ex.ahead = sender.ahead_of(edge.journal_seq())
     edge.counters.cluster["received"] += 1
     return None
 

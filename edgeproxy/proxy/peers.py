@@ -9,19 +9,22 @@ Rules kept here:
   response head, is skipped for the next hop and finally the origin: a client sees no error that a direct fetch
   would not have given. A response the peer gives (a 502 from its origin included) is the answer.
 - The peer is asked for the host the cache key was made from (its site and key are ours), signed for that method,
-  host and target.
+  host and target, with the fleet journal entry this cache has applied: a peer behind it fetches anew rather than
+  answer with a copy that a purge this node already applied may concern.
 """
 
 from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from edgeproxy.config import Config
 from edgeproxy.errors import OriginConnectError, OriginTimeout
 from edgeproxy.fleet.cluster import FIELD, Ring
+from edgeproxy.fleet.journal import Position
 from edgeproxy.http.headers import Headers
 from edgeproxy.proxy.origin import OriginAddress, OriginClosed, OriginConnection
 from edgeproxy.proxy.origin_parser import ResponseHead
@@ -67,6 +70,22 @@ def load_peers(config: Config) -> Peers | None:
     return Peers(Ring(c.peers, c.me, secret), addresses, c.connect_timeout)
 
 
+def journal_in_store(store: object, stream: str) -> Callable[[], int | None] | None:
+    """How a serving process reads the fleet journal entry its cache has applied: the note the fleet keeps in the
+    host's shared store (edgeproxy/fleet/member.py), one LMDB read. None for a cache of this process alone."""
+    shared = getattr(store, "shared", store)
+    read_note = getattr(shared, "read_note", None)
+    if read_note is None:
+        return None
+    name = f"fleet:{stream}"
+
+    def applied() -> int | None:
+        position = Position.unpack(read_note(name))
+        return position.seq if position is not None else None
+
+    return applied
+
+
 def peer_fields(fields: Headers, host: bytes, signature: bytes) -> Headers:
     """The origin request's fields as a peer is asked: the key's host, and signed."""
     return [(b"host", host), *((k, v) for k, v in fields if k != b"host"), (FIELD, signature)]
@@ -79,7 +98,8 @@ async def fetch(ex: Exchange, fields: Headers, cacheable: bool) -> tuple[OriginC
         hops = peers.ring.hops(ex.key)
         if hops:
             host = ex.host.encode()
-            signed = peer_fields(fields, host, peers.ring.sign(ex.head.method, host, ex.target, edge.clock()))
+            signature = peers.ring.sign(ex.head.method, host, ex.target, edge.clock(), edge.journal_seq())
+            signed = peer_fields(fields, host, signature)
             for peer in hops:
                 try:
                     result = await send_request(ex, signed, peers.addresses[peer], peers.connect_timeout)

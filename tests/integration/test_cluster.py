@@ -15,6 +15,7 @@ import pytest
 
 from edgeproxy.fleet.cluster import Ring, ranking
 from tests.integration.test_ops import control, wait_ready
+from tests.redisserver import RedisServer
 from tests.scriptorigin import Reply, ScriptOrigin, Seen
 from tests.support import HTTPClient, Proc, Response, free_port, start_proxy
 
@@ -170,3 +171,53 @@ def test_a_tier_of_the_same_name_works_and_a_loop_between_tiers_is_refused(tmp_p
     finally:
         edge.stop()
         shield.stop()
+
+
+# ---- with a fleet: purges and the cluster together ----
+
+@pytest.fixture
+def fleet_cluster(tmp_path: Path, origin: ScriptOrigin) -> Iterator[Cluster]:
+    server = RedisServer(tmp_path / "redis").start()
+    c = Cluster(tmp_path, origin)
+    try:
+        for i, peer in enumerate(c.peers):
+            c.start(peer, fleet={"redis": server.url, "node": f"edge-{i}"})
+        yield c
+    finally:
+        for peer in list(c.nodes):
+            c.stop(peer)
+        server.stop()
+
+
+def test_a_fleet_purge_then_a_request_on_any_node_fetches_anew(fleet_cluster: Cluster, origin: ScriptOrigin) -> None:
+    target = "/obj?purged=1"
+    for proxy in fleet_cluster.nodes.values():
+        get(proxy, target)
+    assert len(origin.seen("/obj")) == 1
+    asker = fleet_cluster.nodes[fleet_cluster.others(target)[0]]
+    reply = control(asker, {"cmd": "purge", "kind": "url", "url": f"http://{HOST}{target}", "fleet_wait": 10})
+    assert reply["ok"] and len(reply["fleet"]["applied_on"]) == 3, reply
+    for proxy in fleet_cluster.nodes.values():
+        assert not cache_status(get(proxy, target))[-1].startswith("edgeproxy; hit")
+    assert len(origin.seen("/obj")) == 2  # once more for the cluster, by the owner
+
+
+def test_a_peer_ahead_of_this_nodes_journal_is_not_answered_from_its_cache(fleet_cluster: Cluster,
+                                                                            origin: ScriptOrigin) -> None:
+    target = "/obj?ahead=1"
+    owner_peer = fleet_cluster.owner(target)
+    owner = fleet_cluster.nodes[owner_peer]
+    get(owner, target)
+    applied = control(owner, {"cmd": "stats"})["fleet"]["applied_seq"]
+    sender = next(p for p in fleet_cluster.peers if p != owner_peer)
+    ring = Ring(tuple(fleet_cluster.peers), sender, SECRET.encode())
+
+    def ask(seq: int) -> Response:
+        signature = ring.sign(b"GET", HOST.encode(), target.encode(), time.time(), seq)
+        return get(owner, target, {"EdgeProxy-Cluster": signature.decode()})
+
+    assert cache_status(ask(applied))[-1].startswith("edgeproxy; hit")  # level with it: its copy answers
+    assert len(origin.seen("/obj")) == 1
+    # The sender has applied a purge the owner has not (yet): the owner's copy may be purged, so it fetches anew.
+    assert cache_status(ask(applied + 1))[-1].startswith("edgeproxy; fwd=uri-miss")
+    assert len(origin.seen("/obj")) == 2

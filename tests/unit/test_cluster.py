@@ -7,7 +7,7 @@ import collections
 
 import pytest
 
-from edgeproxy.fleet.cluster import MAX_HOPS, MAX_SKEW, ClusterAuthError, Ring, ranking
+from edgeproxy.fleet.cluster import MAX_HOPS, MAX_SKEW, ClusterAuthError, Ring, Signed, ranking
 from edgeproxy.proxy import forwarding
 
 PEERS = ("10.0.0.1:8080", "10.0.0.2:8080", "10.0.0.3:8080")
@@ -44,7 +44,20 @@ def test_keys_spread_over_the_peers_and_a_leaving_node_moves_only_its_own() -> N
 def test_a_signed_request_verifies_at_the_owner() -> None:
     sender, owner = ring(PEERS[1]), ring(PEERS[0])
     value = sender.sign(b"GET", b"a.example", b"/x?y=1", NOW)
-    assert owner.verify(value, b"GET", b"a.example", b"/x?y=1", NOW + 1) == PEERS[1]
+    assert owner.verify(value, b"GET", b"a.example", b"/x?y=1", NOW + 1) == Signed(PEERS[1], None)
+    with_seq = sender.sign(b"GET", b"a.example", b"/x?y=1", NOW, seq=42)
+    signed = owner.verify(with_seq, b"GET", b"a.example", b"/x?y=1", NOW)
+    assert signed == Signed(PEERS[1], 42)
+    assert signed.ahead_of(41) and not signed.ahead_of(42) and not signed.ahead_of(None)
+    assert not Signed(PEERS[1], None).ahead_of(3)
+
+
+def test_the_journal_entry_is_signed_too() -> None:
+    value = ring(PEERS[1]).sign(b"GET", b"a.example", b"/", NOW, seq=42)
+    with pytest.raises(ClusterAuthError, match="bad signature"):
+        ring(PEERS[0]).verify(value.replace(b"seq=42", b"seq=41"), b"GET", b"a.example", b"/", NOW)
+    with pytest.raises(ClusterAuthError, match="bad signature"):
+        ring(PEERS[0]).verify(value.replace(b"; seq=42", b""), b"GET", b"a.example", b"/", NOW)
 
 
 @pytest.mark.parametrize("change, why", [

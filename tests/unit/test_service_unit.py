@@ -174,9 +174,9 @@ def _expected_actions(prefix: str, wheelhouse: str | None = None, socket: bool =
         actions += [f"+ install -d -m 0755 {prefix}", f"+ {sys.executable} -m venv {prefix}/venv"]
     if wheelhouse:
         actions.append(f"+ {prefix}/venv/bin/python -m pip install --no-index --find-links {wheelhouse}"
-                       f" --force-reinstall 'edgeproxy[fast]==0.1.0'")
+                       f" --force-reinstall 'edgeproxy[fast,fleet]==0.1.0'")
     else:
-        actions.append(f"+ {prefix}/venv/bin/python -m pip install --upgrade '{repo}[fast]'")
+        actions.append(f"+ {prefix}/venv/bin/python -m pip install --upgrade '{repo}[fast,fleet]'")
     actions.append("+ install -d -m 0750 -o root -g edgeproxy /etc/edgeproxy")
     if not os.path.exists("/etc/edgeproxy/edgeproxy.toml"):
         actions.append(f"+ install -m 0640 -o root -g edgeproxy {EXAMPLE} /etc/edgeproxy/edgeproxy.toml")
