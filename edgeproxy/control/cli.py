@@ -110,14 +110,17 @@ def render_purge(replies: list[dict[str, Any]]) -> str:
     total = sum(int(r.get("purged", 0)) for r in replies)
     kind = replies[0].get("kind", "?")
     mode = "soft" if replies[0].get("soft") else "hard"
-    line = f"purged {_plural(total, 'entry', 'entries')} ({kind}, {mode})"
     fleets = [r["fleet"] for r in replies if "fleet" in r]
-    if fleets and all("applied_on" in f for f in fleets):
+    if not fleets:
+        return f"purged {_plural(total, 'entry', 'entries')} ({kind}, {mode})"
+    # With a fleet the count is this node's: every node applies the purge to its own cache.
+    line = f"purged {_plural(total, 'entry', 'entries')} here ({kind}, {mode})"
+    if all("applied_on" in f for f in fleets):
         nodes = sorted({n for f in fleets for n in f["applied_on"]})
         slowest = max(f["waited_ms"] for f in fleets)
-        line += f"; applied on {_plural(len(nodes), 'node', 'nodes')} ({', '.join(nodes)}) in {slowest:.1f} ms"
-    elif fleets:
-        line += f" here; published to the fleet as entry {fleets[-1].get('seq', '?')}"
+        return line + f"; applied on {_plural(len(nodes), 'node', 'nodes')} ({', '.join(nodes)}) in {slowest:.1f} ms"
+    if all("seq" in f for f in fleets):
+        return line + f"; published to the fleet as entry {fleets[-1]['seq']}"
     return line
 
 

@@ -470,6 +470,8 @@ def run_cli(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, s
          [PurgeCommand(PurgeRegex(r"\.png$"), False, "regex")]),
         (["--all", "--json"], '{"kind": "all", "purged": 2, "soft": false}\n',
          [PurgeCommand(PurgeAll(), False, "all")]),
+        (["--all", "--fleet-wait", "--fleet-timeout", "2.5"], "purged 2 entries (all, hard)\n",
+         [PurgeCommand(PurgeAll(), False, "all", fleet_wait=2.5)]),
     ],
 )
 def test_cli_purge(

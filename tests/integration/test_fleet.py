@@ -182,7 +182,7 @@ def test_the_cli_waits_for_the_fleet_and_says_how_long_it_took(three: Fleet) -> 
     warm(three, "/obj??f=3")
     done = cli(three.nodes["edge-a"], "purge", "http://fleet.test/obj??f=3", "--fleet-wait")
     assert done.returncode == 0, done.stderr
-    assert "purged 1 entry (url, hard); applied on 3 nodes (edge-a, edge-b, edge-c) in" in done.stdout
+    assert "purged 1 entry here (url, hard); applied on 3 nodes (edge-a, edge-b, edge-c) in" in done.stdout
 
 
 def test_stats_and_metrics_show_the_fleet(three: Fleet) -> None:

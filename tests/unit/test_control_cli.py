@@ -1,0 +1,32 @@
+"""How the CLI words a purge's replies, with and without a fleet (no socket: the replies as the server sends them)."""
+
+from __future__ import annotations
+
+from edgeproxy.control.cli import fleet_problem, render_purge
+
+BASE = {"kind": "url", "soft": False, "purged": 1}
+
+
+def test_without_a_fleet_the_count_is_all_there_is() -> None:
+    assert render_purge([BASE, BASE]) == "purged 2 entries (url, hard)"
+    assert fleet_problem([BASE]) is None
+
+
+def test_with_fleet_wait_it_names_the_nodes_and_the_time() -> None:
+    fleet = {"id": "1-0", "seq": 4, "applied_on": ["b", "a"], "pending": [], "waited_ms": 2.14}
+    assert render_purge([{**BASE, "fleet": fleet}]) == \
+        "purged 1 entry here (url, hard); applied on 2 nodes (a, b) in 2.1 ms"
+    assert fleet_problem([{**BASE, "fleet": fleet}]) is None
+
+
+def test_published_without_waiting() -> None:
+    reply = {**BASE, "soft": True, "purged": 0, "fleet": {"id": "1-0", "seq": 9, "node": "a"}}
+    assert render_purge([reply]) == "purged 0 entries here (url, soft); published to the fleet as entry 9"
+
+
+def test_pending_nodes_and_an_unpublished_purge_are_problems() -> None:
+    late = {**BASE, "fleet": {"seq": 4, "applied_on": ["a"], "pending": ["c"], "waited_ms": 500.0}}
+    assert fleet_problem([late]) == "not applied within 0.5s on: c (applied on: a)"
+    alone = {**BASE, "fleet": {"published": False, "error": "Redis at redis://h:6379/0 is unreachable"}}
+    assert render_purge([alone]) == "purged 1 entry here (url, hard)"
+    assert fleet_problem([alone]) == "Redis at redis://h:6379/0 is unreachable"
