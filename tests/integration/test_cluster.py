@@ -2,7 +2,7 @@
 shows both hops, clients can neither forge cluster traffic nor loop it, and an owner that is down is skipped.
 
 Category: ops. Three proxies on ports chosen before they start (each lists all three as its peers) in front of a
-scripted origin that counts what it is asked, on free loopback ports. Every wait is bounded.
+scripted origin that counts what it is asked (conftest.py's), on free loopback ports. Every wait is bounded.
 """
 
 from __future__ import annotations
@@ -16,16 +16,11 @@ import pytest
 from edgeproxy.fleet.cluster import Ring, ranking
 from tests.integration.test_ops import control, wait_ready
 from tests.redisserver import RedisServer
-from tests.scriptorigin import Reply, ScriptOrigin, Seen
+from tests.scriptorigin import ScriptOrigin
 from tests.support import HTTPClient, Proc, Response, free_port, start_proxy
 
 SECRET = "cluster-test-secret-0123456789"
 HOST = "cluster.test"
-
-
-def cacheable(seen: Seen) -> Reply:
-    return Reply(200, [("content-type", "text/plain"), ("cache-control", "public, max-age=3600")],
-                 f"{seen.target}\n".encode())
 
 
 class Cluster:
@@ -55,13 +50,6 @@ class Cluster:
 
     def others(self, target: str) -> list[str]:
         return [p for p in self.peers if p != self.owner(target)]
-
-
-@pytest.fixture
-def origin() -> Iterator[ScriptOrigin]:
-    with ScriptOrigin() as o:
-        o.routes["/obj"] = cacheable
-        yield o
 
 
 @pytest.fixture
