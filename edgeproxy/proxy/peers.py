@@ -7,7 +7,9 @@ Rules kept here:
   internal request (a peer's own: it never goes round again) goes to the origin.
 - A peer that can't be connected to within ``[cluster] connect_timeout``, or closes or times out before its
   response head, is skipped for the next hop and finally the origin: a client sees no error that a direct fetch
-  would not have given. A response the peer gives (a 502 from its origin included) is the answer.
+  would not have given. So is a peer that refuses the request itself (403, 421 or 508 with its own Cache-Status
+  member: another secret, no such site, a loop): the cluster's configuration disagrees, not the client's request.
+  Any other response the peer gives (a 502 from its origin included) is the answer.
 - The peer is asked for the host the cache key was made from (its site and key are ours), signed for that method,
   host and target, with the fleet journal entry this cache has applied: a peer behind it fetches anew rather than
   answer with a copy that a purge this node already applied may concern.
@@ -22,7 +24,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from edgeproxy.config import Config
-from edgeproxy.errors import OriginConnectError, OriginTimeout
+from edgeproxy.errors import OriginConnectError, OriginError, OriginTimeout
 from edgeproxy.fleet.cluster import FIELD, Ring
 from edgeproxy.fleet.journal import Position
 from edgeproxy.http.headers import Headers
@@ -36,6 +38,9 @@ if TYPE_CHECKING:
 log = logging.getLogger("edgeproxy.cluster")
 ASKED = (b"GET", b"HEAD")
 PEER_FAILURES = (OriginConnectError, OriginTimeout, OriginClosed)
+PEER_REFUSALS = frozenset({403, 421, 508})
+# A peer's own Cache-Status detail on a refusal -> what the log says.
+REFUSAL_DETAILS = {b'detail="forbidden"': "forbidden", b'detail="no-site"': "no such site", b'detail="loop"': "loop"}
 LOG_EVERY = 10.0  # seconds: a peer that is down is named once in this long, not once a miss
 _logged: dict[str, float] = {}
 
@@ -68,6 +73,19 @@ def load_peers(config: Config) -> Peers | None:
         raise OSError(f"cluster.secret_file {c.secret_file}: the secret must be at least 16 bytes")
     addresses = {peer: OriginAddress.from_url(f"http://{peer}") for peer in c.peers if peer != c.me}
     return Peers(Ring(c.peers, c.me, secret), addresses, c.connect_timeout)
+
+
+def peer_refusal(response: ResponseHead) -> str | None:
+    """Why a peer refused our request itself (a 403, 421 or 508 of its own, not one it relayed from an origin): its
+    secret, its sites or its ring differ from ours. None for any other answer."""
+    if response.status not in PEER_REFUSALS:
+        return None
+    members = b",".join(v for k, v in response.headers if k == b"cache-status").split(b",")
+    own = members[-1].strip() if members else b""
+    refused = next((d for d in REFUSAL_DETAILS if d in own), None)
+    if refused is None or b"fwd=" in own or b"hit" in own:
+        return None
+    return f"{response.status} {REFUSAL_DETAILS[refused]}"
 
 
 def journal_in_store(store: object, stream: str) -> Callable[[], int | None] | None:
@@ -106,6 +124,12 @@ async def fetch(ex: Exchange, fields: Headers, cacheable: bool) -> tuple[OriginC
                 except PEER_FAILURES as exc:
                     edge.counters.cluster["failed"] += 1
                     _note_failure(peer, ex.key, exc)
+                    continue
+                refusal = peer_refusal(result[1])
+                if refusal is not None:  # the cluster disagrees with itself (secret, sites, ring): not the client's
+                    edge.pool.release(result[0])  # closed: its body was not read
+                    edge.counters.cluster["failed"] += 1
+                    _note_failure(peer, ex.key, OriginError(f"it refused this node's request ({refusal})"))
                     continue
                 edge.counters.cluster["sent"] += 1
                 return result

@@ -32,10 +32,10 @@ class Cluster:
         self.secret.write_text(SECRET + "\n")
         self.nodes: dict[str, Proc] = {}
 
-    def start(self, peer: str, **overrides: object) -> Proc:
+    def start(self, peer: str, secret: Path | None = None, **overrides: object) -> Proc:
         workdir = self.tmp_path / peer.replace(":", "-")
         workdir.mkdir(exist_ok=True)
-        cluster = {"peers": self.peers, "self": peer, "secret_file": str(self.secret)}
+        cluster = {"peers": self.peers, "self": peer, "secret_file": str(secret or self.secret)}
         proxy = start_proxy(self.origin.url, workdir, port=int(peer.rpartition(":")[2]), cluster=cluster,
                             **overrides)  # type: ignore[arg-type]
         wait_ready(proxy)
@@ -135,6 +135,22 @@ def test_an_owner_that_is_down_is_skipped(cluster: Cluster, origin: ScriptOrigin
     assert counters(asker)["failed"] >= 1
     assert len(origin.seen("/obj")) == 1
     assert "cluster: peer" in asker.log() and "skipped" in asker.log()
+
+
+def test_an_owner_with_another_secret_is_skipped_not_obeyed(cluster: Cluster, origin: ScriptOrigin,
+                                                            tmp_path: Path) -> None:
+    target = "/obj?secret=1"
+    owner = cluster.owner(target)
+    cluster.stop(owner)
+    other = tmp_path / "other.key"
+    other.write_text("a-different-secret-0123456789\n")
+    cluster.start(owner, secret=other)
+    asker = cluster.nodes[cluster.others(target)[0]]
+    response = get(asker, target)
+    assert response.status == 200 and cache_status(response)[-1].startswith("edgeproxy; fwd=uri-miss")
+    assert counters(asker)["failed"] >= 1 and "it refused this node's request (403 forbidden)" in asker.log()
+    assert "refused a cluster request" in cluster.nodes[owner].log()
+    assert len(origin.seen("/obj")) == 1  # the asker went to the origin itself
 
 
 def test_a_tier_of_the_same_name_works_and_a_loop_between_tiers_is_refused(tmp_path: Path,
