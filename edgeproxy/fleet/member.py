@@ -98,6 +98,7 @@ class FleetMember:
         self.reader: Any = None
         self._publish: Any = None
         self._bad_entries: set[str] = set()
+        self.read_to = journal.ZERO_ID  # the newest entry id read, skipped ones included: where a blocking read starts
 
     # ---- start and stop ----
     async def start(self) -> None:
@@ -205,6 +206,7 @@ class FleetMember:
     def _decode(self, entries: list[tuple[str, dict[str, str]]]) -> list[Record]:
         records = []
         for entry_id, fields in entries:
+            self.read_to = max(self.read_to, entry_id, key=journal.parse_id)
             try:
                 records.append(journal.decode_record(entry_id, fields))
             except journal.JournalError as exc:
@@ -216,7 +218,9 @@ class FleetMember:
     async def _wait_for_entries(self) -> None:
         """Block until entries arrive after the position (or BLOCK passes); apply those that run on from it."""
         position = self.position or Position()
-        reply = await self.reader.xread({self.keys["stream"]: position.id}, count=BATCH, block=int(BLOCK * 1000))
+        # From the newest entry read, not the position: an entry that is skipped (not ours) must not end every block.
+        start = max(position.id, self.read_to, key=journal.parse_id)
+        reply = await self.reader.xread({self.keys["stream"]: start}, count=BATCH, block=int(BLOCK * 1000))
         if reply and self.position == position:
             run = journal.contiguous(position, self._decode(reply[0][1]))
             await self._apply_all(run)
