@@ -128,6 +128,9 @@ class Node:
 
     async def _start_fleet(self) -> None:
         if self.config.fleet.redis is None:
+            if self.config.cluster.peers:
+                log.warning("[cluster] without [fleet]: a purge reaches this node only, and a peer that still holds "
+                            "the object gives it back; configure [fleet] or purge every node")
             return
         from edgeproxy.fleet.member import FleetMember  # the redis client is imported only with [fleet]
 
