@@ -2,15 +2,19 @@
 
 It checks that the machinery produces numbers (every target answered, a req/s and the ratios are present,
 the Markdown has the rows) and that it stops what it started; it never asserts a performance figure.
-Needs wrk, nginx and taskset; skipped without them.
+Needs wrk, nginx and taskset; skipped without them (and redis-server for the fleet benchmark's smoke run).
 """
 
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
 import shutil
+import subprocess
+import sys
 import time
+from pathlib import Path
 
 import pytest
 
@@ -54,3 +58,18 @@ def test_fleet_leaves_no_process_behind() -> None:
             deadline=time.monotonic() + 30, results=results, logs={})
     assert "rps_median" in results["hit-1k"]["targets"][f"bound-{PARSER}"]  # type: ignore[index]
     assert set(process_tree(os.getpid())) <= before
+
+
+def test_the_fleet_benchmark_reports_every_row(tmp_path: Path) -> None:
+    """benchmarks/fleet.py at its smallest (a second of outage, a few purges): every scenario returns its figures."""
+    out = tmp_path / "fleet.json"
+    proc = subprocess.run(
+        [sys.executable, "-m", "benchmarks.fleet", "--purges", "20", "--outage", "1", "--rounds", "1", "--seconds", "1",
+         "--zipf-requests", "600", "--zipf-urls", "200", "--out", str(out)],
+        cwd=run.ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    rows = json.loads(out.read_text())
+    assert set(rows) == {"latency_idle", "latency_loaded", "replay", "outage", "trim", "throughput", "cluster"}
+    assert rows["replay"]["purged_served_from_cache"] == 0 and rows["trim"]["purged_served_from_cache"] == 0
+    assert rows["outage"]["failed"] == 0 and len(rows["outage"]["purge_after_applied_on"]) == 3
+    assert rows["cluster"]["three_clustered"]["origin_fetches"] == rows["cluster"]["one_node"]["origin_fetches"]
