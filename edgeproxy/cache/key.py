@@ -62,7 +62,8 @@ def key_for(scheme: str, host: str, target: str, query_mode: str) -> str:
 
 def primary_key(req: CacheRequest, query_mode: str = "keep") -> str:
     target = req.target.decode("latin-1")
-    if "?" not in target:  # most targets: no query to shape
+    # Most targets: no query to shape, or one kept as it is (key_for only drops the "?" of an empty query).
+    if "?" not in target or (query_mode == "keep" and target[-1] != "?"):
         return f"{req.scheme}://{req.host}{target}"
     return key_for(req.scheme, req.host, target, query_mode)
 
