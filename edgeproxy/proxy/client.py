@@ -89,8 +89,9 @@ class ClientConnection(asyncio.Protocol):
         if memo is not None and self.task is None and not self.flow.paused and self.parser.idle:
             if memo.answer(self, data):
                 return
-            # Only the head's end is checked here: whether the read is one head and nothing else is asked by the memo
-            # when it is about to remember one (``HeadMemo.consider``), not on every read (a second search of ~600 bytes).
+            # Only the head's end is checked here: whether the read is one head and nothing else is asked by the
+            # memo when it is about to remember one (``HeadMemo.consider``), not on every read (a second search of
+            # ~600 bytes).
             self.candidate = data if data.endswith(b"\r\n\r\n") else None
         if self.phase == IDLE:
             self.phase = HEAD

@@ -174,14 +174,16 @@ def check_fields(headers: Headers, http_version: bytes, limits: Limits) -> tuple
 class HeadGatherer:
     """Collects one request head across reads and checks it; the rest is handed on untouched."""
 
-    __slots__ = ("buf", "limits")
+    __slots__ = ("buf", "limits", "end")
 
     def __init__(self, limits: Limits, initial: bytes = b"") -> None:
         self.limits = limits
         self.buf = initial
+        self.end = 0  # where the last complete head ends in what ``feed`` returned (after its CRLF CRLF)
 
     def feed(self, data: bytes) -> bytes | None:
-        """Returns all gathered bytes once the head is complete and checked; None while incomplete."""
+        """Returns all gathered bytes once the head is complete and checked (``end`` says where the head ends in
+        them); None while incomplete."""
         buf = self.buf + data if self.buf else data
         # RFC 9112 §2.2: a server SHOULD ignore at least one empty line before the request-line.
         while buf.startswith(b"\r\n"):
@@ -203,6 +205,7 @@ class HeadGatherer:
             raise HeadersTooLarge()
         check_head(buf if end + 4 == len(buf) else buf[: end + 4], self.limits)
         self.buf = b""
+        self.end = end + 4
         return buf
 
 
@@ -325,6 +328,11 @@ class H11Parser:
 
 def keep_alive(headers: Headers, version: bytes) -> bool:
     """Whether the client asked to keep the connection open (RFC 9112 §9.3)."""
+    for k, _ in headers:  # most heads carry no Connection field: a plain loop finds out cheaper than a comprehension
+        if k == b"connection":
+            break
+    else:
+        return version != b"1.0"
     tokens = [p.strip().lower() for k, v in headers if k == b"connection" for p in v.split(b",")]
     if version == b"1.0":
         return b"keep-alive" in tokens

@@ -34,6 +34,8 @@ from edgeproxy.proxy.parser import (
     keep_alive,
 )
 
+# llhttp's versions as str; the gatherer lets only these two through (a dict lookup, not an encode per request).
+_VERSIONS = {"1.1": b"1.1", "1.0": b"1.0"}
 # States of one request cycle.
 _HEAD, _LENGTH, _CHUNKED, _DONE = 0, 1, 2, 3
 
@@ -85,15 +87,15 @@ class HttptoolsParser:
         if state == _HEAD:
             complete = self.gather.feed(data)
             if complete is not None:
-                self._parse_head(complete)
+                self._parse_head(complete, self.gather.end)
         elif state == _CHUNKED:
             assert self.chunked is not None
             self.chunked.feed(data)
         else:
             self.buf += data
 
-    def _parse_head(self, data: bytes) -> None:
-        end = data.index(b"\r\n\r\n") + 4
+    def _parse_head(self, data: bytes, end: int) -> None:
+        """Parse the head that ends at ``end`` in ``data`` (the gatherer found it: no second search)."""
         parser = self.http
         if parser is None:
             collector = self.collector = _Head()
@@ -115,7 +117,7 @@ class HttptoolsParser:
                 self.http = parser
         if not collector.complete:
             raise BadRequest("incomplete request head")
-        version = parser.get_http_version().encode()
+        version = _VERSIONS.get(parser.get_http_version()) or parser.get_http_version().encode()
         headers = collector.headers
         chunked, length = check_fields(headers, version, self.limits)
         rest = data[end:]
