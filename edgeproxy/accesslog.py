@@ -150,21 +150,31 @@ class AccessLog:
                  cache: bytes, origin_ms: float, total_ms: float) -> None:
         """A combined line from its parts (``request_part``, ``agents_part``; ``cache`` already ``-`` when
         empty): the bytes ``format_combined`` would give."""
-        if self.fd is not None:
-            self.line(client, now, b"%s %d %d %s cache=%s origin_ms=%.1f total_ms=%.1f\n" % (
-                request, status, sent, agents, cache, origin_ms, total_ms))
+        if self.fd is None:
+            return
+        # One format for the whole line (a tail formatted first and copied into the line cost a tenth of the log).
+        stamp = self._stamp if int(now) == self._second else self._new_stamp(now)
+        lines = self.lines
+        lines.append(b"%s - - [%s] %s %d %d %s cache=%s origin_ms=%.1f total_ms=%.1f\n" % (
+            client, stamp, request, status, sent, agents, cache, origin_ms, total_ms))
+        if len(lines) >= FLUSH_LINES:
+            self.flush()
 
     def line(self, client: bytes, now: float, tail: bytes) -> None:
         """A combined line whose part after the time a caller made once (the head memo keeps one per head)."""
         if self.fd is None:
             return
-        second = int(now)
-        if second != self._second:
-            self._second, self._stamp = second, _clf_time(second).encode()
+        stamp = self._stamp if int(now) == self._second else self._new_stamp(now)
         lines = self.lines
-        lines.append(b"%s - - [%s] %s" % (client, self._stamp, tail))
+        lines.append(b"%s - - [%s] %s" % (client, stamp, tail))
         if len(lines) >= FLUSH_LINES:
             self.flush()
+
+    def _new_stamp(self, now: float) -> bytes:
+        """The time string of a new second: made once a second, not once a line."""
+        self._second = second = int(now)
+        self._stamp = _clf_time(second).encode()
+        return self._stamp
 
     def flush(self) -> None:
         if not self.lines or self.fd is None:
