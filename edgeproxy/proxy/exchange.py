@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING
 
 from edgeproxy import cors
 from edgeproxy.cache.freshness import current_age, ttl
-from edgeproxy.cache.key import CacheRequest, primary_key
+from edgeproxy.cache.key import DECIDING_FIELDS, CacheRequest, primary_key
 from edgeproxy.cache.outcome import COLLAPSED, ERROR, HIT, MISS, NONE, PASS, REVALIDATED, STALE, Outcome
 from edgeproxy.cache.policy import (
     Decision,
@@ -332,7 +332,7 @@ def _prepare(edge: Edge, client: ClientConnection, head: RequestHead, started: f
     if host_field is None:
         raise BadRequest("no Host")
     host, site = edge.resolve_host(host_field, client.scheme)
-    creq = CacheRequest(head.method, client.scheme, host, target, head.headers)
+    creq = CacheRequest(head.method, client.scheme, host, target, head.headers, DECIDING_FIELDS.isdisjoint(fields))
     ex = Exchange(edge, client, head, site, host, target, started, creq, primary_key(creq, site.policy.query_mode))
     # Refused here but answered by begin, which then knows the site (and so its CORS fields): a request that came
     # back around (508), an expectation we can't meet (417).
