@@ -319,7 +319,8 @@ def begin(edge: Edge, client: ClientConnection, head: RequestHead) -> bool:
 
 
 def _prepare(edge: Edge, client: ClientConnection, head: RequestHead, started: float) -> Exchange:
-    fields = dict(head.headers)  # one C-speed pass; the parser already refused duplicate Host fields
+    # The parser's dict of the fields (made for its checks), else one C-speed pass; duplicate Hosts were refused.
+    fields = head.fields if head.fields is not None else dict(head.headers)
     target = head.target
     host_field = fields.get(b"host")
     if target[:1] != b"/":
