@@ -15,7 +15,9 @@ Cost (the hit path pays it on every request): the combined format is written str
 from parts a caller may keep (``request_part``, ``agents_part``: the head memo keeps them with the head they came
 from), with the time string made once per second and escaping only for values that need it; measured in-process
 ~0.6 µs a line against ~5 µs for a LogRecord formatted with ``format_combined`` and encoded at flush.
-``format_combined`` stays the reference: the bytes are the same (tests/unit/test_accesslog.py checks both).
+``format_combined`` stays the reference: the bytes are the same (tests/unit/test_accesslog.py checks both). The JSON
+format has the same kind of fast path (``json``; ``format_json`` is its reference); ``log`` with a ``LogRecord``
+formats through the reference functions.
 """
 
 from __future__ import annotations
@@ -90,6 +92,17 @@ def parts(method: bytes, target: bytes, version: bytes, referer: bytes, user_age
     return request_part(method, target, version), agents_part(referer, user_agent)
 
 
+def _json_inner(value: bytes) -> bytes:
+    """``json.dumps(value.decode("latin-1"))`` as bytes, without its quotes."""
+    return json.dumps(value.decode("latin-1")).encode("ascii")[1:-1]
+
+
+def _json_float(value: float) -> bytes:
+    """What json.dumps writes for ``round(value, 3)``: the float's repr, or NaN/Infinity."""
+    value = round(value, 3)
+    return b"%r" % value if value - value == 0.0 else json.dumps(value).encode("ascii")
+
+
 def format_combined(r: LogRecord) -> str:
     return (f'{r.client} - - [{_clf_time(r.time)}] "{_esc(r.method)} {_esc(r.target)} HTTP/{_esc(r.version)}" '
             f'{r.status} {r.sent} "{_esc(r.referer) or "-"}" "{_esc(r.user_agent) or "-"}" '
@@ -120,7 +133,7 @@ class AccessLog:
     def __init__(self, target: str | None, fmt: str = "combined") -> None:
         self.target = target
         self.format = FORMATS[fmt]
-        self.combined_fast = fmt == "combined"  # callers use ``combined`` instead of ``log``
+        self.combined_fast = fmt == "combined"  # callers use ``combined`` instead of ``log``, and for json ``json``
         self.lines: list[bytes] = []
         self.fd: int | None = None
         self._second = -1
@@ -157,6 +170,27 @@ class AccessLog:
         lines = self.lines
         lines.append(b"%s - - [%s] %s %d %d %s cache=%s origin_ms=%.1f total_ms=%.1f\n" % (
             client, stamp, request, status, sent, agents, cache, origin_ms, total_ms))
+        if len(lines) >= FLUSH_LINES:
+            self.flush()
+
+    def json(self, client: bytes, now: float, method: bytes, target: bytes, version: bytes, status: int, sent: int,
+             referer: bytes, user_agent: bytes, cache: bytes, origin_ms: float, total_ms: float) -> None:
+        """A JSON line from the values ``format_json`` takes (``client`` as bytes, an address): the bytes it would
+        give, made without a record, a dict or json.dumps for the usual values (1.8 against 6.7 µs a line with a
+        browser's user agent and referer, measured)."""
+        if self.fd is None:
+            return
+        stamp = self._stamp if int(now) == self._second else self._new_stamp(now)
+        values = (client, method, target, version, referer, user_agent, cache)
+        if b"".join(values).translate(None, _PLAIN):  # one check for all: the usual request has nothing to escape
+            values = tuple(map(_json_inner, values))
+        client, method, target, version, referer, user_agent, cache = values
+        lines = self.lines
+        lines.append(
+            b'{"time": "%s", "client": "%s", "method": "%s", "target": "%s", "version": "%s", "status": %d, '
+            b'"bytes": %d, "referer": "%s", "user_agent": "%s", "cache": "%s", "origin_ms": %s, "total_ms": %s}\n' % (
+                stamp, client, method, target, version, status, sent, referer, user_agent, cache,
+                _json_float(origin_ms), _json_float(total_ms)))
         if len(lines) >= FLUSH_LINES:
             self.flush()
 

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from email.utils import formatdate
 from typing import TYPE_CHECKING
 
-from edgeproxy.accesslog import AccessLog, LogRecord, parts
+from edgeproxy.accesslog import AccessLog, parts
 from edgeproxy.cache.cachestatus import CacheStatus
 from edgeproxy.cache.entry import Entry
 from edgeproxy.cache.outcome import Outcome
@@ -43,7 +43,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("edgeproxy")
 SWEEP_INTERVAL = 1.0
-LOG_CACHE: dict[Outcome, bytes] = {o: o.value.encode() for o in Outcome}  # the access log's cache= field
+LOG_CACHE: dict[Outcome, bytes] = {o: o.value.encode() for o in Outcome}  # the access log's cache field (both formats)
 HOST_MEMO = 4096
 
 
@@ -266,7 +266,7 @@ class Edge:
             log.combined(client.log_peer, self.clock(), request, status, sent, agents, LOG_CACHE[cache], origin_ms,
                          (time.monotonic() - started) * 1000)
             return
-        log.log(LogRecord(
-            client=client.peer, method=head.method, target=head.target, version=head.http_version, status=status,
-            sent=sent, referer=get(head.headers, b"referer") or b"", user_agent=get(head.headers, b"user-agent") or b"",
-            cache=cache, origin_ms=origin_ms, total_ms=(time.monotonic() - started) * 1000, time=self.clock()))
+        # The JSON format (the only other one): the same fields, written as bytes without a LogRecord.
+        log.json(client.log_peer, self.clock(), head.method, head.target, head.http_version, status, sent,
+                 get(head.headers, b"referer") or b"", get(head.headers, b"user-agent") or b"", LOG_CACHE[cache],
+                 origin_ms, (time.monotonic() - started) * 1000)

@@ -196,3 +196,23 @@ def test_a_full_buffer_is_written_without_waiting_for_the_timer(tmp_path):
     log.line(b"c", T, b'"GET /last HTTP/1.1" 200 0 "-" "-" cache=hit origin_ms=0.0 total_ms=0.0\n')
     assert len(read_lines(path)) == FLUSH_LINES and log.lines == []
     log.close()
+
+
+def fast_json(r: LogRecord) -> bytes:
+    """What the exchange writes for ``r`` in the JSON format (AccessLog.json, no record)."""
+    log = AccessLog(os.devnull, "json")
+    log.json(r.client.encode(), r.time, r.method, r.target, r.version, r.status, r.sent, r.referer, r.user_agent,
+             str(r.cache).encode(), r.origin_ms, r.total_ms)
+    (line,) = log.lines
+    log.close()
+    return line
+
+
+@pytest.mark.parametrize("record", [
+    RECORD, replace(RECORD, referer=b"", user_agent=b"", cache="-", status=400, sent=0),
+    replace(RECORD, origin_ms=12.3456, total_ms=0.0004, time=T + 0.999),
+    replace(RECORD, origin_ms=float("inf"), total_ms=1e-9), replace(RECORD, client="unix"),
+    *(replace(RECORD, **{field: raw}) for field, raw, _ in ESCAPES),
+], ids=repr)
+def test_the_fast_json_line_is_the_reference_line(record):
+    assert fast_json(record) == format_json(record).encode()
