@@ -193,26 +193,42 @@ class HeadGatherer:
     def feed(self, data: bytes) -> bytes | None:
         """Returns all gathered bytes once the head is complete and checked (``end`` says where the head ends in
         them); None while incomplete."""
-        buf = self.buf + data if self.buf else data
+        limits = self.limits
+        first = not self.buf
+        buf = data if first else self.buf + data
         # RFC 9112 §2.2: a server SHOULD ignore at least one empty line before the request-line.
         while buf.startswith(b"\r\n"):
             buf = buf[2:]
+        if first:
+            # A head that comes whole in its first read (most do) is found and checked by one match of _CLEAN_HEAD:
+            # a line can't be empty, so the match ends where the first CRLF CRLF does, and what passes it needs only
+            # the framing check (as in check_head). Only on a first read: a head trickling in is searched for its end
+            # (cheaper than a regex over what came so far on every read).
+            m = _CLEAN_HEAD.match(buf)
+            if m is not None:
+                end = m.end()
+                if end <= limits.max_header_bytes and end - 2 <= limits.max_uri:
+                    if _FRAMING_LINE.search(buf, 0, end) is not None:
+                        _check_framing_lines(buf[:end])
+                    self.buf = b""
+                    self.end = end
+                    return buf
         end = buf.find(b"\r\n\r\n")
         if end < 0:
             self.buf = buf
             line_end = buf.find(b"\r\n")
             if line_end >= 0:
-                check_request_line(buf[: line_end + 2], self.limits)
-            elif len(buf) > self.limits.max_uri:
+                check_request_line(buf[: line_end + 2], limits)
+            elif len(buf) > limits.max_uri:
                 raise UriTooLong()
-            if len(buf) > self.limits.max_header_bytes:
+            if len(buf) > limits.max_header_bytes:
                 raise HeadersTooLarge()
             if b"\n\n" in buf or b"\r\r" in buf:
                 raise BadRequest("bare CR or LF in the request head")
             return None
-        if end + 4 > self.limits.max_header_bytes:
+        if end + 4 > limits.max_header_bytes:
             raise HeadersTooLarge()
-        check_head(buf if end + 4 == len(buf) else buf[: end + 4], self.limits)
+        check_head(buf if end + 4 == len(buf) else buf[: end + 4], limits)
         self.buf = b""
         self.end = end + 4
         return buf
