@@ -249,6 +249,9 @@ class Edge:
         self.counters.response(cache, status, sent)
         log = self.access_log
         if log.fd is not None:  # a log that is off costs nothing more
+            fields = head.fields
+            if fields is None or len(fields) != len(head.headers):  # a name twice: the first value, as get() reads
+                fields = dict(reversed(head.headers))
             log.exchange(client.log_peer, self.clock(), head.method, head.target, head.http_version, status, sent,
-                         get(head.headers, b"referer") or b"", get(head.headers, b"user-agent") or b"",
-                         LOG_CACHE[cache], origin_ms, (time.monotonic() - started) * 1000)
+                         fields.get(b"referer") or b"", fields.get(b"user-agent") or b"", LOG_CACHE[cache], origin_ms,
+                         (time.monotonic() - started) * 1000)
