@@ -11,18 +11,19 @@ Combined format, one line:
 ``client - - [25/Nov/2026:17:40:00 +0000] "GET /a HTTP/1.1" 200 1024 "referer" "user-agent" cache=hit
 origin_ms=1.2 total_ms=1.5``
 
-Cost (the hit path pays it on every request): the combined format is written straight as bytes by ``combined``
-from parts a caller may keep (``request_part``, ``agents_part``: the head memo keeps them with the head they came
-from), with the time string made once per second and escaping only for values that need it; measured in-process
-~0.6 µs a line against ~5 µs for a LogRecord formatted with ``format_combined`` and encoded at flush.
-``format_combined`` stays the reference: the bytes are the same (tests/unit/test_accesslog.py checks both).
+Cost (the hit path pays it on every request): an exchange's line is written straight as bytes by ``exchange`` from
+its values, in one format when none of them needs escaping (one ``bytes.translate`` over them all says so), with the
+time string made once per second; measured in-process ~0.6 µs a line against ~5 µs for a LogRecord formatted with
+``format_combined`` and encoded at flush. The head memo keeps a line's parts with the head they came from
+(``request_part``, ``agents_part``) and writes it with ``line``. JSON lines take the same way (``json``: 1.8
+against 6.7 µs). ``format_combined`` and ``format_json`` stay the reference: the bytes are the same
+(tests/unit/test_accesslog.py checks both); ``log`` with a ``LogRecord`` formats through them.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import re
 import sys
 import time
 from dataclasses import dataclass
@@ -62,13 +63,15 @@ def _clf_time(ts: float) -> str:
     return time.strftime("%d/%b/%Y:%H:%M:%S +0000", time.gmtime(ts))
 
 
-# Anything _esc would change: a value without one is written as it came.
-_NEEDS_ESCAPE = re.compile(rb'[^\x20\x21\x23-\x5b\x5d-\x7e]')
+# What _esc leaves as it is (printable ASCII but the quote and the backslash): ``value.translate(None, _PLAIN)`` is
+# empty when a value can be written as it came. A C-level pass, ~3x cheaper than a regex search for a byte outside
+# the set (0.2 against 0.6 µs over a browser's user agent and referer, measured).
+_PLAIN = bytes(c for c in range(0x20, 0x7F) if c not in b'"\\')
 
 
 def escape(value: bytes) -> bytes:
     """``_esc`` as bytes, with a fast path for the usual value (printable ASCII without quote or backslash)."""
-    return value if _NEEDS_ESCAPE.search(value) is None else _esc(value).encode("ascii")
+    return _esc(value).encode("ascii") if value.translate(None, _PLAIN) else value
 
 
 def request_part(method: bytes, target: bytes, version: bytes) -> bytes:
@@ -81,12 +84,15 @@ def agents_part(referer: bytes, user_agent: bytes) -> bytes:
     return b'"%s" "%s"' % (escape(referer) or b"-", escape(user_agent) or b"-")
 
 
-def parts(method: bytes, target: bytes, version: bytes, referer: bytes, user_agent: bytes) -> tuple[bytes, bytes]:
-    """``request_part`` and ``agents_part`` at once: one search over the five values for the usual request, in which
-    none needs escaping (five searches and calls cost ~10k instructions of a parsed hit)."""
-    if _NEEDS_ESCAPE.search(b"".join((method, target, version, referer, user_agent))) is None:
-        return b'"%s %s HTTP/%s"' % (method, target, version), b'"%s" "%s"' % (referer or b"-", user_agent or b"-")
-    return request_part(method, target, version), agents_part(referer, user_agent)
+def _json_inner(value: bytes) -> bytes:
+    """``json.dumps(value.decode("latin-1"))`` as bytes, without its quotes."""
+    return json.dumps(value.decode("latin-1")).encode("ascii")[1:-1]
+
+
+def _json_float(value: float) -> bytes:
+    """What json.dumps writes for ``round(value, 3)``: the float's repr, or NaN/Infinity."""
+    value = round(value, 3)
+    return b"%r" % value if value - value == 0.0 else json.dumps(value).encode("ascii")
 
 
 def format_combined(r: LogRecord) -> str:
@@ -119,7 +125,7 @@ class AccessLog:
     def __init__(self, target: str | None, fmt: str = "combined") -> None:
         self.target = target
         self.format = FORMATS[fmt]
-        self.combined_fast = fmt == "combined"  # callers use ``combined`` instead of ``log``
+        self.combined_fast = fmt == "combined"  # callers use ``combined`` instead of ``log``, and for json ``json``
         self.lines: list[bytes] = []
         self.fd: int | None = None
         self._second = -1
@@ -149,21 +155,75 @@ class AccessLog:
                  cache: bytes, origin_ms: float, total_ms: float) -> None:
         """A combined line from its parts (``request_part``, ``agents_part``; ``cache`` already ``-`` when
         empty): the bytes ``format_combined`` would give."""
-        if self.fd is not None:
-            self.line(client, now, b"%s %d %d %s cache=%s origin_ms=%.1f total_ms=%.1f\n" % (
-                request, status, sent, agents, cache, origin_ms, total_ms))
+        if self.fd is None:
+            return
+        # One format for the whole line (a tail formatted first and copied into the line cost a tenth of the log).
+        stamp = self._stamp if int(now) == self._second else self._new_stamp(now)
+        lines = self.lines
+        lines.append(b"%s - - [%s] %s %d %d %s cache=%s origin_ms=%.1f total_ms=%.1f\n" % (
+            client, stamp, request, status, sent, agents, cache, origin_ms, total_ms))
+        if len(lines) >= FLUSH_LINES:
+            self.flush()
+
+    def exchange(self, client: bytes, now: float, method: bytes, target: bytes, version: bytes, status: int, sent: int,
+                 referer: bytes, user_agent: bytes, cache: bytes, origin_ms: float, total_ms: float) -> None:
+        """One exchange's line in this log's format, from its values (``cache`` already ``-`` when empty): the bytes
+        ``format_combined`` or ``format_json`` would give."""
+        if self.fd is None:
+            return
+        if not self.combined_fast:
+            self.json(client, now, method, target, version, status, sent, referer, user_agent, cache, origin_ms,
+                      total_ms)
+            return
+        if b"".join((method, target, version, referer, user_agent)).translate(None, _PLAIN):  # something to escape
+            self.combined(client, now, request_part(method, target, version), status, sent,
+                          agents_part(referer, user_agent), cache, origin_ms, total_ms)
+            return
+        # The usual request: one check of the five values, then one format (no parts made and copied into it).
+        stamp = self._stamp if int(now) == self._second else self._new_stamp(now)
+        lines = self.lines
+        lines.append(b'%s - - [%s] "%s %s HTTP/%s" %d %d "%s" "%s" cache=%s origin_ms=%.1f total_ms=%.1f\n' % (
+            client, stamp, method, target, version, status, sent, referer or b"-", user_agent or b"-", cache, origin_ms,
+            total_ms))
+        if len(lines) >= FLUSH_LINES:
+            self.flush()
+
+    def json(self, client: bytes, now: float, method: bytes, target: bytes, version: bytes, status: int, sent: int,
+             referer: bytes, user_agent: bytes, cache: bytes, origin_ms: float, total_ms: float) -> None:
+        """A JSON line from the values ``format_json`` takes (``client`` as bytes, an address): the bytes it would
+        give, made without a record, a dict or json.dumps for the usual values (1.8 against 6.7 µs a line with a
+        browser's user agent and referer, measured)."""
+        if self.fd is None:
+            return
+        stamp = self._stamp if int(now) == self._second else self._new_stamp(now)
+        values = (client, method, target, version, referer, user_agent, cache)
+        if b"".join(values).translate(None, _PLAIN):  # one check for all: the usual request has nothing to escape
+            values = tuple(map(_json_inner, values))
+        client, method, target, version, referer, user_agent, cache = values
+        lines = self.lines
+        lines.append(
+            b'{"time": "%s", "client": "%s", "method": "%s", "target": "%s", "version": "%s", "status": %d, '
+            b'"bytes": %d, "referer": "%s", "user_agent": "%s", "cache": "%s", "origin_ms": %s, "total_ms": %s}\n' % (
+                stamp, client, method, target, version, status, sent, referer, user_agent, cache,
+                _json_float(origin_ms), _json_float(total_ms)))
+        if len(lines) >= FLUSH_LINES:
+            self.flush()
 
     def line(self, client: bytes, now: float, tail: bytes) -> None:
         """A combined line whose part after the time a caller made once (the head memo keeps one per head)."""
         if self.fd is None:
             return
-        second = int(now)
-        if second != self._second:
-            self._second, self._stamp = second, _clf_time(second).encode()
+        stamp = self._stamp if int(now) == self._second else self._new_stamp(now)
         lines = self.lines
-        lines.append(b"%s - - [%s] %s" % (client, self._stamp, tail))
+        lines.append(b"%s - - [%s] %s" % (client, stamp, tail))
         if len(lines) >= FLUSH_LINES:
             self.flush()
+
+    def _new_stamp(self, now: float) -> bytes:
+        """The time string of a new second: made once a second, not once a line."""
+        self._second = second = int(now)
+        self._stamp = _clf_time(second).encode()
+        return self._stamp
 
     def flush(self) -> None:
         if not self.lines or self.fd is None:

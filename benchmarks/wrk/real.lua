@@ -8,7 +8,7 @@
 --   wrk -s real.lua URL                 -- "real-hit": OBJECTS cached objects /bytes/1024?o=K, K in turn
 --   wrk -s real.lua URL -- zipf [SEED]  -- "real-zipf": /bytes/1024?i=K, K drawn from Zipf(1.0) over N URLs
 --
--- With REAL_COUNT_HITS=1 in wrk's environment it counts hits from Cache-Status / X-Cache-Status (as zipf.lua)
+-- With REAL_COUNT_HITS=1 in wrk's environment it counts hits from Cache-Status / X-Cache-Status (zipfhits.lua, as zipf.lua)
 -- and prints "HITS h TOTAL r"; without, it defines no response() (wrk then hands no header to Lua, which keeps
 -- the client fast). The variable, not the "zipf" argument, decides: response() must exist when the script is
 -- loaded, before init() sees the arguments, and done() runs in wrk's main Lua state, where init() never ran.
@@ -48,14 +48,10 @@ local REFERERS = {
    "https://shop.example.com/category/shoes?page=2&sort=price", "https://www.search.example/search?q=edge+cache",
 }
 
-local threads = {}
-
-function setup(thread)
-   table.insert(threads, thread)
-end
+local shared = dofile(debug.getinfo(1, "S").source:match("^@(.*/)") .. "zipfhits.lua")
 
 local heads = {}
-local cdf = {}
+local cdf
 local zipf = false
 local counter = 0
 
@@ -83,32 +79,17 @@ function init(args)
    end
    if zipf then
       if tonumber(args[2]) then math.randomseed(tonumber(args[2])) end
-      local total = 0.0
-      for k = 1, N do
-         total = total + 1.0 / (k ^ S)
-         cdf[k] = total
-      end
-      for k = 1, N do cdf[k] = cdf[k] / total end
+      cdf = shared.cdf(N, S)
    end
    hits = 0
    responses = 0
-end
-
-local function draw()
-   local u = math.random()
-   local lo, hi = 1, N
-   while lo < hi do
-      local mid = math.floor((lo + hi) / 2)
-      if cdf[mid] < u then lo = mid + 1 else hi = mid end
-   end
-   return lo
 end
 
 function request()
    counter = counter + 1
    local path
    if zipf then
-      path = "/bytes/1024?i=" .. draw()
+      path = "/bytes/1024?i=" .. shared.draw(cdf)
    else
       path = "/bytes/1024?o=" .. (counter % OBJECTS)
    end
@@ -116,30 +97,7 @@ function request()
       .. heads[counter % POOL + 1] .. "X-Request-Id: " .. counter .. "-" .. SEED .. "\r\n\r\n"
 end
 
-local function is_hit(headers)
-   local value = headers["Cache-Status"] or headers["cache-status"]
-      or headers["X-Cache-Status"] or headers["x-cache-status"]
-   if value == nil then return false end
-   value = string.lower(value)
-   return string.find(value, "; hit", 1, true) ~= nil or value == "hit"
-end
-
-local counting = os.getenv("REAL_COUNT_HITS") == "1"
-
-function done(summary, latency, requests)
-   if not counting then return end
-   local h, r = 0, 0
-   for _, thread in ipairs(threads) do
-      h = h + thread:get("hits")
-      r = r + thread:get("responses")
-   end
-   io.write(string.format("HITS %d TOTAL %d\n", h, r))
-end
-
 -- Only with REAL_COUNT_HITS=1 (real-zipf): defining response() at all makes wrk hand every header to Lua.
-if counting then
-   function response(status, headers, body)
-      responses = responses + 1
-      if is_hit(headers) then hits = hits + 1 end
-   end
+if os.getenv("REAL_COUNT_HITS") == "1" then
+   shared.count_hits()
 end

@@ -124,6 +124,8 @@ def if_range_holds(value: bytes, entry: Entry) -> bool:
 def respond_from_entry(req: CacheRequest, entry: Entry) -> Answer | None:
     """What to send for this request from ``entry``: None means the full stored response
     (``entry.head`` + ``entry.body``), otherwise the Answer to send instead."""
+    if req.plain:  # none of DECIDING_FIELDS, which hold PRECONDITION_FIELDS
+        return None
     headers = req.headers
     for name, _ in headers:
         if name in PRECONDITION_FIELDS:

@@ -26,6 +26,14 @@ from edgeproxy.http.headers import Headers, get_list
 VARY_STAR = b"*"
 
 
+# The request fields the core's per-request scans look for: request directives (Cache-Control, Pragma) and the
+# preconditions and Range a stored answer is judged against.
+DECIDING_FIELDS: frozenset[bytes] = frozenset({
+    b"cache-control", b"pragma", b"if-match", b"if-none-match", b"if-modified-since", b"if-unmodified-since",
+    b"range",
+})
+
+
 # Not frozen: one is built per request, and a frozen dataclass sets each field through object.__setattr__
 # (~0.3 µs more per request, measured). Nothing mutates or hashes it.
 @dataclass(slots=True)
@@ -35,6 +43,9 @@ class CacheRequest:
     host: str  # lower-case, without the scheme's default port
     target: bytes  # origin-form: path and query
     headers: Headers
+    # True when the caller knows ``headers`` hold none of DECIDING_FIELDS (the shell tests its field dict with one
+    # isdisjoint): the lookup and the conditional check then skip their scans of the fields. False: scan.
+    plain: bool = False
 
 
 def _keep(query: str) -> str:
@@ -62,7 +73,8 @@ def key_for(scheme: str, host: str, target: str, query_mode: str) -> str:
 
 def primary_key(req: CacheRequest, query_mode: str = "keep") -> str:
     target = req.target.decode("latin-1")
-    if "?" not in target:  # most targets: no query to shape
+    # Most targets: no query to shape, or one kept as it is (key_for only drops the "?" of an empty query).
+    if "?" not in target or (query_mode == "keep" and target[-1] != "?"):
         return f"{req.scheme}://{req.host}{target}"
     return key_for(req.scheme, req.host, target, query_mode)
 

@@ -131,7 +131,7 @@ _NO_DIRECTIVES: Directives = {}
 
 def request_directives(req: CacheRequest, opts: CachePolicy = DEFAULT_POLICY) -> Directives:
     """Request Cache-Control this cache honours (§5.2.1), with Pragma: no-cache folded in (§5.4)."""
-    if opts.ignore_request_cache_control:
+    if opts.ignore_request_cache_control or req.plain:
         return _NO_DIRECTIVES
     pragma = False
     for name, _ in req.headers:  # one pass: most requests carry neither field

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from email.utils import formatdate
 from typing import TYPE_CHECKING
 
-from edgeproxy.accesslog import AccessLog, LogRecord, parts
+from edgeproxy.accesslog import AccessLog
 from edgeproxy.cache.cachestatus import CacheStatus
 from edgeproxy.cache.entry import Entry
 from edgeproxy.cache.outcome import Outcome
@@ -44,7 +44,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("edgeproxy")
 SWEEP_INTERVAL = 1.0
-LOG_CACHE: dict[Outcome, bytes] = {o: o.value.encode() for o in Outcome}  # the access log's cache= field
+LOG_CACHE: dict[Outcome, bytes] = {o: o.value.encode() for o in Outcome}  # the access log's cache field (both formats)
 HOST_MEMO = 4096
 
 
@@ -252,33 +252,18 @@ class Edge:
 
     # ---- logging ----
     def log(self, ex: Exchange) -> None:
-        self.counters.response(ex.cache, ex.status, ex.sent)
-        log = self.access_log
-        if log.combined_fast:
-            head = ex.head
-            request, agents = parts(head.method, head.target, head.http_version, get(head.headers, b"referer") or b"",
-                                    get(head.headers, b"user-agent") or b"")
-            log.combined(ex.client.log_peer, self.clock(), request, ex.status, ex.sent, agents, LOG_CACHE[ex.cache],
-                         ex.origin_ms, (time.monotonic() - ex.started) * 1000)
-        elif log.enabled:
-            self._record(ex.client, ex.head, ex.status, ex.sent, ex.cache, ex.origin_ms, ex.started)
+        self.log_exchange(ex.client, ex.head, ex.status, ex.sent, ex.cache, ex.origin_ms, ex.started)
 
     def log_exchange(self, client: ClientConnection, head: RequestHead, status: int, sent: int, cache: Outcome,
                      origin_ms: float, started: float) -> None:
+        """Count and log one answer (``log`` for an Exchange; without one: refused before a site was known, or a
+        memo hit whose log line isn't kept)."""
         self.counters.response(cache, status, sent)
-        if self.access_log.enabled:
-            self._record(client, head, status, sent, cache, origin_ms, started)
-
-    def _record(self, client: ClientConnection, head: RequestHead, status: int, sent: int, cache: Outcome,
-                origin_ms: float, started: float) -> None:
         log = self.access_log
-        if log.combined_fast:
-            request, agents = parts(head.method, head.target, head.http_version, get(head.headers, b"referer") or b"",
-                                    get(head.headers, b"user-agent") or b"")
-            log.combined(client.log_peer, self.clock(), request, status, sent, agents, LOG_CACHE[cache], origin_ms,
+        if log.fd is not None:  # a log that is off costs nothing more
+            fields = head.fields
+            if fields is None or len(fields) != len(head.headers):  # a name twice: the first value, as get() reads
+                fields = dict(reversed(head.headers))
+            log.exchange(client.log_peer, self.clock(), head.method, head.target, head.http_version, status, sent,
+                         fields.get(b"referer") or b"", fields.get(b"user-agent") or b"", LOG_CACHE[cache], origin_ms,
                          (time.monotonic() - started) * 1000)
-            return
-        log.log(LogRecord(
-            client=client.peer, method=head.method, target=head.target, version=head.http_version, status=status,
-            sent=sent, referer=get(head.headers, b"referer") or b"", user_agent=get(head.headers, b"user-agent") or b"",
-            cache=cache, origin_ms=origin_ms, total_ms=(time.monotonic() - started) * 1000, time=self.clock()))

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING
 
 from edgeproxy import cors
 from edgeproxy.cache.freshness import current_age, ttl
-from edgeproxy.cache.key import CacheRequest, primary_key
+from edgeproxy.cache.key import DECIDING_FIELDS, CacheRequest, primary_key
 from edgeproxy.cache.outcome import COLLAPSED, ERROR, HIT, MISS, NONE, PASS, REVALIDATED, STALE, Outcome
 from edgeproxy.cache.policy import (
     Decision,
@@ -323,7 +323,8 @@ def begin(edge: Edge, client: ClientConnection, head: RequestHead) -> bool:
 
 
 def _prepare(edge: Edge, client: ClientConnection, head: RequestHead, started: float) -> Exchange:
-    fields = dict(head.headers)  # one C-speed pass; the parser already refused duplicate Host fields
+    # The parser's dict of the fields (made for its checks), else one C-speed pass; duplicate Hosts were refused.
+    fields = head.fields if head.fields is not None else dict(head.headers)
     target = head.target
     host_field = fields.get(b"host")
     if target[:1] != b"/":
@@ -336,7 +337,7 @@ def _prepare(edge: Edge, client: ClientConnection, head: RequestHead, started: f
     if host_field is None:
         raise BadRequest("no Host")
     host, site = edge.resolve_host(host_field, client.scheme)
-    creq = CacheRequest(head.method, client.scheme, host, target, head.headers)
+    creq = CacheRequest(head.method, client.scheme, host, target, head.headers, DECIDING_FIELDS.isdisjoint(fields))
     ex = Exchange(edge, client, head, site, host, target, started, creq, primary_key(creq, site.policy.query_mode))
     # Refused here but answered by begin, which then knows the site (and so its CORS fields): a cluster request
     # that does not hold (403), a request that came back around (508), an expectation we can't meet (417).

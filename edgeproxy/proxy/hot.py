@@ -82,7 +82,7 @@ class HeadMemo:
                 seen.clear()
             seen.add(key)
             return
-        if not memoizable(head):
+        if not memoizable(head) or not single_head(data):
             return
         seen.discard(key)
         if len(self.heads) >= MEMO_SIZE:

@@ -191,3 +191,34 @@ def test_heads_that_never_repeat_are_not_remembered(edge: Proc, origin: ScriptOr
     conn.close()
     s = stats(edge)
     assert (s["head_memo_hits"], s["hits"]) == (0, 39)
+
+
+@pytest.mark.parametrize("parser", ["h11", "httptools"])
+def test_json_access_log_lines(parser: str, proxy_factory: Callable[..., Proc], origin: ScriptOrigin) -> None:
+    """The JSON format written by the exchange (no LogRecord): a miss, parsed hits, a memo hit, an error."""
+    import json
+
+    proxy = proxy_factory(origin.url, server={"parser": parser}, log={"format": "json"})
+    conn = Conn(proxy.port)
+    for _ in range(4):
+        conn.ask(HEAD.replace(b"user-agent: memo-test", b'user-agent: say "hi" \xc3\xa9'))
+    conn.close()
+    # A field twice: the log shows the first value (as headers.get reads it).
+    conn = Conn(proxy.port)
+    assert conn.ask(HEAD.replace(b"user-agent: memo-test", b"user-agent: first\r\nuser-agent: second"))[0] == 200
+    conn.close()
+    # Refused by the exchange, so logged: before a site is known (an invalid Host) and by its site (TRACE).
+    assert Conn(proxy.port).ask(b"GET /obj HTTP/1.1\r\nhost: x:99999\r\n\r\n")[0] == 400
+    assert Conn(proxy.port).ask(b"TRACE /obj HTTP/1.1\r\nhost: memo.test\r\n\r\n")[0] == 405
+    log = proxy.workdir / "access.log"
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline and log.read_text().count("\n") < 7:
+        time.sleep(0.1)
+    lines = [json.loads(line) for line in log.read_text().splitlines()]
+    assert [(r["cache"], r["status"], r["method"]) for r in lines] == [
+        ("miss", 200, "GET"), ("hit", 200, "GET"), ("hit", 200, "GET"), ("hit", 200, "GET"), ("hit", 200, "GET"),
+        ("error", 400, "GET"), ("error", 405, "TRACE")]
+    assert lines[4]["user_agent"] == "first"
+    assert all(r["target"] == "/obj" and r["version"] == "1.1" and r["client"] == "127.0.0.1" for r in lines)
+    assert lines[0]["user_agent"] == 'say "hi" \xc3\xa9' and lines[0]["bytes"] == len(b"object body")
+    assert lines[-1]["user_agent"] == "" and isinstance(lines[-1]["total_ms"], float)

@@ -15,7 +15,6 @@ from edgeproxy.accesslog import (
     agents_part,
     format_combined,
     format_json,
-    parts,
     request_part,
 )
 
@@ -178,11 +177,31 @@ def test_the_time_string_follows_the_clock():
     log.close()
 
 
-@pytest.mark.parametrize("record", [RECORD, replace(RECORD, referer=b"", user_agent=b""),
-                                    *(replace(RECORD, **{field: raw}) for field, raw, _ in ESCAPES)], ids=repr)
-def test_parts_at_once_are_the_parts(record):
-    assert parts(record.method, record.target, record.version, record.referer, record.user_agent) == (
-        request_part(record.method, record.target, record.version), agents_part(record.referer, record.user_agent))
+def exchange_line(r: LogRecord, fmt: str) -> bytes:
+    """What the exchange writes for ``r`` (AccessLog.exchange, from the values, in either format)."""
+    log = AccessLog(os.devnull, fmt)
+    log.exchange(r.client.encode(), r.time, r.method, r.target, r.version, r.status, r.sent, r.referer, r.user_agent,
+                 (r.cache or "-").encode(), r.origin_ms, r.total_ms)
+    (line,) = log.lines
+    log.close()
+    return line
+
+
+@pytest.mark.parametrize("record", [
+    RECORD, replace(RECORD, referer=b"", user_agent=b"", cache="", status=400, sent=0),
+    replace(RECORD, origin_ms=12.35, total_ms=0.05, time=T + 0.999),
+    *(replace(RECORD, **{field: raw}) for field, raw, _ in ESCAPES),
+], ids=repr)
+def test_the_exchange_line_is_the_reference_line(record):
+    assert exchange_line(record, "combined") == format_combined(record).encode()
+    if record.cache:  # format_json writes an empty cache as "", the exchange never has one (Outcome.NONE is "-")
+        assert exchange_line(record, "json") == format_json(record).encode()
+
+
+def test_a_log_that_is_off_takes_nothing():
+    log = AccessLog(None)
+    log.exchange(b"c", T, b"GET", b"/", b"1.1", 200, 0, b"", b"", b"hit", 0.0, 0.0)
+    assert log.lines == [] and not log.enabled
 
 
 def test_a_full_buffer_is_written_without_waiting_for_the_timer(tmp_path):
@@ -196,3 +215,23 @@ def test_a_full_buffer_is_written_without_waiting_for_the_timer(tmp_path):
     log.line(b"c", T, b'"GET /last HTTP/1.1" 200 0 "-" "-" cache=hit origin_ms=0.0 total_ms=0.0\n')
     assert len(read_lines(path)) == FLUSH_LINES and log.lines == []
     log.close()
+
+
+def fast_json(r: LogRecord) -> bytes:
+    """What the exchange writes for ``r`` in the JSON format (AccessLog.json, no record)."""
+    log = AccessLog(os.devnull, "json")
+    log.json(r.client.encode(), r.time, r.method, r.target, r.version, r.status, r.sent, r.referer, r.user_agent,
+             str(r.cache).encode(), r.origin_ms, r.total_ms)
+    (line,) = log.lines
+    log.close()
+    return line
+
+
+@pytest.mark.parametrize("record", [
+    RECORD, replace(RECORD, referer=b"", user_agent=b"", cache="-", status=400, sent=0),
+    replace(RECORD, origin_ms=12.3456, total_ms=0.0004, time=T + 0.999),
+    replace(RECORD, origin_ms=float("inf"), total_ms=1e-9), replace(RECORD, client="unix"),
+    *(replace(RECORD, **{field: raw}) for field, raw, _ in ESCAPES),
+], ids=repr)
+def test_the_fast_json_line_is_the_reference_line(record):
+    assert fast_json(record) == format_json(record).encode()

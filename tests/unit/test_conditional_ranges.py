@@ -1,7 +1,7 @@
 import pytest
 
-from edgeproxy.cache.conditional import etag_list, respond_from_entry, strong_match, weak_match
-from edgeproxy.cache.key import CacheRequest
+from edgeproxy.cache.conditional import PRECONDITION_FIELDS, etag_list, respond_from_entry, strong_match, weak_match
+from edgeproxy.cache.key import DECIDING_FIELDS, CacheRequest
 from edgeproxy.cache.ranges import UNSATISFIABLE, Answer, parse_range
 from edgeproxy.cache.storability import make_entry
 from edgeproxy.http.dates import format_http_date
@@ -161,3 +161,12 @@ def test_etag_comparison(a, b, weak, strong):
 
 def test_etag_list():
     assert etag_list(b'"a", W/"b,c" ,d') == [b'"a"', b'W/"b,c"', b"d"]
+
+
+def test_plain_requests_skip_the_scan_and_hold_no_precondition():
+    # CacheRequest.plain promises none of DECIDING_FIELDS: those must cover every field respond_from_entry reads.
+    assert PRECONDITION_FIELDS <= DECIDING_FIELDS
+    fields = [(b"accept", b"*/*"), (b"if-range", b'"abc"')]  # If-Range alone decides nothing
+    stored = entry(LMH)
+    assert respond_from_entry(CacheRequest(b"GET", "http", "example.com", b"/a", fields, plain=True), stored) is None
+    assert respond_from_entry(req(fields), stored) is None

@@ -4,7 +4,7 @@ from dataclasses import dataclass
 
 import pytest
 
-from edgeproxy.cache.key import CacheRequest
+from edgeproxy.cache.key import DECIDING_FIELDS, CacheRequest
 from edgeproxy.cache.policy import (
     CachePolicy,
     Hit,
@@ -89,6 +89,10 @@ INM = [(b"if-none-match", b'"v1"')]
 def test_lookup(entry_args, request_headers, later, opts, expected):
     entry = stored(*entry_args)
     decision = lookup(req(request_headers), [entry], NOW + later, opts)
+    # The shell marks a request without DECIDING_FIELDS as plain: the shortcut must decide the same.
+    shortcut = req(request_headers)
+    shortcut.plain = DECIDING_FIELDS.isdisjoint(dict(request_headers))
+    assert lookup(shortcut, [entry], NOW + later, opts) == decision
     if isinstance(expected, Refetch):
         assert decision == Revalidate(entry, [], expected.detail)
     elif isinstance(expected, type):
