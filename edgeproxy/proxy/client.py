@@ -86,13 +86,16 @@ class ClientConnection(asyncio.Protocol):
         if self.closed:
             return
         memo = self.edge.memo
-        if memo is not None and self.task is None and not self.flow.paused and self.parser.idle:
-            if memo.answer(self, data):
-                return
-            # Only the head's end is checked here: whether the read is one head and nothing else is asked by the
-            # memo when it is about to remember one (``HeadMemo.consider``), not on every read (a second search of
-            # ~600 bytes).
-            self.candidate = data if data.endswith(b"\r\n\r\n") else None
+        if memo is not None:
+            if memo.resting:
+                memo.resting -= 1  # standing aside: the full path, with nothing remembered (hot.py)
+            elif self.task is None and not self.flow.paused and self.parser.idle:
+                if memo.answer(self, data):
+                    return
+                # Only the head's end is checked here: whether the read is one head and nothing else is asked by the
+                # memo when it is about to remember one (``HeadMemo.consider``), not on every read (a second search
+                # of ~600 bytes).
+                self.candidate = data if data.endswith(b"\r\n\r\n") else None
         if self.phase == IDLE:
             self.phase = HEAD
             self.deadline = self.edge.loop.time() + self.edge.config.server.header_timeout

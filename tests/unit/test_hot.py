@@ -3,9 +3,11 @@ remembered. The memo itself is exercised over sockets in tests/integration/test_
 
 from __future__ import annotations
 
+import types
+
 import pytest
 
-from edgeproxy.proxy.hot import DECISIVE, memoizable, single_head
+from edgeproxy.proxy.hot import DECISIVE, REST, WINDOW, WORTH, HeadMemo, memoizable, single_head
 from edgeproxy.proxy.parser import RequestHead
 
 GET = b"GET /a HTTP/1.1\r\nHost: x\r\n\r\n"
@@ -58,3 +60,26 @@ def test_memoizable(request_head, expected):
 def test_decisive_fields_cover_the_request_directives_and_conditionals():
     for name in (b"cache-control", b"pragma", b"range", b"if-none-match", b"if-modified-since", b"authorization"):
         assert name in DECISIVE
+
+
+class Counted:
+    """The one thing an empty memo asks of its edge: the memo-hit counter."""
+
+    def __init__(self, memo_hits: int = 0) -> None:
+        self.counters = types.SimpleNamespace(memo_hits=memo_hits)
+
+
+def test_the_memo_stands_aside_when_it_does_not_pay() -> None:
+    memo = HeadMemo(Counted())  # type: ignore[arg-type]
+    for n in range(WINDOW):  # heads that never repeat: every lookup finds nothing
+        assert not memo.answer(None, b"GET /x HTTP/1.1\r\nX-Request-Id: %d\r\n\r\n" % n)  # type: ignore[arg-type]
+    assert (memo.resting, memo.rests, memo.unanswered) == (REST, 1, 0)
+
+
+def test_the_memo_keeps_answering_while_it_pays() -> None:
+    edge = Counted()
+    memo = HeadMemo(edge)  # type: ignore[arg-type]
+    edge.counters.memo_hits = WINDOW // WORTH  # one answer in WORTH lookups during the window: worth its cost
+    for n in range(WINDOW):
+        memo.answer(None, b"GET /%d HTTP/1.1\r\n\r\n" % n)  # type: ignore[arg-type]
+    assert (memo.resting, memo.rests, memo.unanswered, memo.window_hits) == (0, 0, 0, WINDOW // WORTH)
