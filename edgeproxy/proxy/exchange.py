@@ -341,12 +341,11 @@ def _prepare(edge: Edge, client: ClientConnection, head: RequestHead, started: f
     ex = Exchange(edge, client, head, site, host, target, started, creq, primary_key(creq, site.policy.query_mode))
     # Refused here but answered by begin, which then knows the site (and so its CORS fields): a cluster request
     # that does not hold (403), a request that came back around (508), an expectation we can't meet (417).
-    signed = fields.get(FIELD)
-    if signed is not None:
-        ex.refusal = _check_peer(ex, signed)
+    if FIELD in fields:
+        ex.refusal = _check_peer(ex, fields[FIELD])
     if ex.refusal is not None:
         pass
-    elif _is_loop(ex, fields):
+    elif (b"via" in fields or b"cdn-loop" in fields) and _is_loop(ex, fields):
         ex.refusal = LoopDetected()
     else:
         expect = fields.get(b"expect")
