@@ -67,6 +67,7 @@ def load_for_reload(old: Config, path: str) -> tuple[Config, list[str]]:
     the names of those keys. A ConfigError leaves everything as it was; it is logged and told to systemd here."""
     try:
         new = load_config(path)
+        _check_secret(new)
         kept = restart_keys_changed(old, new)
         if kept:
             new = keep_restart_keys(old, new)
@@ -78,6 +79,16 @@ def load_for_reload(old: Config, path: str) -> tuple[Config, list[str]]:
         log.warning("reload: these keys need a restart and keep their old values: %s", ", ".join(kept))
     logging.getLogger().setLevel(new.log.level.upper())
     return new, kept
+
+
+def _check_secret(config: Config) -> None:
+    """A reload re-reads the cluster's secret: one that can't be read refuses the reload, as a bad key would."""
+    from edgeproxy.proxy.peers import load_peers
+
+    try:
+        load_peers(config)
+    except OSError as e:
+        raise ConfigError("cluster.secret_file", str(e).partition(": ")[2] or str(e), config.file) from None
 
 
 class Node:

@@ -101,7 +101,9 @@ class Edge:
         self.apply(config)
 
     def apply(self, config: Config) -> None:
-        """Take a (re)loaded config: everything derived from it is rebuilt, state is kept."""
+        """Take a (re)loaded config: everything derived from it is rebuilt, state is kept. What can fail (the cluster's
+        secret file) is read first, so a failure leaves the old config whole."""
+        peers = load_peers(config)
         self.config = config
         s = config.server
         self.sites = SiteTable.build(config.sites)
@@ -111,7 +113,7 @@ class Edge:
         self.cache_status = CacheStatus(s.name.encode())
         self.via = forwarding.via_token(s.name)
         self.cdn_loop = forwarding.cdn_loop_member(s.name, config.node_id)
-        self.peers = load_peers(config)
+        self.peers = peers
         if config.fleet.redis is not None and self.journal is None:
             self.journal = journal_in_store(self.store, config.fleet.stream)
         self.limits = Limits(max_uri=s.max_uri, max_header_bytes=s.max_header_bytes, max_headers=s.max_headers,

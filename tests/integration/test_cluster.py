@@ -153,6 +153,19 @@ def test_an_owner_with_another_secret_is_skipped_not_obeyed(cluster: Cluster, or
     assert len(origin.seen("/obj")) == 1  # the asker went to the origin itself
 
 
+def test_a_reload_with_an_unreadable_secret_is_refused_and_changes_nothing(cluster: Cluster, origin: ScriptOrigin,
+                                                                            tmp_path: Path) -> None:
+    peer = cluster.peers[0]
+    proxy = cluster.nodes[peer]
+    config = proxy.extra["config_path"].read_text()
+    proxy.extra["config_path"].write_text(config.replace(str(cluster.secret), str(tmp_path / "missing.key")))
+    reply = control(proxy, {"cmd": "reload"})
+    assert not reply["ok"] and "cluster.secret_file" in reply["error"] and "No such file" in reply["error"]
+    target = next(t for t in (f"/obj?reload={i}" for i in range(50)) if cluster.owner(t) != peer)
+    assert get(proxy, target).status == 200
+    assert counters(proxy)["sent"] == 1  # still clustered: it asked the owner with the secret it had
+
+
 def test_a_tier_of_the_same_name_works_and_a_loop_between_tiers_is_refused(tmp_path: Path,
                                                                              origin: ScriptOrigin) -> None:
     for name in ("shield", "edge", "a", "b"):
