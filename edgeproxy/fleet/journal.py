@@ -219,6 +219,12 @@ def node_view(name: str, value: str | None, alive: bool, counter: int, oldest_un
     return NodeView(name, alive, position, at, behind, lag)
 
 
+def forgotten(views: Sequence[NodeView], now: float, after: float) -> list[str]:
+    """Nodes down and silent for longer than ``after`` seconds (by their last record): dropped from the fleet's view,
+    so that a node retired for good does not stay listed as down forever. One that comes back joins again."""
+    return sorted(v.name for v in views if not v.alive and now - v.applied_at > after)
+
+
 def pending(views: Sequence[NodeView], seq: int) -> list[str]:
     """The live nodes that have not yet applied entry ``seq``: what a ``--fleet-wait`` still waits for."""
     return sorted(v.name for v in views if v.alive and v.applied.seq < seq)

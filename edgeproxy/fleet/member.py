@@ -19,7 +19,8 @@ Rules kept here:
 
 Keys, all named after ``[fleet] stream`` S: the stream S, its counter ``S:seq``, the hash ``S:applied`` (node ->
 "id seq time"), the set ``S:nodes`` and one ``S:alive:NODE`` key per node that expires ``ALIVE_FOR`` after the
-node's last heartbeat (liveness by Redis's clock, not the nodes').
+node's last heartbeat (liveness by Redis's clock, not the nodes'). A node down for ``FORGET_AFTER`` is dropped from
+``S:nodes`` and ``S:applied`` by whichever node's heartbeat sees it first.
 """
 
 from __future__ import annotations
@@ -54,6 +55,7 @@ WAIT_POLL = 0.005
 BATCH = 256
 KEPT_RESULTS = 1024  # applied entries' results, for a publisher that reads its reply after the follower applied it
 OUTBOX_LIMIT = 10_000
+FORGET_AFTER = 7 * 86400.0  # a node down this long is dropped from S:nodes and S:applied (it joins again if it returns)
 
 Applier = Callable[[PurgeCommand], Awaitable[dict[str, Any]]]
 LINK_ERRORS = (RedisError, OSError, TimeoutError)
@@ -359,11 +361,21 @@ class FleetMember:
                 try:
                     await self._beat()
                     self.view = await self._read_fleet()
+                    await self._forget(journal.forgotten(self.view, time.time(), FORGET_AFTER))
                 except LINK_ERRORS:
                     pass  # the follow loop notices and reconnects
                 except Exception:  # the heartbeat must outlive a bug: without it this node looks dead
                     log.exception("fleet: heartbeat failed")
             await asyncio.sleep(HEARTBEAT)
+
+    async def _forget(self, names: list[str]) -> None:
+        if names:
+            log.info("fleet: forgetting nodes down for over %d days: %s", FORGET_AFTER // 86400, ", ".join(names))
+            async with self.redis.pipeline(transaction=False) as pipe:
+                pipe.srem(self.keys["nodes"], *names)
+                pipe.hdel(self.keys["applied"], *names)
+                await pipe.execute()
+            self.view = [v for v in self.view if v.name not in names]
 
     # ---- figures ----
     def lag(self) -> float:

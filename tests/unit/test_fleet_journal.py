@@ -19,6 +19,7 @@ from edgeproxy.fleet.journal import (
     decode_record,
     encode_purge,
     follow,
+    forgotten,
     node_view,
     pending,
     start_position,
@@ -141,3 +142,6 @@ def test_the_fleet_view_and_who_is_pending() -> None:
     assert [(v.behind, v.lag) for v in views] == [(0, 0.0), (2, 2.0), (4, 4.0), (9, 9.0)]
     assert pending(views, 8) == ["b", "d"]  # c is down: not waited for
     assert pending(views, 7) == ["d"]
+    # c's last record is from t=5.5: down and silent for longer than `after` is forgotten; live ones never are
+    assert forgotten(views, now=100.0, after=50.0) == ["c"]
+    assert forgotten(views, now=50.0, after=50.0) == []
