@@ -25,6 +25,9 @@ from edgeproxy.cache.policy import conditional_headers
 from edgeproxy.cache.storability import storable
 from edgeproxy.errors import ProxyError
 from edgeproxy.http.headers import Headers
+from edgeproxy.proxy import peers
+from edgeproxy.proxy.origin import OriginAddress, OriginConnection
+from edgeproxy.proxy.origin_parser import ResponseHead
 from edgeproxy.proxy.upstream import (
     CLIENT_CONDITIONALS,
     body_room,
@@ -51,6 +54,7 @@ class Revalidation:
     creq: CacheRequest  # the request as this fetch makes it: only the fields the entry varies on, and Origin
     entry: Entry
     fields: Headers  # to the origin
+    internal: bool = False  # set off by a cluster peer's request: straight to the origin (edgeproxy/proxy/peers.py)
 
     @classmethod
     def of(cls, edge: Edge, ex: Exchange, entry: Entry) -> Revalidation:
@@ -58,7 +62,7 @@ class Revalidation:
         headers = [(k, v) for k, v in ex.head.headers if k in keep]
         creq = CacheRequest(b"GET", ex.client.scheme, ex.host, ex.target, headers)
         fields = edge.request_fields(ex.site, ex.host, ex.client.scheme, headers, client_ip=None)
-        return cls(ex.key, ex.site, creq, entry, fields + conditional_headers(entry))
+        return cls(ex.key, ex.site, creq, entry, fields + conditional_headers(entry), ex.internal is not None)
 
 
 async def revalidate(edge: Edge, job: Revalidation) -> None:
@@ -72,15 +76,33 @@ async def revalidate(edge: Edge, job: Revalidation) -> None:
         edge.store.release(job.entry)
 
 
+async def _ask(edge: Edge, job: Revalidation, timeout: float) -> tuple[OriginConnection, ResponseHead]:
+    """The conditional GET sent to the key's owner in a cluster (then the next node), else to the origin."""
+    async def send(address: OriginAddress, fields: Headers, connect_timeout: float | None) -> tuple[
+            OriginConnection, ResponseHead]:
+        conn = await edge.pool.acquire(address, connect_timeout=connect_timeout)
+        try:
+            conn.send_head(b"GET", job.creq.target, fields)
+            conn.send_end()
+            return conn, await conn.response_head(timeout)
+        except BaseException:
+            edge.pool.release(conn)
+            raise
+
+    if not job.internal:
+        route = peers.hops(edge, job.key, b"GET", job.creq.host, job.creq.target, job.fields)
+        answer = await peers.ask(edge, job.key, route, send) if route else None
+        if answer is not None:
+            return answer
+    return await send(job.site.address, job.fields, None)
+
+
 async def _revalidate(edge: Edge, job: Revalidation) -> None:
     site, timeout = job.site, edge.config.origin.read_timeout
     generation = edge.store.generation()
     request_time = edge.clock()
-    conn = await edge.pool.acquire(site.address)
+    conn, response = await _ask(edge, job, timeout)
     try:
-        conn.send_head(b"GET", job.creq.target, job.fields)
-        conn.send_end()
-        response = await conn.response_head(timeout)
         response_time = edge.clock()
         headers = response.headers
         fields = response_fields(edge, site, headers)

@@ -3,8 +3,9 @@ ring) before the origin. The ring and the signatures are edgeproxy/fleet/cluster
 knows the peers' addresses and moves the request.
 
 Rules kept here:
-- Only fetches to store (a GET or HEAD miss or revalidation) go to a peer: a pass, a request with a body or an
-  internal request (a peer's own: it never goes round again) goes to the origin.
+- Only fetches to store (a GET or HEAD miss or revalidation, and a stale-while-revalidate refresh in the background)
+  go to a peer: a pass, a request with a body or an internal request (a peer's own: it never goes round again), and
+  a refresh that a peer's request set off, go to the origin.
 - A peer that can't be connected to within ``[cluster] connect_timeout``, or closes or times out before its
   response head, is skipped for the next hop and finally the origin: a client sees no error that a direct fetch
   would not have given. So is a peer that refuses the request itself (403, 421 or 508 with its own Cache-Status
@@ -19,7 +20,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -33,6 +34,7 @@ from edgeproxy.proxy.origin_parser import ResponseHead
 from edgeproxy.proxy.upstream import send_request
 
 if TYPE_CHECKING:
+    from edgeproxy.proxy.edge import Edge
     from edgeproxy.proxy.exchange import Exchange
 
 log = logging.getLogger("edgeproxy.cluster")
@@ -43,6 +45,7 @@ PEER_REFUSALS = frozenset({403, 421, 508})
 REFUSAL_DETAILS = {b'detail="forbidden"': "forbidden", b'detail="no-site"': "no such site", b'detail="loop"': "loop"}
 LOG_EVERY = 10.0  # seconds: a peer that is down is named once in this long, not once a miss
 _logged: dict[str, float] = {}
+Answer = tuple[OriginConnection, ResponseHead]
 
 
 def _note_failure(peer: str, key: str, exc: Exception) -> None:
@@ -109,28 +112,49 @@ def peer_fields(fields: Headers, host: bytes, signature: bytes) -> Headers:
     return [(b"host", host), *((k, v) for k, v in fields if k != b"host"), (FIELD, signature)]
 
 
-async def fetch(ex: Exchange, fields: Headers, cacheable: bool) -> tuple[OriginConnection, ResponseHead]:
+def hops(edge: Edge, key: str, method: bytes, host: str, target: bytes,
+         fields: Headers) -> list[tuple[str, OriginAddress, Headers]]:
+    """The peers to ask for ``key`` before the origin, in order, each with its address and the signed fields."""
+    peers = edge.peers
+    if peers is None or method not in ASKED:
+        return []
+    ranked = peers.ring.hops(key)
+    if not ranked:
+        return []
+    signature = peers.ring.sign(method, host.encode(), target, edge.clock(), edge.journal_seq())
+    signed = peer_fields(fields, host.encode(), signature)
+    return [(peer, peers.addresses[peer], signed) for peer in ranked]
+
+
+async def ask(edge: Edge, key: str, route: list[tuple[str, OriginAddress, Headers]],
+              send: Callable[[OriginAddress, Headers, float], Awaitable[Answer]]) -> Answer | None:
+    """The first peer on ``route`` that answers (``send`` makes the exchange with it), or None: the origin's turn."""
+    assert edge.peers is not None
+    for peer, address, signed in route:
+        try:
+            conn, response = await send(address, signed, edge.peers.connect_timeout)
+        except PEER_FAILURES as exc:
+            edge.counters.cluster["failed"] += 1
+            _note_failure(peer, key, exc)
+            continue
+        refusal = peer_refusal(response)
+        if refusal is not None:  # the cluster disagrees with itself (secret, sites, ring): not the client's doing
+            edge.pool.release(conn)  # closed: its body was not read
+            edge.counters.cluster["failed"] += 1
+            _note_failure(peer, key, OriginError(f"it refused this node's request ({refusal})"))
+            continue
+        edge.counters.cluster["sent"] += 1
+        return conn, response
+    return None
+
+
+async def fetch(ex: Exchange, fields: Headers, cacheable: bool) -> Answer:
     """Send the request to the key's owner (then the next node), else the origin; the connection and response head."""
-    edge, peers = ex.edge, ex.edge.peers
-    if peers is not None and cacheable and ex.internal is None and ex.head.method in ASKED:
-        hops = peers.ring.hops(ex.key)
-        if hops:
-            host = ex.host.encode()
-            signature = peers.ring.sign(ex.head.method, host, ex.target, edge.clock(), edge.journal_seq())
-            signed = peer_fields(fields, host, signature)
-            for peer in hops:
-                try:
-                    result = await send_request(ex, signed, peers.addresses[peer], peers.connect_timeout)
-                except PEER_FAILURES as exc:
-                    edge.counters.cluster["failed"] += 1
-                    _note_failure(peer, ex.key, exc)
-                    continue
-                refusal = peer_refusal(result[1])
-                if refusal is not None:  # the cluster disagrees with itself (secret, sites, ring): not the client's
-                    edge.pool.release(result[0])  # closed: its body was not read
-                    edge.counters.cluster["failed"] += 1
-                    _note_failure(peer, ex.key, OriginError(f"it refused this node's request ({refusal})"))
-                    continue
-                edge.counters.cluster["sent"] += 1
-                return result
+    if cacheable and ex.internal is None:
+        route = hops(ex.edge, ex.key, ex.head.method, ex.host, ex.target, fields)
+        if route:
+            answer = await ask(ex.edge, ex.key, route, lambda address, signed, timeout: send_request(
+                ex, signed, address, timeout))
+            if answer is not None:
+                return answer
     return await send_request(ex, fields)

@@ -16,7 +16,7 @@ import pytest
 from edgeproxy.fleet.cluster import Ring, ranking
 from tests.integration.test_ops import control, wait_ready
 from tests.redisserver import RedisServer
-from tests.scriptorigin import ScriptOrigin
+from tests.scriptorigin import Reply, ScriptOrigin, Seen
 from tests.support import HTTPClient, Proc, Response, free_port, start_proxy
 
 SECRET = "cluster-test-secret-0123456789"
@@ -164,6 +164,29 @@ def test_a_reload_with_an_unreadable_secret_is_refused_and_changes_nothing(clust
     target = next(t for t in (f"/obj?reload={i}" for i in range(50)) if cluster.owner(t) != peer)
     assert get(proxy, target).status == 200
     assert counters(proxy)["sent"] == 1  # still clustered: it asked the owner with the secret it had
+
+
+def test_a_stale_while_revalidate_refresh_goes_through_the_owner(cluster: Cluster, origin: ScriptOrigin) -> None:
+    def swr(seen: Seen) -> Reply:
+        fields = [("cache-control", "public, max-age=1, stale-while-revalidate=30"), ("etag", '"v1"')]
+        if seen.header("if-none-match") == '"v1"':
+            return Reply(304, fields, framing="none")
+        return Reply(200, [("content-type", "text/plain"), *fields], b"swr body\n")
+
+    origin.routes["/swr"] = swr
+    target = "/swr?n=1"
+    asker = cluster.nodes[cluster.others(target)[0]]
+    assert get(asker, target).status == 200  # stored by the owner and by the asker
+    time.sleep(1.5)  # both copies are stale now, within stale-while-revalidate
+    stale = get(asker, target)
+    assert stale.status == 200 and cache_status(stale)[-1].startswith("edgeproxy; hit")  # answered at once
+    # The asker's background refresh asks the owner (whose own stale copy answers it and refreshes in turn): the
+    # origin sees one conditional request for the cluster, not one per node.
+    assert origin.wait_for(lambda: any(s.header("if-none-match") for s in origin.seen("/swr")))
+    time.sleep(0.3)
+    seen = origin.seen("/swr")
+    assert [s.header("if-none-match") for s in seen] == [None, '"v1"'], seen
+    assert counters(asker)["sent"] == 2  # the first fetch and the refresh, both to the owner
 
 
 def test_a_tier_of_the_same_name_works_and_a_loop_between_tiers_is_refused(tmp_path: Path,
