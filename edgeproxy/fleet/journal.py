@@ -117,6 +117,28 @@ def decode_record(entry_id: str, fields: Mapping[str, str]) -> Record:
     return Record(entry_id, seq, command, fields.get("node", "?"))
 
 
+def encode_outbox(commands: Sequence[PurgeCommand]) -> bytes:
+    """Purges applied here while Redis was unreachable, as kept with the cache until they are published."""
+    return json.dumps([encode_purge(c) for c in commands]).encode()
+
+
+def decode_outbox(data: bytes | None) -> list[PurgeCommand]:
+    """What ``encode_outbox`` kept; an unreadable record or item is dropped (it was applied here already)."""
+    try:
+        items = json.loads(data) if data else []
+    except ValueError:
+        return []
+    commands = []
+    for item in items if isinstance(items, list) else []:
+        try:
+            command = parse_request(encode_request(json.loads(item)).rstrip(b"\n"))
+        except (ValueError, TypeError):
+            continue
+        if isinstance(command, PurgeCommand):
+            commands.append(command)
+    return commands
+
+
 # --- following the journal --------------------------------------------------------------------------------
 
 

@@ -13,8 +13,9 @@ Rules kept here:
 - ``start`` runs before the node serves: with a persisted cache it replays what the node missed since its position
   (or, in a gap or with Redis unreachable, marks everything stale) before a single request can hit a purged object.
 - Redis down never stops serving: a purge given meanwhile is applied here at once and published when Redis
-  answers again (kept in memory only: a restart before that loses it, which the reply says); the follow loop
-  retries with backoff and resumes from its position. Nothing here raises into a request.
+  answers again (kept with the shared store's objects, so a restart meanwhile loses nothing; in memory for a cache of
+  this process alone, which the reply says); the follow loop retries with backoff and resumes from its position.
+  Nothing here raises into a request.
 - The Redis URL's password and the password file's content are never logged (``redact_url``).
 
 Keys, all named after ``[fleet] stream`` S: the stream S, its counter ``S:seq``, the hash ``S:applied`` (node ->
@@ -85,6 +86,7 @@ class FleetMember:
         self.keys = {"stream": s, "seq": f"{s}:seq", "applied": f"{s}:applied", "nodes": f"{s}:nodes",
                      "alive": f"{s}:alive:{self.node}"}
         self.note_name = f"fleet:{s}"
+        self.outbox_name = f"fleet-outbox:{s}"
         self.position: Position | None = None  # None: unknown (see journal.start_position)
         self.connected = False
         self.caught_up_at = time.monotonic()
@@ -110,6 +112,10 @@ class FleetMember:
         self.reader = self._client(password, BLOCK + self.config.wait_timeout)
         self._publish = self.redis.register_script(journal.PUBLISH_SCRIPT)
         self.position = Position.unpack(self.notes.read_note(self.note_name)) if self.notes else None
+        self.outbox = journal.decode_outbox(self.notes.read_note(self.outbox_name)) if self.notes else []
+        if self.outbox:
+            log.info("fleet: %d purges applied here while Redis was unreachable are still to be published",
+                     len(self.outbox))
         started, applied = time.monotonic(), self.counts["applied"]
         try:
             await self._catch_up()  # bounded by the sockets' timeouts, not as a whole: a long replay must finish
@@ -303,14 +309,22 @@ class FleetMember:
         self.counts["unpublished"] += 1
         if len(self.outbox) < OUTBOX_LIMIT:
             self.outbox.append(command)
+            self._keep_outbox()
+        kept = "" if self.notes is not None else " (unless this node restarts first: its cache is not kept)"
         return {**result, "fleet": {"published": False, "node": self.node, "error": (
             f"Redis at {self.where} is unreachable ({_reason(exc)}): applied on this node only; it is published "
-            "when Redis answers again (unless this node restarts first)")}}
+            f"when Redis answers again{kept}")}}
+
+    def _keep_outbox(self) -> None:
+        """The outbox lives with the cache (a restart before Redis answers loses nothing); in memory without one."""
+        if self.notes is not None:
+            self.notes.write_note(self.outbox_name, journal.encode_outbox(self.outbox))
 
     async def _flush_outbox(self) -> None:
         while self.outbox:
             await self._publish_one(self.outbox[0])
             self.outbox.pop(0)
+            self._keep_outbox()
 
     async def _wait_fleet(self, seq: int, timeout: float, started: float) -> dict[str, Any]:
         deadline = started + timeout

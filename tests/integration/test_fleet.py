@@ -316,6 +316,22 @@ def test_redis_killed_under_load_no_request_fails_and_later_purges_arrive(three:
     assert reply["fleet"]["applied_on"] == sorted(NODES), (reply, [p.log() for p in three.nodes.values()])
 
 
+def test_a_purge_given_while_redis_is_down_survives_a_restart_of_its_node(fleet: Fleet,
+                                                                          redis_server: RedisServer) -> None:
+    fleet.start("edge-a")
+    b = fleet.start("edge-b")
+    warm(fleet, "/obj?outbox=1")
+    redis_server.kill()
+    reply = purge(fleet.nodes["edge-a"], {"kind": "url", "url": "http://fleet.test/obj?outbox=1"})
+    assert reply["fleet"]["published"] is False and "restarts first" not in reply["fleet"]["error"]
+    fleet.stop("edge-a")  # before Redis is back: the purge waits in the store's outbox, not in memory
+    redis_server.start()
+    a = fleet.start("edge-a")
+    assert "1 purges applied here while Redis was unreachable are still to be published" in a.log()
+    wait_until(lambda: not is_hit(b, "/obj?outbox=1"), timeout=15, what="the kept purge published and applied")
+    assert stats(a)["fleet"]["outbox"] == 0
+
+
 def test_fleet_wait_names_a_node_that_does_not_apply(three: Fleet) -> None:
     c = three.nodes["edge-c"]
     c.signal(19)  # SIGSTOP: alive for a moment (its heartbeat key lives on), applying nothing

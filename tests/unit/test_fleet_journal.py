@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from edgeproxy.cache.purge import PurgeAll, PurgeHost, PurgePrefix, PurgeRegex, PurgeTag, PurgeURL
@@ -50,6 +52,13 @@ def test_every_purge_kind_round_trips_through_a_stream_entry(command: PurgeComma
     got = decode_record("1700000000000-3", fields)
     assert (got.seq, got.node, got.id) == (7, "edge-b", "1700000000000-3")
     assert got.command == command
+
+
+def test_the_outbox_round_trips_and_drops_what_it_cannot_read() -> None:
+    assert journal.decode_outbox(journal.encode_outbox(COMMANDS)) == COMMANDS
+    assert journal.decode_outbox(None) == [] and journal.decode_outbox(b"not json") == []
+    kept = json.dumps([encode_purge(COMMANDS[0]), "garbage", '{"cmd":"stats"}']).encode()
+    assert journal.decode_outbox(kept) == [COMMANDS[0]]
 
 
 def test_a_fleet_wait_is_not_part_of_the_journal() -> None:
