@@ -307,6 +307,10 @@ class ClusterConfig:
     me: str | None = None  # the TOML key is "self": which of the peers this node is
     secret_file: str | None = None
     connect_timeout: float = 0.5 * SECONDS  # a peer that does not accept in this long is skipped
+    tls: bool = False  # peers are reached (and cluster requests accepted) over TLS: the peers are tls_listen addresses
+    ca_file: str | None = None  # what signs the peers' certificates (None: the system's trust)
+    cert_file: str | None = None  # this node's client certificate: mutual TLS (peers accept only the CA's)
+    key_file: str | None = None
 
 
 @dataclass(frozen=True)
@@ -387,7 +391,7 @@ LOG_KEYS: dict[str, Callable[[Any], Any]] = {
 METRICS_KEYS: dict[str, Callable[[Any], Any]] = {"listen": parse_address}
 CLUSTER_KEYS: dict[str, Callable[[Any], Any]] = {
     "peers": _list_of(_peer), "self": _peer, "secret_file": _opt_str,
-    "connect_timeout": parse_duration,
+    "connect_timeout": parse_duration, "tls": _bool, "ca_file": _opt_str, "cert_file": _opt_str, "key_file": _opt_str,
 }
 # TOML keys that are not Python names: key -> dataclass field.
 FIELD_NAMES: dict[str, str] = {"cluster.self": "me"}
@@ -407,7 +411,7 @@ RESTART_KEYS: frozenset[str] = frozenset({
     "server.listen", "server.tls_listen", "server.workers", "server.parser", "server.control_socket",
     "server.control_group", "server.control_uids", "server.control_gids", "metrics.listen", "cache.size",
     "cache.shared", "cache.path", "cache.hot_size", "fleet.redis", "fleet.stream", "fleet.node",
-    "fleet.password_file",
+    "fleet.password_file", "cluster.tls", "cluster.ca_file", "cluster.cert_file", "cluster.key_file",
 })
 
 
@@ -517,6 +521,29 @@ def _check_cluster(config: Config) -> None:
     if c.secret_file is None:
         raise ConfigError("cluster.secret_file", "required with cluster.peers: internal requests are signed with it",
                           config.file)
+    _check_cluster_tls(config)
+    if config.fleet.redis is not None and config.server.workers > 1 and not config.shared_cache:
+        # Such workers can't read the journal position their cache has applied, which a peer's request must carry
+        # (and be judged by) so that a purge and the cluster together never refill a node with a purged object.
+        raise ConfigError("cache.shared", "workers that do not share one cache can't take part in a cluster with a "
+                          "fleet: share the cache (the default with workers > 1) or run one worker", config.file)
+
+
+def _check_cluster_tls(config: Config) -> None:
+    c = config.cluster
+    if (c.cert_file is None) != (c.key_file is None):
+        raise ConfigError("cluster.cert_file", "cert_file and key_file go together", config.file)
+    if not c.tls:
+        if c.ca_file or c.cert_file:
+            raise ConfigError("cluster.tls", "ca_file, cert_file and key_file need tls = true", config.file)
+        return
+    ports = {port for _host, port in config.server.tls_listen}
+    if int(c.me.rpartition(":")[2]) not in ports:  # type: ignore[union-attr]
+        raise ConfigError("cluster.self", f"with cluster.tls the peers are TLS listeners: {c.me} is not one of "
+                          "server.tls_listen", config.file)
+    if c.cert_file is not None and c.ca_file is None:
+        raise ConfigError("cluster.ca_file", "mutual TLS (cert_file) needs the CA that signs the peers' "
+                          "certificates", config.file)
 
 
 def load_config(path: str) -> Config:

@@ -35,8 +35,14 @@ def addresses(listeners: list[Listener]) -> list[str]:
     return [f"{scheme}://{sock.getsockname()[0]}:{sock.getsockname()[1]}" for scheme, sock in listeners]
 
 
-def server_ssl_context(cert: str, key: str) -> ssl.SSLContext:
+def server_ssl_context(cert: str, key: str, peer_ca: str | None = None) -> ssl.SSLContext:
+    """The TLS listeners' context. ``peer_ca``: cluster peers show certificates it signed (``[cluster]`` mutual TLS):
+    a certificate is asked for but optional (clients show none; a cluster request without one is refused at the
+    exchange), as nginx's ``ssl_verify_client optional``."""
     ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     ctx.load_cert_chain(cert, key)
+    if peer_ca is not None:
+        ctx.verify_mode = ssl.CERT_OPTIONAL
+        ctx.load_verify_locations(peer_ca)
     ctx.set_alpn_protocols(["http/1.1"])
     return ctx

@@ -62,7 +62,8 @@ class LocalEdge:
         s = self.config.server
         if any(scheme == "https" for scheme, _ in self.listeners):
             assert s.tls_cert and s.tls_key  # config validation requires both with tls_listen
-            self.tls_context = server_ssl_context(s.tls_cert, s.tls_key)
+            c = self.config.cluster
+            self.tls_context = server_ssl_context(s.tls_cert, s.tls_key, c.ca_file if c.cert_file else None)
         for scheme, sock in self.listeners:
             self.servers.append(await self.loop.create_server(
                 lambda scheme=scheme: ClientConnection(self.edge, scheme), sock=sock, backlog=BACKLOG,

@@ -13,6 +13,10 @@ Rules kept here:
 - Stored fields: the response's minus hop-by-hop, Age, Set-Cookie, fields named by ``private=`` /
   ``no-cache=`` (§5.2.2.4, §5.2.2.7), the targeted fields we consume and the purge tags
   (Surrogate-Key, Cache-Tag), plus a Date when the origin sent none or an invalid one.
+- A cluster peer that asks for an entry gets this cache's decision with it (``decision_fields``): the lifetime,
+  stale extensions, revalidation flags and purge tags as a ``CDN-Cache-Control`` and tag fields, which the stored
+  head lacks (they are consumed here). The peer stores it as this cache did, tags included, not by the fields a
+  browser gets.
 - A 304 updates every stored field it carries except the ones describing the stored body
   (NOT_UPDATED_BY_304, §3.2). It only applies to the entry whose validators it matches (§4.3.4).
 Deliberate departures:
@@ -123,6 +127,28 @@ def parse_tags(headers: Headers) -> frozenset[str]:
     tags = {t.decode("latin-1") for k, v in headers if k == b"surrogate-key" for t in v.split()}
     tags.update(t.decode("latin-1") for t in get_list(headers, b"cache-tag"))
     return frozenset(tags)
+
+
+def decision_fields(entry: Entry) -> Headers:
+    """What this cache decided about ``entry``, as fields another edgeproxy obeys (RFC 9213 targeted field, purge
+    tags): sent with the entry to a cluster peer, whose stored copy then lives and is purged as this one is."""
+    directives = [b"public", b"max-age=%d" % entry.freshness_lifetime]
+    if entry.stale_while_revalidate:
+        directives.append(b"stale-while-revalidate=%d" % entry.stale_while_revalidate)
+    if entry.stale_if_error:
+        directives.append(b"stale-if-error=%d" % entry.stale_if_error)
+    if entry.must_revalidate:
+        directives.append(b"must-revalidate")
+    if entry.no_cache:
+        directives.append(b"no-cache")
+    out = [(b"cdn-cache-control", b", ".join(directives))]
+    keys = sorted(t for t in entry.tags if " " not in t)  # Surrogate-Key is space-separated, Cache-Tag comma-
+    listed = sorted(t for t in entry.tags if " " in t)
+    if keys:
+        out.append((b"surrogate-key", " ".join(keys).encode("latin-1")))
+    if listed:
+        out.append((b"cache-tag", ", ".join(listed).encode("latin-1")))
+    return out
 
 
 def _withheld(headers: Headers, cc: Directives, targeted: bool) -> frozenset[bytes]:

@@ -60,8 +60,8 @@ class Revalidation:
     def of(cls, edge: Edge, ex: Exchange, entry: Entry) -> Revalidation:
         keep = (frozenset(entry.vary) | {b"origin"}) - CLIENT_CONDITIONALS
         headers = [(k, v) for k, v in ex.head.headers if k in keep]
-        creq = CacheRequest(b"GET", ex.client.scheme, ex.host, ex.target, headers)
-        fields = edge.request_fields(ex.site, ex.host, ex.client.scheme, headers, client_ip=None)
+        creq = CacheRequest(b"GET", ex.creq.scheme, ex.host, ex.target, headers)  # a peer's: the scheme it signed
+        fields = edge.request_fields(ex.site, ex.host, ex.creq.scheme, headers, client_ip=None)
         return cls(ex.key, ex.site, creq, entry, fields + conditional_headers(entry), ex.internal is not None)
 
 
@@ -90,7 +90,7 @@ async def _ask(edge: Edge, job: Revalidation, timeout: float) -> tuple[OriginCon
             raise
 
     if not job.internal:
-        route = peers.hops(edge, job.key, b"GET", job.creq.host, job.creq.target, job.fields)
+        route = peers.hops(edge, job.key, job.creq.scheme, b"GET", job.creq.host, job.creq.target, job.fields)
         answer = await peers.ask(edge, job.key, route, send) if route else None
         if answer is not None:
             return answer

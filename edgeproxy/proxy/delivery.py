@@ -5,6 +5,8 @@ Rules kept here:
   Cache-Status, the edge-mode CORS fields and, when needed, Connection; then the body. One write; two for large
   bodies (> COPY_LIMIT), where concatenating would copy the body.
 - Client conditionals and Range are judged against the entry first (cache/conditional.py): 304, 412, 206, 416.
+- A cluster peer's request also gets this cache's decision about the entry (``storability.decision_fields``), which
+  the stored head lacks, so the peer stores its copy with the same lifetime and purge tags.
 - No header is parsed here: everything per response is appended as prepared bytes. The one scan is on the rarer
   path that builds a new head anyway (an answer to the client's conditionals or Range): an origin-mode copy's
   CORS fields are carried over to it (``cors.keep_origin_cors``).
@@ -19,6 +21,7 @@ from edgeproxy import cors
 from edgeproxy.cache.conditional import respond_from_entry
 from edgeproxy.cache.entry import Entry
 from edgeproxy.cache.outcome import HIT
+from edgeproxy.cache.storability import decision_fields
 from edgeproxy.http.headers import Headers
 from edgeproxy.http.wire import serialize_head
 from edgeproxy.proxy.parser import RequestHead
@@ -58,9 +61,11 @@ def deliver(ex: Exchange, entry: Entry, age: float, cache_status: bytes) -> None
     answer = respond_from_entry(ex.creq, entry)
     head_only = ex.head.method == b"HEAD"
     tail = ex.cors + connection_line(ex.head) + b"\r\n"
+    if ex.internal is not None:  # a cluster peer stores what it gets: it is told what this cache decided
+        tail = b"".join(k + b": " + v + b"\r\n" for k, v in decision_fields(entry)) + tail
     if answer is None:
         client = ex.client
-        if client.candidate is not None and ex.edge.memo is not None and ex.cache is HIT:
+        if client.candidate is not None and ex.edge.memo is not None and ex.cache is HIT and ex.internal is None:
             ex.edge.memo.consider(client.candidate, ex.head, entry, tail)
         ex.sent = write_stored(client.transport.write, entry, age, cache_status, tail, head_only)
         ex.status = entry.status

@@ -26,6 +26,7 @@ from edgeproxy.cache.purge import PurgeURL, Selector, site_purge_url
 from edgeproxy.cache.store import Storage, Store
 from edgeproxy.config import Config, SiteConfig
 from edgeproxy.errors import BadRequest, MisdirectedRequest, OriginConnectError, OriginError, OriginTimeout, ProxyError
+from edgeproxy.fleet.cluster import ReplayGuard
 from edgeproxy.http.headers import Headers, get
 from edgeproxy.metrics import ProxyCounters
 from edgeproxy.proxy import forwarding
@@ -94,6 +95,7 @@ class Edge:
         # The fleet journal entry this process's cache has applied (None: no fleet, or not known here): read from the
         # shared store's note, or handed in by the process that follows the journal (``follow_journal``).
         self.journal: Callable[[], int | None] | None = None
+        self.replays = ReplayGuard()  # the cluster's nonces seen here (edgeproxy/fleet/cluster.py)
         o = config.origin
         self.pool = OriginPool(connect_timeout=o.connect_timeout, idle_timeout=o.idle_timeout,
                                max_total=o.max_connections, max_per_origin=o.max_per_origin,
@@ -203,7 +205,9 @@ class Edge:
     def origin_request_fields(self, ex: Exchange) -> list[tuple[bytes, bytes]]:
         head = ex.head
         length = get(head.headers, b"content-length")
-        return self.request_fields(ex.site, ex.host, ex.client.scheme, head.headers, client_ip=ex.client.peer,
+        # The scheme of the key: the client's, or for a cluster peer's request the one it signed (never this
+        # listener's: peers may talk plain HTTP for an https client).
+        return self.request_fields(ex.site, ex.host, ex.creq.scheme, head.headers, client_ip=ex.client.peer,
                                    body_length=int(length) if length is not None else None,
                                    chunked=head.has_body and length is None)
 

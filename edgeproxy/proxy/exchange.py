@@ -45,7 +45,7 @@ from edgeproxy.errors import (
     OriginError,
     ProxyError,
 )
-from edgeproxy.fleet.cluster import FIELD, ClusterAuthError
+from edgeproxy.fleet.cluster import FIELD, Claim, ClusterAuthError, parse_claim
 from edgeproxy.http.headers import get
 from edgeproxy.proxy import forwarding, peers
 from edgeproxy.proxy.delivery import deliver, write_answer, write_error, write_local
@@ -327,22 +327,25 @@ def _prepare(edge: Edge, client: ClientConnection, head: RequestHead, started: f
     fields = head.fields if head.fields is not None else dict(head.headers)
     target = head.target
     host_field = fields.get(b"host")
+    scheme, claim = client.scheme, None
+    if FIELD in fields:  # a cluster peer's request is keyed by the scheme it signed, checked below
+        claim = _read_claim(fields[FIELD])
+        scheme = claim.scheme if isinstance(claim, Claim) else scheme
     if target[:1] != b"/":
         target, authority = _origin_form(target)
         if authority is not None:
-            if host_field is not None and normalize_host(host_field, client.scheme) != normalize_host(
-                    authority, client.scheme):
+            if host_field is not None and normalize_host(host_field, scheme) != normalize_host(authority, scheme):
                 raise BadRequest("absolute-form target disagrees with Host")
             host_field = authority
     if host_field is None:
         raise BadRequest("no Host")
-    host, site = edge.resolve_host(host_field, client.scheme)
-    creq = CacheRequest(head.method, client.scheme, host, target, head.headers, DECIDING_FIELDS.isdisjoint(fields))
+    host, site = edge.resolve_host(host_field, scheme)
+    creq = CacheRequest(head.method, scheme, host, target, head.headers, DECIDING_FIELDS.isdisjoint(fields))
     ex = Exchange(edge, client, head, site, host, target, started, creq, primary_key(creq, site.policy.query_mode))
     # Refused here but answered by begin, which then knows the site (and so its CORS fields): a cluster request
     # that does not hold (403), a request that came back around (508), an expectation we can't meet (417).
-    if FIELD in fields:
-        ex.refusal = _check_peer(ex, fields[FIELD])
+    if claim is not None:
+        ex.refusal = _check_peer(ex, claim)
     if ex.refusal is not None:
         pass
     elif (b"via" in fields or b"cdn-loop" in fields) and _is_loop(ex, fields):
@@ -354,6 +357,13 @@ def _prepare(edge: Edge, client: ClientConnection, head: RequestHead, started: f
     return ex
 
 
+def _read_claim(value: bytes) -> Claim | ClusterAuthError:
+    try:
+        return parse_claim(value)
+    except ClusterAuthError as e:
+        return e
+
+
 def _is_loop(ex: Exchange, fields: dict[bytes, bytes]) -> bool:
     """Our CDN-Loop member came back (RFC 8586); or, for a request no edgeproxy tagged with its node, our Via name."""
     headers, edge = ex.head.headers, ex.edge
@@ -362,15 +372,23 @@ def _is_loop(ex: Exchange, fields: dict[bytes, bytes]) -> bool:
     return b"via" in fields and ex.internal is None and forwarding.is_loop(headers, edge.via)
 
 
-def _check_peer(ex: Exchange, signed: bytes) -> ClientError | None:
+def _check_peer(ex: Exchange, claim: Claim | ClusterAuthError) -> ClientError | None:
     """A request signed as a cluster peer's: note the peer, or the refusal (cluster nodes share one Via name, so a
     peer's request is exempt from the Via loop check; CDN-Loop still applies)."""
     edge = ex.edge
-    if edge.peers is None:
+    peers = edge.peers
+    if peers is None:
         log.warning("refused a cluster request from %s: this node is in no cluster", ex.client.peer)
         return Forbidden("not a cluster node")
     try:
-        sender = edge.peers.ring.verify(signed, ex.head.method, ex.host.encode(), ex.target, edge.clock())
+        if isinstance(claim, ClusterAuthError):
+            raise claim
+        _check_transport(ex, peers.tls, peers.mutual)
+        now = edge.clock()
+        sender = peers.ring.verify(claim, ex.head.method, ex.host.encode(), ex.target, ex.head.headers, now)
+        replayed = edge.replays.admit(claim, now)  # only once the signature holds: forgeries can't fill it
+        if replayed is not None:
+            raise ClusterAuthError(replayed)
     except ClusterAuthError as e:
         log.warning("refused a cluster request from %s: %s", ex.client.peer, e)
         return Forbidden("cluster request refused")
@@ -378,6 +396,17 @@ def _check_peer(ex: Exchange, signed: bytes) -> ClientError | None:
     ex.ahead = sender.ahead_of(edge.journal_seq())
     edge.counters.cluster["received"] += 1
     return None
+
+
+def _check_transport(ex: Exchange, tls: bool, mutual: bool) -> None:
+    """With ``[cluster] tls``, a cluster request over TLS; with mutual TLS, from a certificate the cluster's CA
+    signed (the listener asked for one and verified what it got), else ClusterAuthError."""
+    if not tls:
+        return
+    if ex.client.scheme != "https":
+        raise ClusterAuthError("cluster requests must come over TLS (cluster.tls)")
+    if mutual and not ex.client.transport.get_extra_info("peercert"):
+        raise ClusterAuthError("no client certificate signed by cluster.ca_file")
 
 
 def _origin_form(target: bytes) -> tuple[bytes, bytes | None]:

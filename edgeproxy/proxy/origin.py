@@ -38,9 +38,12 @@ class OriginAddress:
     port: int
     ca_file: str | None = None
     verify: bool = True
+    cert_file: str | None = None  # a client certificate to show (a cluster peer with mutual TLS)
+    key_file: str | None = None
 
     @classmethod
-    def from_url(cls, url: str, ca_file: str | None = None, verify: bool = True) -> OriginAddress:
+    def from_url(cls, url: str, ca_file: str | None = None, verify: bool = True, cert_file: str | None = None,
+                 key_file: str | None = None) -> OriginAddress:
         scheme, _, rest = url.partition("://")
         hostport = rest.split("/", 1)[0]
         if hostport.startswith("["):
@@ -49,7 +52,7 @@ class OriginAddress:
         else:
             host, _, port = hostport.partition(":")
         default = 443 if scheme == "https" else 80
-        return cls(scheme, host, int(port) if port else default, ca_file, verify)
+        return cls(scheme, host, int(port) if port else default, ca_file, verify, cert_file, key_file)
 
     @property
     def authority(self) -> bytes:
@@ -62,6 +65,8 @@ def client_ssl_context(address: OriginAddress) -> ssl.SSLContext:
     if not address.verify:
         ctx.check_hostname = False
         ctx.verify_mode = ssl.CERT_NONE
+    if address.cert_file is not None:
+        ctx.load_cert_chain(address.cert_file, address.key_file)
     ctx.set_alpn_protocols(["http/1.1"])
     return ctx
 

@@ -11,14 +11,19 @@ Rules kept here:
   would not have given. So is a peer that refuses the request itself (403, 421 or 508 with its own Cache-Status
   member: another secret, no such site, a loop): the cluster's configuration disagrees, not the client's request.
   Any other response the peer gives (a 502 from its origin included) is the answer.
-- The peer is asked for the host the cache key was made from (its site and key are ours), signed for that method,
-  host and target, with the fleet journal entry this cache has applied: a peer behind it fetches anew rather than
-  answer with a copy that a purge this node already applied may concern.
+- The peer is asked for the host the cache key was made from (its site and key are ours) and the scheme the client
+  used, signed for that peer, scheme, method, host, target and fields, with a fresh nonce and the fleet journal
+  entry this cache has applied: a peer behind it fetches anew rather than answer with a copy that a purge this node
+  already applied may concern.
+- With ``[cluster] tls`` peers are reached over TLS, their certificates checked against ``ca_file`` (the system's
+  trust otherwise), and this node shows ``cert_file`` when it has one (mutual TLS); a peer then accepts a cluster
+  request only over TLS, and with mutual TLS only from a certificate its ``ca_file`` signed (proxy/exchange.py).
 """
 
 from __future__ import annotations
 
 import logging
+import secrets
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -60,6 +65,8 @@ class Peers:
     ring: Ring
     addresses: dict[str, OriginAddress]
     connect_timeout: float
+    tls: bool = False  # cluster requests are accepted only over TLS
+    mutual: bool = False  # ... and only from a client certificate the cluster's CA signed
 
 
 def load_peers(config: Config) -> Peers | None:
@@ -74,8 +81,11 @@ def load_peers(config: Config) -> Peers | None:
         raise OSError(f"cluster.secret_file {c.secret_file}: {exc.strerror}") from None
     if len(secret) < 16:
         raise OSError(f"cluster.secret_file {c.secret_file}: the secret must be at least 16 bytes")
-    addresses = {peer: OriginAddress.from_url(f"http://{peer}") for peer in c.peers if peer != c.me}
-    return Peers(Ring(c.peers, c.me, secret), addresses, c.connect_timeout)
+    scheme = "https" if c.tls else "http"
+    addresses = {peer: OriginAddress.from_url(f"{scheme}://{peer}", ca_file=c.ca_file, cert_file=c.cert_file,
+                                              key_file=c.key_file)
+                 for peer in c.peers if peer != c.me}
+    return Peers(Ring(c.peers, c.me, secret), addresses, c.connect_timeout, c.tls, c.cert_file is not None)
 
 
 def peer_refusal(response: ResponseHead) -> str | None:
@@ -107,23 +117,20 @@ def journal_in_store(store: object, stream: str) -> Callable[[], int | None] | N
     return applied
 
 
-def peer_fields(fields: Headers, host: bytes, signature: bytes) -> Headers:
-    """The origin request's fields as a peer is asked: the key's host, and signed."""
-    return [(b"host", host), *((k, v) for k, v in fields if k != b"host"), (FIELD, signature)]
-
-
-def hops(edge: Edge, key: str, method: bytes, host: str, target: bytes,
+def hops(edge: Edge, key: str, scheme: str, method: bytes, host: str, target: bytes,
          fields: Headers) -> list[tuple[str, OriginAddress, Headers]]:
-    """The peers to ask for ``key`` before the origin, in order, each with its address and the signed fields."""
+    """The peers to ask for ``key`` before the origin, in order, each with its address and the fields signed for it:
+    the origin request's, with the key's host."""
     peers = edge.peers
     if peers is None or method not in ASKED:
         return []
     ranked = peers.ring.hops(key)
     if not ranked:
         return []
-    signature = peers.ring.sign(method, host.encode(), target, edge.clock(), edge.journal_seq())
-    signed = peer_fields(fields, host.encode(), signature)
-    return [(peer, peers.addresses[peer], signed) for peer in ranked]
+    fields = [(b"host", host.encode()), *((k, v) for k, v in fields if k != b"host")]
+    now, seq = edge.clock(), edge.journal_seq()
+    return [(peer, peers.addresses[peer], [*fields, (FIELD, peers.ring.sign(
+        peer, scheme, method, host.encode(), target, fields, now, secrets.token_hex(12), seq))]) for peer in ranked]
 
 
 async def ask(edge: Edge, key: str, route: list[tuple[str, OriginAddress, Headers]],
@@ -151,7 +158,7 @@ async def ask(edge: Edge, key: str, route: list[tuple[str, OriginAddress, Header
 async def fetch(ex: Exchange, fields: Headers, cacheable: bool) -> Answer:
     """Send the request to the key's owner (then the next node), else the origin; the connection and response head."""
     if cacheable and ex.internal is None:
-        route = hops(ex.edge, ex.key, ex.head.method, ex.host, ex.target, fields)
+        route = hops(ex.edge, ex.key, ex.creq.scheme, ex.head.method, ex.host, ex.target, fields)
         if route:
             answer = await ask(ex.edge, ex.key, route, lambda address, signed, timeout: send_request(
                 ex, signed, address, timeout))

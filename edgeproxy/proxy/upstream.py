@@ -8,7 +8,8 @@ Rules kept here:
 - A copy is kept while streaming only when the response may be stored and fits ``max_object_size``; the entry is
   built after the origin's EndOfMessage, never from a body that ended early, a desynchronized connection or a
   close-delimited body.
-- Fields addressed to this cache (``EDGE_CONSUMED``) are consumed here, never delivered.
+- Fields addressed to this cache (``EDGE_CONSUMED``) are consumed here, never delivered, except to a cluster peer
+  (another cache of ours, which stores the response by them).
 """
 
 from __future__ import annotations
@@ -179,7 +180,8 @@ async def relay(ex: Exchange, conn: OriginConnection, response: ResponseHead, de
     keep_copy = reason is None
     ex.cache = MISS if cacheable else PASS
     close_delimited = length is None and not chunked
-    client_fields = [f for f in fields if f[0] not in EDGE_CONSUMED]
+    # A cluster peer is a cache of ours: it gets the fields addressed to caches (lifetime, purge tags) as sent.
+    client_fields = fields if ex.internal is not None else [f for f in fields if f[0] not in EDGE_CONSUMED]
     # "stored" goes out before the body: claim it only when the length says the body fits the store and no purge
     # came in since the fetch began (the store would refuse the copy); a body of unknown length may still outgrow
     # max_object_size (it is stored all the same when it doesn't).

@@ -112,8 +112,9 @@ def test_a_client_cannot_forge_cluster_traffic(cluster: Cluster, origin: ScriptO
     asker = cluster.nodes[cluster.others(target)[0]]
     forged = get(asker, target, {"EdgeProxy-Cluster": f"{owner}; t={int(time.time())}; sig=00ff"})
     assert forged.status == 403
-    stale = Ring(tuple(cluster.peers), owner, SECRET.encode()).sign(b"GET", HOST.encode(), target.encode(),
-                                                                    time.time() - 600)
+    to = cluster.others(target)[0]
+    stale = Ring(tuple(cluster.peers), owner, SECRET.encode()).sign(
+        to, "http", b"GET", HOST.encode(), target.encode(), [(b"host", HOST.encode())], time.time() - 600, "old1")
     assert get(asker, target, {"EdgeProxy-Cluster": stale.decode()}).status == 403  # an old signature: replayed
     assert origin.seen("/obj") == []
     assert "refused a cluster request" in asker.log()
@@ -253,7 +254,8 @@ def test_a_peer_ahead_of_this_nodes_journal_is_not_answered_from_its_cache(fleet
     ring = Ring(tuple(fleet_cluster.peers), sender, SECRET.encode())
 
     def ask(seq: int) -> Response:
-        signature = ring.sign(b"GET", HOST.encode(), target.encode(), time.time(), seq)
+        signature = ring.sign(owner_peer, "http", b"GET", HOST.encode(), target.encode(), [(b"host", HOST.encode())],
+                              time.time(), f"n{time.monotonic_ns()}", seq)
         return get(owner, target, {"EdgeProxy-Cluster": signature.decode()})
 
     assert cache_status(ask(applied))[-1].startswith("edgeproxy; hit")  # level with it: its copy answers

@@ -105,6 +105,9 @@ def test_parse_address_refuses(raw):
 
 # ---- every key: a good value parsed to its typed form, a bad value refused naming the dotted key ----
 
+CLUSTER = {"peers": ["a:1", "b:1"], "self": "a:1", "secret_file": "/k"}
+TLS_SERVER = {"server": {"tls_listen": ["a:1"], "tls_cert": "/cert", "tls_key": "/key"}}
+
 GOOD = [
     ("server", "listen", ["127.0.0.1:80", "[::1]:8080"], (("127.0.0.1", 80), ("::1", 8080))),
     ("server", "tls_listen", [":8443"], (("0.0.0.0", 8443),)),
@@ -172,6 +175,10 @@ GOOD = [
     ("cluster", "self", "10.0.0.1:8080", "10.0.0.1:8080"),
     ("cluster", "secret_file", "/etc/edgeproxy/cluster.key", "/etc/edgeproxy/cluster.key"),
     ("cluster", "connect_timeout", "250ms", 0.25),
+    ("cluster", "tls", True, True),
+    ("cluster", "ca_file", "/etc/edgeproxy/cluster-ca.pem", "/etc/edgeproxy/cluster-ca.pem"),
+    ("cluster", "cert_file", "/etc/edgeproxy/node.pem", "/etc/edgeproxy/node.pem"),
+    ("cluster", "key_file", "", None),
     ("site", "hosts", ["Example.COM", "*.example.com", "*", "a.example:8080"],
      ("example.com", "*.example.com", "*", "a.example:8080")),
     ("site", "origin", "https://o.example:8443/", "https://o.example:8443"),
@@ -263,7 +270,23 @@ BAD = [
     ({"cluster": {"peers": ["a:1", "b:1"], "self": "a:1"}}, "cluster.secret_file", "required"),
     ({"cluster": {"peers": ["0.0.0.0:1", "b:1"]}}, "cluster.peers", "other nodes reach"),
     ({"cluster": {"peers": ["a", "b:1"]}}, "cluster.peers", "HOST:PORT"),
+    ({"cluster": {**CLUSTER, "tls": True}}, "cluster.self", "server.tls_listen"),
+    ({"cluster": {**CLUSTER, "ca_file": "/ca"}}, "cluster.tls", "need tls = true"),
+    ({"cluster": {**CLUSTER, "tls": True, "cert_file": "/c"}, **TLS_SERVER}, "cluster.cert_file", "go together"),
+    ({"cluster": {**CLUSTER, "tls": True, "cert_file": "/c", "key_file": "/k"}, **TLS_SERVER}, "cluster.ca_file",
+     "mutual TLS"),
+    ({"cluster": CLUSTER, "fleet": {"redis": "redis://127.0.0.1:6379"}, "server": {"workers": 2},
+      "cache": {"shared": False}}, "cache.shared", "can't take part in a cluster with a fleet"),
 ]
+
+
+def test_a_tls_cluster_and_shared_workers_in_a_fleet_are_accepted() -> None:
+    config = config_from_dict({"cluster": {**CLUSTER, "tls": True, "ca_file": "/ca", "cert_file": "/c",
+                                           "key_file": "/k"}, **TLS_SERVER})
+    assert config.cluster.tls and config.cluster.cert_file == "/c"
+    shared = config_from_dict({"cluster": CLUSTER, "fleet": {"redis": "redis://127.0.0.1:6379"},
+                               "server": {"workers": 2}})
+    assert shared.shared_cache
 
 
 def test_cluster_self_is_spelled_as_in_the_file() -> None:
