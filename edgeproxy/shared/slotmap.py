@@ -8,6 +8,8 @@ Rules kept here:
   approximate figure.
 - The store writes a slot's new version *after* committing the change: a copy read before the change then fails
   the check from that moment on, and a copy read after it fails only until the write lands (a spurious miss).
+- It is opened with ``O_NOFOLLOW``, and made anew with ``O_EXCL`` after unlinking what was there (privatedir.py): a
+  link planted in its place is never written through.
 - The file lives beside the LMDB files and is rebuilt from the store's records by the process that owns the store
   when it opens it (versions only; counters start at zero), so a stale file from an older run can never vouch for
   a copy.
@@ -19,6 +21,8 @@ import mmap
 import os
 import struct
 
+from edgeproxy import privatedir
+
 MAGIC = b"EPSLOTS1"
 _HEADER = struct.Struct("<8sQQ")  # magic, slots, the LMDB map size the owner chose
 
@@ -28,15 +32,15 @@ class SlotMap:
 
     def __init__(self, path: str, slots: int = 0, map_size: int = 0, create: bool = False) -> None:
         """Create (the owner: ``slots`` and ``map_size`` given) or open the map; an opener learns both from it."""
-        if not create:
-            with open(path, "rb") as f:
-                magic, slots, map_size = _HEADER.unpack(f.read(_HEADER.size).ljust(_HEADER.size, b"\0"))
-            if magic != MAGIC:
-                raise ValueError(f"slot map {path}: not a slot map of this version")
-        size = _HEADER.size + slots * 9
-        flags = os.O_RDWR | (os.O_CREAT | os.O_TRUNC if create else 0)
-        fd = os.open(path, flags, 0o640)
+        # Never through a link, and a new map never over an existing file (shared/store.py checked the directory).
+        what, uid = "cache path", os.geteuid()
+        fd = privatedir.open_file(path, os.O_RDWR, what, uid, 0o600, new=create)
         try:
+            if not create:
+                magic, slots, map_size = _HEADER.unpack(os.pread(fd, _HEADER.size, 0).ljust(_HEADER.size, b"\0"))
+                if magic != MAGIC:
+                    raise ValueError(f"slot map {path}: not a slot map of this version")
+            size = _HEADER.size + slots * 9
             if create:
                 os.ftruncate(fd, size)
             elif os.fstat(fd).st_size != size:

@@ -7,12 +7,14 @@ import multiprocessing
 import os
 import pathlib
 import signal
+import stat
 from collections.abc import Callable
 from typing import Any
 
 import pytest
 
 from edgeproxy.cache.purge import PurgeAll, PurgePrefix, PurgeURL
+from edgeproxy.privatedir import UnsafePath
 from edgeproxy.shared.records import KEY_KEEP
 from edgeproxy.shared.store import CacheInUse, SharedStore
 from tests.unit.test_store import NOW, StorageContract, ident, idents, make_entry
@@ -237,3 +239,76 @@ def test_a_copy_is_kept_hot_once_read_twice(tmp_path: pathlib.Path) -> None:
         assert tiered.touch(copy) and tiered.stats().hits >= 1
     finally:
         tiered.close()
+
+
+# -- a directory of our own (privatedir.py) -----------------------------------------------------------------
+
+NOBODY = 65534
+
+
+def test_a_link_planted_in_a_world_writable_store_directory_is_refused_and_never_written_through(
+        tmp_path: pathlib.Path) -> None:
+    """The issue's experiment: ``slots.new`` -> a victim file, planted in a 0777 directory, overwrote the victim."""
+    victim = tmp_path / "victim"
+    victim.write_bytes(b"precious")
+    path = tmp_path / "planted"
+    path.mkdir()
+    path.chmod(0o777)
+    (path / "slots.new").symlink_to(victim)
+    with pytest.raises(UnsafePath, match=f"cache path {path} is writable by its group or others \\(mode 0777\\)"):
+        SharedStore(str(path), 10_000)
+    assert victim.read_bytes() == b"precious"
+
+
+def test_a_link_in_our_own_directory_is_removed_never_followed(tmp_path: pathlib.Path) -> None:
+    victim = tmp_path / "victim"
+    victim.write_bytes(b"precious")
+    path = tmp_path / "ours"
+    SharedStore(str(path), 10_000).close()
+    (path / "slots.new").symlink_to(victim)
+    store = SharedStore(str(path), 10_000)
+    store.close()
+    assert victim.read_bytes() == b"precious" and not (path / "slots.new").exists()
+    (path / "slots").unlink()
+    (path / "slots").symlink_to(victim)  # a worker opens the map the owner made: never through a link
+    with pytest.raises(UnsafePath, match="slots is a symbolic link"):
+        SharedStore(str(path), owner=False)
+    assert victim.read_bytes() == b"precious"
+
+
+def test_missing_directories_are_made_ours_alone(tmp_path: pathlib.Path) -> None:
+    top = tmp_path / "edgeproxy-0"
+    path = top / "127.0.0.1-8080"
+    SharedStore(str(path), 10_000, top=str(top)).close()
+    for directory in (top, path, path / "lmdb"):
+        st = directory.lstat()
+        assert (stat.S_IMODE(st.st_mode), st.st_uid) == (0o700, os.geteuid()), directory
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to give a directory to another user")
+def test_a_top_directory_another_user_made_first_is_refused(tmp_path: pathlib.Path) -> None:
+    """/dev/shm is world-writable: anyone may make /dev/shm/edgeproxy-0 before us, and then own what is in it."""
+    top = tmp_path / "edgeproxy-0"
+    top.mkdir(mode=0o755)
+    os.chown(top, NOBODY, NOBODY)
+    with pytest.raises(UnsafePath, match=f"cache path {top} is owned by uid {NOBODY}, not by uid 0"):
+        SharedStore(str(top / "127.0.0.1-8080"), 10_000, top=str(top))
+    assert list(top.iterdir()) == []
+
+
+def test_a_top_directory_that_is_a_link_is_refused(tmp_path: pathlib.Path) -> None:
+    (tmp_path / "elsewhere").mkdir(mode=0o700)
+    top = tmp_path / "edgeproxy-0"
+    top.symlink_to(tmp_path / "elsewhere")
+    with pytest.raises(UnsafePath, match=f"cache path {top} is a symbolic link"):
+        SharedStore(str(top / "127.0.0.1-8080"), 10_000, top=str(top))
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to give a file to another user")
+def test_a_data_file_of_another_user_is_refused(tmp_path: pathlib.Path) -> None:
+    """Whoever made data.mdb chose the cached responses in it."""
+    path = tmp_path / "store"
+    SharedStore(str(path), 10_000).close()
+    os.chown(path / "lmdb" / "data.mdb", NOBODY, NOBODY)
+    with pytest.raises(UnsafePath, match="data.mdb is owned by uid 65534"):
+        SharedStore(str(path), 10_000)
