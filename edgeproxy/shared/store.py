@@ -16,7 +16,8 @@ Rules kept here:
 - Every object has a slot (a small integer, reused) and a version (never reused). A change to an object (replaced,
   evicted, purged, soft-purged, invalidated) gives its slot a new version; adding a variant gives its siblings new
   versions too, so that a worker's hot copy of a key's variants (shared/tiered.py) is complete while all its
-  versions still match. New versions are published to the slot map after the commit.
+  versions still match. New versions are published to the slot map after the commit; the owner republishes every
+  version from the records (``republish``) after a process died, which may have been between the two.
 - A purge is recorded with its generation (``purges`` table, ``purge_log`` records), so a fetch that started
   before it cannot store what it purged, whichever process fetched (the rule of cache/store.py, host-wide).
 - Its directory is ours alone (privatedir.py: our uid, not a link, writable by nobody else), checked from ``top``
@@ -189,6 +190,19 @@ class SharedStore:
         if self._lock_fd is not None:
             os.close(self._lock_fd)
             self._lock_fd = None
+
+    def republish(self) -> None:
+        """The slot map made true to the committed records again, after a process may have died between a commit
+        and its publish (a killed worker): else the versions it changed are never published, and the copies other
+        processes hold of what it replaced, evicted or invalidated stay current. Done in a write transaction, so no
+        commit lands between the records read and the versions written; slots without an object get a version newer
+        than any copy's. Costs a read of every object's place record (marshal): worker deaths are rare."""
+        with self.env.begin(write=True, buffers=True) as txn:
+            state = self.read_state(txn)
+            state.version += 1
+            self.save_state(txn, state)
+            placed = ((U32.unpack(key)[0], Place.unpack(value).version) for key, value in txn.cursor(self.places))
+            self.slotmap.align(placed, state.version)
 
     def reader_check(self) -> int:
         """Free the reader slots of dead processes (after a worker died): the count freed."""

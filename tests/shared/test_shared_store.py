@@ -312,3 +312,57 @@ def test_a_data_file_of_another_user_is_refused(tmp_path: pathlib.Path) -> None:
     os.chown(path / "lmdb" / "data.mdb", NOBODY, NOBODY)
     with pytest.raises(UnsafePath, match="data.mdb is owned by uid 65534"):
         SharedStore(str(path), 10_000)
+
+
+# -- a worker killed between a commit and its publish ---------------------------------------------------------
+
+def _replace_and_die_before_publishing(path: str) -> None:
+    """A worker replacing an object and killed right after the commit, before the slot map hears of it."""
+    from edgeproxy.shared.transaction import Write
+
+    Write.publish = lambda self: os.kill(os.getpid(), signal.SIGKILL)  # type: ignore[method-assign]
+    store = SharedStore(path, owner=False)
+    store.put(make_entry(body=b"new"))
+
+
+def test_a_worker_killed_between_commit_and_publish_leaves_no_copy_current(tmp_path: pathlib.Path) -> None:
+    """The supervisor, told the worker died, republishes every version from the records: the copies the other
+    workers hold of what the dead one replaced are stale from then on (they were served forever before)."""
+    import asyncio
+
+    from edgeproxy.config import config_from_dict
+    from edgeproxy.supervisor import Worker, WorkerPool
+
+    config = config_from_dict({"server": {"listen": ["127.0.0.1:8080"], "workers": 2},
+                               "cache": {"path": str(tmp_path / "cache"), "size": "64MiB"},
+                               "site": [{"hosts": ["*"], "origin": "http://127.0.0.1:9"}]})
+
+    async def scenario() -> tuple[bool, bool, bool]:
+        pool = WorkerPool(config, None)
+        store = pool.store
+        assert store is not None
+        try:
+            store.put(make_entry(body=b"old"))
+            stored = make_entry(path="/kept")
+            store.put(stored)
+            (copy,) = store.get("https://a.example/a")  # another worker's hot copy of the old object
+            (kept,) = store.get("https://a.example/kept")
+            process = multiprocessing.get_context("spawn").Process(
+                target=_replace_and_die_before_publishing, args=(store.path,))
+            process.start()
+            process.join(30)
+            assert process.exitcode == -signal.SIGKILL
+            (new,) = store.get("https://a.example/a")
+            assert new.body == b"new"  # committed, never published
+            before = store.touch(copy)
+            worker = Worker(0)
+            worker.process = process
+            pool._on_exit(worker, process)
+            return before, store.touch(copy), store.touch(kept) and store.touch(new)
+        finally:
+            pool.timers.cancel_all()
+            store.close()
+
+    before, after, untouched = asyncio.run(scenario())
+    assert before  # the bug, as the store alone leaves it: the dead worker's change never reached the slot map
+    assert not after and untouched
