@@ -24,7 +24,8 @@ Rules kept here:
   (by default ``/dev/shm/edgeproxy-UID``) down before anything in it is opened; its files are opened with
   ``O_NOFOLLOW``, the LMDB files (which LMDB opens itself) checked first: a store someone else could write is
   refused at start with one line, never used (it could carry planted responses).
-- The store's records carry ``FORMAT``; a store of another format, or one LMDB can't open, is dropped and created
+- The store's records carry ``FORMAT``: the entries' encoding (cache/codec.py) and the digest of every record's
+  layout (shared/records.py's ``RECORDS``); a store of another format, or one LMDB can't open, is dropped and created
   anew by the owner, with one log line.
 
 Tables: ``meta`` (format, state, notes such as the fleet's journal position), ``objects`` (slot -> encoded entry),
@@ -46,17 +47,19 @@ from typing import Any
 import lmdb
 
 from edgeproxy import privatedir
-from edgeproxy.cache.codec import FORMAT, decode_entry, encode_entry
+from edgeproxy.cache import codec
+from edgeproxy.cache.codec import decode_entry, encode_entry
 from edgeproxy.cache.entry import Entry
 from edgeproxy.cache.purge import Selector
 from edgeproxy.cache.store import TOO_LARGE, StoreStats
-from edgeproxy.shared.records import U32, Place, State, db_key, identity
+from edgeproxy.shared.records import LEASE, RECORDS, U32, Place, State, db_key, identity
 from edgeproxy.shared.slotmap import SlotMap
 from edgeproxy.shared.transaction import MAP_FULL, Write
 
 log = logging.getLogger("edgeproxy.shared")
 
 WHAT = "cache path"  # how refusals name our paths
+FORMAT = codec.FORMAT + b" records=" + RECORDS  # the entries' encoding and every record's layout
 
 MIN_SLOTS = 4096
 # One slot per this many bytes of the byte bound: an object is charged at least ENTRY_OVERHEAD (1.5 KiB), so there are
@@ -317,9 +320,9 @@ class SharedStore:
 
         def take(w: Write) -> bool:
             held = w.txn.get(key, db=self.leases)
-            if held is not None and struct.unpack("<d", held)[0] > now:
+            if held is not None and LEASE.unpack(held)[0] > now:
                 return False
-            w.txn.put(key, struct.pack("<d", now + hold), db=self.leases)
+            w.txn.put(key, LEASE.pack(now + hold), db=self.leases)
             return True
 
         return bool(self._write_roomy(take, False))

@@ -16,6 +16,7 @@ import pytest
 from edgeproxy.cache.purge import PurgeAll, PurgePrefix, PurgeURL
 from edgeproxy.privatedir import UnsafePath
 from edgeproxy.shared.records import KEY_KEEP
+from edgeproxy.shared.store import FORMAT as store_format
 from edgeproxy.shared.store import CacheInUse, SharedStore
 from tests.unit.test_store import NOW, StorageContract, ident, idents, make_entry
 
@@ -366,3 +367,47 @@ def test_a_worker_killed_between_commit_and_publish_leaves_no_copy_current(tmp_p
     before, after, untouched = asyncio.run(scenario())
     assert before  # the bug, as the store alone leaves it: the dead worker's change never reached the slot map
     assert not after and untouched
+
+
+# -- the format covers the records' layouts ------------------------------------------------------------------
+
+def test_a_store_stamped_without_the_records_layouts_is_dropped(tmp_path: pathlib.Path,
+                                                               caplog: pytest.LogCaptureFixture) -> None:
+    """Stores were stamped with the entries' encoding alone: one written with other record layouts passed."""
+    from edgeproxy.cache import codec
+
+    path = str(tmp_path / "old")
+    first = SharedStore(path, 10_000)
+    first.put(make_entry())
+    with first.env.begin(write=True) as txn:
+        txn.put(b"format", codec.FORMAT, db=first.meta)
+    first.close()
+    second = SharedStore(path, 10_000)
+    try:
+        assert second.get("https://a.example/a") == [] and second.stats().entries == 0
+        assert "dropped and created anew" in caplog.text
+    finally:
+        second.close()
+
+
+def test_any_record_layout_change_changes_the_format() -> None:
+    import struct
+    from dataclasses import fields
+
+    from edgeproxy.shared import records
+
+    state = tuple(f.name for f in fields(records.State))
+    place = tuple(f.name for f in fields(records.Place))
+    keys = (records.U32, records.U64, records.LEASE)
+    current = records.describe(records._STATE, state, place, keys, records.KEY_KEEP)
+    assert current == records.RECORDS
+    changed = [
+        records.describe(struct.Struct("<16Qd"), state, place, keys, records.KEY_KEEP),  # a field more
+        records.describe(records._STATE, (*state[1:], state[0]), place, keys, records.KEY_KEEP),  # reordered
+        records.describe(records._STATE, state, (*place, "extra"), keys, records.KEY_KEEP),
+        records.describe(records._STATE, state, place, (struct.Struct("<I"), *keys[1:]), records.KEY_KEEP),
+        records.describe(records._STATE, state, place, (*keys[:2], struct.Struct("<f")), records.KEY_KEEP),
+        records.describe(records._STATE, state, place, keys, records.KEY_KEEP - 1),
+    ]
+    assert len({current, *changed}) == len(changed) + 1
+    assert store_format.endswith(b" records=" + current)
