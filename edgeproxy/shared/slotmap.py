@@ -37,8 +37,7 @@ class SlotMap:
     def __init__(self, path: str, slots: int = 0, map_size: int = 0, create: bool = False) -> None:
         """Create (the owner: ``slots`` and ``map_size`` given) or open the map; an opener learns both from it."""
         # Never through a link, and a new map never over an existing file (shared/store.py checked the directory).
-        what, uid = "cache path", os.geteuid()
-        fd = privatedir.open_file(path, os.O_RDWR, what, uid, 0o600, new=create)
+        fd = privatedir.open_file(path, os.O_RDWR, "cache path", os.geteuid(), 0o600, new=create)
         try:
             if not create:
                 magic, slots, map_size = _HEADER.unpack(os.pread(fd, _HEADER.size, 0).ljust(_HEADER.size, b"\0"))
