@@ -134,7 +134,8 @@ class Node:
         s = self.config.server
         self.control = ControlServer(s.control_socket or default_socket_path(), self.handle_command,
                                      group=s.control_group, allowed_uids=s.control_uids,
-                                     allowed_gids=s.control_gids, expected_errors=(ConfigError,))
+                                     allowed_gids=s.control_gids, expected_errors=(ConfigError,),
+                                     own_dir=not s.control_socket)
         await self.control.start()
 
     async def _start_fleet(self) -> None:

@@ -8,7 +8,8 @@ metrics listener, signals and systemd.
 
 Never: serves a client request. With a shared cache (the default: edgeproxy/shared) it owns the host's store: it
 opens and checks it before any worker starts, applies purges to it once, reports its figures, and frees the LMDB
-reader slot of a worker that died; the workers read and write it. With ``[cache] shared = false`` each worker runs an
+reader slot of a worker that died and republishes the slot map's versions from the records (it may have died
+between a commit and its publish); the workers read and write it. With ``[cache] shared = false`` each worker runs an
 LRU of ``cache.size / N`` and the supervisor holds no cache (an object may then be fetched once per worker).
 
 Rules kept here:
@@ -190,6 +191,9 @@ class WorkerPool:
             self.store.reader_check()  # the dead worker's LMDB reader slot, if it held one
         if self.closing:
             return
+        if self.store is not None:
+            # It may have died between a commit and publishing the versions it changed (shared/slotmap.py).
+            self.store.republish()
         lived = time.monotonic() - w.started
         w.failures = 0 if lived >= STABLE_AFTER else w.failures + 1
         delay = BACKOFF[min(w.failures, len(BACKOFF) - 1)]

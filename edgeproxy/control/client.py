@@ -2,15 +2,20 @@
 
 Owns: connecting (lazily, once, reused for every request), sending one request line and reading one reply line,
 and turning transport failures into ``ControlError`` subclasses whose message is one line an operator can act on.
-Never: interprets reply fields beyond the envelope; retries (a purge must not be sent twice by accident).
+Never: interprets reply fields beyond the envelope; retries (a purge must not be sent twice by accident); sends a
+request to a server it does not trust (``server_trusted``: anyone who can make the socket's directory first, as in
+a world-writable ``/tmp``, could otherwise answer a purge with a fake "done").
 """
 
 from __future__ import annotations
 
+import os
 import socket
+import struct
 from types import TracebackType
 from typing import Any
 
+from edgeproxy import privatedir
 from edgeproxy.control import protocol
 from edgeproxy.control.protocol import PERMISSION_DENIED, LineFramer, ProtocolError
 
@@ -30,6 +35,23 @@ class ControlUnavailable(ControlError):
 
 class ControlPermissionDenied(ControlError):
     """The socket file's mode or the server's SO_PEERCRED check refused us."""
+
+
+class ControlUntrusted(ControlPermissionDenied):
+    """The process answering on the socket is not one we trust to be edgeproxy (``server_trusted``)."""
+
+
+def server_trusted(server_uid: int, own_uid: int, directory: os.stat_result | None,
+                   parent: os.stat_result | None) -> bool:
+    """Whether to trust a server running as ``server_uid``: root, ourselves, or the user who owns the socket's
+    ``directory`` (``lstat``) when only root could have given it to them: a directory writable by nobody else in a
+    ``parent`` (``stat``) that is root's and writable by nobody else. The last is systemd's RuntimeDirectory
+    (``/run/edgeproxy``, owned by the service user), which an operator in the service's group reaches."""
+    if server_uid in (0, own_uid):
+        return True
+    if directory is None or parent is None or directory.st_uid != server_uid:
+        return False
+    return privatedir.refusal(directory, server_uid) is None and privatedir.refusal(parent, 0) is None
 
 
 class ControlClient:
@@ -89,8 +111,26 @@ class ControlClient:
         except OSError as exc:
             sock.close()
             raise _connect_error(self.path, exc) from None
+        try:
+            self._check_server(sock)
+        except BaseException:
+            sock.close()
+            raise
         self._sock = sock
         return sock
+
+    def _check_server(self, sock: socket.socket) -> None:
+        """Refuse a server we do not trust, before anything is sent to it (SO_PEERCRED: its uid at listen())."""
+        _pid, uid, _gid = struct.unpack("3i", sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12))
+        directory = os.path.dirname(os.path.abspath(self.path))
+        try:
+            found, parent = os.lstat(directory), os.stat(os.path.dirname(directory))
+        except OSError:
+            found = parent = None
+        if not server_trusted(uid, os.geteuid(), found, parent):
+            raise ControlUntrusted(
+                f"control socket {self.path} is served by uid {uid}, not by root, by us (uid {os.geteuid()}) nor by "
+                f"the owner of a directory only root could give it: not trusted")
 
     @staticmethod
     def _send(sock: socket.socket, data: bytes) -> None:

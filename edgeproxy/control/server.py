@@ -1,9 +1,10 @@
 """The control socket: a UNIX stream socket that feeds lines to the grammar and writes replies back.
 
 Owns: where the socket lives (``default_socket_path``), claiming the path safely (a stale socket left by a
-crashed instance is replaced; a live one is never stolen), the file mode and group, the per-connection
-``SO_PEERCRED`` check, and one task per connection with an idle timeout. Everything about what a line means is
-``edgeproxy.control.protocol``; what a command does is the injected ``handler``.
+crashed instance is replaced; a live one is never stolen; a default path's directory is ours alone), the file
+mode and group, the per-connection ``SO_PEERCRED`` check, and one task per connection with an idle timeout.
+Everything about what a line means is ``edgeproxy.control.protocol``; what a command does is the injected
+``handler``.
 
 Never: interprets commands itself (beyond adding the pid to a ping), lets a handler exception escape (it becomes
 an error reply), or unlinks a socket file it did not create.
@@ -32,6 +33,7 @@ import struct
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
+from edgeproxy import privatedir
 from edgeproxy.control import protocol
 from edgeproxy.control.protocol import Command, LineFramer, LineTooLong, PingCommand, ProtocolError
 
@@ -98,11 +100,20 @@ def resolve_group(group: str | int) -> int:
         raise ControlSocketError(f"control socket group {group!r} does not exist") from None
 
 
-def claim_path(path: str) -> None:
-    """Make ``path`` bindable: create the parent, remove a stale socket, refuse a live one or a non-socket."""
+def claim_path(path: str, own_dir: bool = False) -> None:
+    """Make ``path`` bindable: create the parent, remove a stale socket, refuse a live one or a non-socket.
+    ``own_dir`` (a default path): the parent must be ours alone (privatedir.py), as anyone may make
+    ``/tmp/edgeproxy-UID`` first and then swap our socket for theirs."""
     if len(os.fsencode(path)) > MAX_PATH_BYTES:
         raise ControlSocketError(f"control socket path {path} is longer than {MAX_PATH_BYTES} bytes")
-    os.makedirs(os.path.dirname(path) or ".", mode=0o755, exist_ok=True)
+    directory = os.path.dirname(path) or "."
+    if own_dir:  # 0755: the users SO_PEERCRED admits must reach the socket
+        try:
+            privatedir.ensure_dirs(directory, directory, "control socket directory", os.geteuid(), mode=0o755)
+        except privatedir.UnsafePath as exc:
+            raise ControlSocketError(str(exc)) from None
+    else:
+        os.makedirs(directory, mode=0o755, exist_ok=True)
     try:
         st = os.lstat(path)
     except FileNotFoundError:
@@ -160,8 +171,10 @@ class ControlServer:
         max_line: int = protocol.DEFAULT_MAX_LINE,
         idle_timeout: float = IDLE_TIMEOUT,
         expected_errors: tuple[type[Exception], ...] = (),
+        own_dir: bool = False,
     ) -> None:
         self.path = path
+        self.own_dir = own_dir  # a default path: its directory must be ours alone (claim_path)
         self.handler = handler
         self.mode = mode
         self.group = group
@@ -186,7 +199,7 @@ class ControlServer:
         log.info("control socket listening on %s", self.path)
 
     def _bind(self) -> socket.socket:
-        claim_path(self.path)
+        claim_path(self.path, self.own_dir)
         gid = resolve_group(self.group) if self.group is not None else -1
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:

@@ -1,5 +1,10 @@
 """The shared store's records as bytes: its state, an object's place, and the keys of its tables.
 
+Rules kept here:
+- Every layout defined here is part of ``RECORDS``, a digest the store's format carries (shared/store.py): a
+  change to a struct format, to a record's fields or their order, or to how keys are cut changes it, so a store
+  written with the old layout is dropped and made anew, never misread. ``pack`` and ``unpack`` follow the fields'
+  order (``dataclasses.fields``), which is what the digest names.
 Pure: no I/O.
 """
 
@@ -8,7 +13,7 @@ from __future__ import annotations
 import hashlib
 import marshal
 import struct
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 from edgeproxy.cache.entry import Entry
 
@@ -16,6 +21,7 @@ KEY_KEEP = 400  # LMDB's key limit is 511 bytes: longer keys keep this much, the
 U32 = struct.Struct(">I")
 U64 = struct.Struct(">Q")
 _STATE = struct.Struct("<15Qd")
+LEASE = struct.Struct("<d")  # the leases table's value: until when a background revalidation is claimed
 
 
 def slot_key(slot: int) -> bytes:
@@ -97,3 +103,15 @@ class Probe:
         self.primary_key = place.key
         self.host = place.key.partition("://")[2].partition("/")[0]
         self.tags = frozenset(place.tags)
+
+
+def describe(state: struct.Struct, state_fields: tuple[str, ...], place_fields: tuple[str, ...],
+             keys: tuple[struct.Struct, ...], key_keep: int) -> bytes:
+    """A digest of the records' layouts: any change to one of them gives another."""
+    text = (f"state={state.format}:{','.join(state_fields)} place=marshal:{','.join(place_fields)} "
+            f"keys={','.join(k.format for k in keys)} keep={key_keep}")
+    return hashlib.blake2b(text.encode(), digest_size=8).hexdigest().encode("ascii")
+
+
+RECORDS = describe(_STATE, tuple(f.name for f in fields(State)), tuple(f.name for f in fields(Place)),
+                   (U32, U64, LEASE), KEY_KEEP)

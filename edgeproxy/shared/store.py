@@ -16,10 +16,16 @@ Rules kept here:
 - Every object has a slot (a small integer, reused) and a version (never reused). A change to an object (replaced,
   evicted, purged, soft-purged, invalidated) gives its slot a new version; adding a variant gives its siblings new
   versions too, so that a worker's hot copy of a key's variants (shared/tiered.py) is complete while all its
-  versions still match. New versions are published to the slot map after the commit.
+  versions still match. New versions are published to the slot map after the commit; the owner republishes every
+  version from the records (``republish``) after a process died, which may have been between the two.
 - A purge is recorded with its generation (``purges`` table, ``purge_log`` records), so a fetch that started
   before it cannot store what it purged, whichever process fetched (the rule of cache/store.py, host-wide).
-- The store's records carry ``FORMAT``; a store of another format, or one LMDB can't open, is dropped and created
+- Its directory is ours alone (privatedir.py: our uid, not a link, writable by nobody else), checked from ``top``
+  (by default ``/dev/shm/edgeproxy-UID``) down before anything in it is opened; its files are opened with
+  ``O_NOFOLLOW``, the LMDB files (which LMDB opens itself) checked first: a store someone else could write is
+  refused at start with one line, never used (it could carry planted responses).
+- The store's records carry ``FORMAT``: the entries' encoding (cache/codec.py) and the digest of every record's
+  layout (shared/records.py's ``RECORDS``); a store of another format, or one LMDB can't open, is dropped and created
   anew by the owner, with one log line.
 
 Tables: ``meta`` (format, state, notes such as the fleet's journal position), ``objects`` (slot -> encoded entry),
@@ -40,15 +46,20 @@ from typing import Any
 
 import lmdb
 
-from edgeproxy.cache.codec import FORMAT, decode_entry, encode_entry
+from edgeproxy import privatedir
+from edgeproxy.cache import codec
+from edgeproxy.cache.codec import decode_entry, encode_entry
 from edgeproxy.cache.entry import Entry
 from edgeproxy.cache.purge import Selector
 from edgeproxy.cache.store import TOO_LARGE, StoreStats
-from edgeproxy.shared.records import U32, Place, State, db_key, identity
+from edgeproxy.shared.records import LEASE, RECORDS, U32, Place, State, db_key, identity
 from edgeproxy.shared.slotmap import SlotMap
 from edgeproxy.shared.transaction import MAP_FULL, Write
 
 log = logging.getLogger("edgeproxy.shared")
+
+WHAT = "cache path"  # how refusals name our paths
+FORMAT = codec.FORMAT + b" records=" + RECORDS  # the entries' encoding and every record's layout
 
 MIN_SLOTS = 4096
 # One slot per this many bytes of the byte bound: an object is charged at least ENTRY_OVERHEAD (1.5 KiB), so there are
@@ -72,8 +83,11 @@ class SharedStore:
     the others open what the owner made."""
 
     def __init__(self, path: str, capacity: int = 0, max_object_size: int | None = None, max_variants: int = 32,
-                 purge_log: int = 1024, *, owner: bool = True) -> None:
+                 purge_log: int = 1024, *, owner: bool = True, top: str | None = None) -> None:
         self.path = path
+        # The highest directory that must be ours (privatedir.py): the store's own, or /dev/shm/edgeproxy-UID.
+        self.top = top or path
+        self.uid = os.geteuid()
         # None: the byte bound alone limits an object (a worker learns the bound from the store, not from here).
         self.max_object_size = max_object_size if max_object_size is not None else capacity or 1 << 62
         self.max_variants = max_variants
@@ -87,14 +101,15 @@ class SharedStore:
             self._claim()
             self._open_as_owner(capacity)
         else:
+            privatedir.ensure_dirs(path, self.top, WHAT, self.uid)
             self.slotmap = SlotMap(os.path.join(path, "slots"))
             self._open_env(self.slotmap.map_size)
 
     # -- opening ---------------------------------------------------------------------------------------
 
     def _claim(self) -> None:
-        os.makedirs(self.path, mode=0o750, exist_ok=True)
-        fd = os.open(os.path.join(self.path, "owner.lock"), os.O_RDWR | os.O_CREAT, 0o640)
+        privatedir.ensure_dirs(self.path, self.top, WHAT, self.uid)
+        fd = privatedir.open_file(os.path.join(self.path, "owner.lock"), os.O_RDWR | os.O_CREAT, WHAT, self.uid)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -105,7 +120,10 @@ class SharedStore:
 
     def _open_env(self, map_size: int) -> None:
         directory = os.path.join(self.path, "lmdb")
-        os.makedirs(directory, mode=0o750, exist_ok=True)  # cached responses: the service's user and group only
+        privatedir.ensure_dirs(directory, directory, WHAT, self.uid)
+        for name in ("data.mdb", "lock.mdb"):  # LMDB opens them itself, following links: check them first
+            if os.path.lexists(found := os.path.join(directory, name)):
+                privatedir.check(found, WHAT, self.uid, privatedir.FILE)
         self.env = lmdb.open(
             directory, map_size=map_size, subdir=True, mode=0o640, max_dbs=16, max_readers=1024,
             # A cache: a lost last commit after a power cut costs a miss; LMDB stays consistent (its meta pages).
@@ -175,6 +193,19 @@ class SharedStore:
         if self._lock_fd is not None:
             os.close(self._lock_fd)
             self._lock_fd = None
+
+    def republish(self) -> None:
+        """The slot map made true to the committed records again, after a process may have died between a commit
+        and its publish (a killed worker): else the versions it changed are never published, and the copies other
+        processes hold of what it replaced, evicted or invalidated stay current. Done in a write transaction, so no
+        commit lands between the records read and the versions written; slots without an object get a version newer
+        than any copy's. Costs a read of every object's place record (marshal): worker deaths are rare."""
+        with self.env.begin(write=True, buffers=True) as txn:
+            state = self.read_state(txn)
+            state.version += 1
+            self.save_state(txn, state)
+            placed = ((U32.unpack(key)[0], Place.unpack(value).version) for key, value in txn.cursor(self.places))
+            self.slotmap.align(placed, state.version)
 
     def reader_check(self) -> int:
         """Free the reader slots of dead processes (after a worker died): the count freed."""
@@ -289,9 +320,9 @@ class SharedStore:
 
         def take(w: Write) -> bool:
             held = w.txn.get(key, db=self.leases)
-            if held is not None and struct.unpack("<d", held)[0] > now:
+            if held is not None and LEASE.unpack(held)[0] > now:
                 return False
-            w.txn.put(key, struct.pack("<d", now + hold), db=self.leases)
+            w.txn.put(key, LEASE.pack(now + hold), db=self.leases)
             return True
 
         return bool(self._write_roomy(take, False))

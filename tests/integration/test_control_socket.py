@@ -26,7 +26,7 @@ import uvloop
 
 from edgeproxy.cache.purge import PurgeAll, PurgeHost, PurgePrefix, PurgeRegex, PurgeTag, PurgeURL
 from edgeproxy.control import cli, server
-from edgeproxy.control.client import ControlClient, ControlUnavailable
+from edgeproxy.control.client import ControlClient, ControlUnavailable, server_trusted
 from edgeproxy.control.protocol import PingCommand, PurgeCommand, ReloadCommand, StatsCommand
 from edgeproxy.control.server import ControlServer, ControlSocketError, ControlSocketInUse
 
@@ -574,3 +574,107 @@ def test_client_times_out_on_a_silent_server(sock_path: str) -> None:
         silent.listen()  # accepted by the kernel, never answered
         with pytest.raises(ControlUnavailable, match="did not answer within 0.2s"), ControlClient(sock_path, 0.2) as c:
             c.request({"cmd": "ping"})
+
+
+# -- whose directory, whose server ---------------------------------------------------------------------------
+
+def start_now(server: ControlServer) -> None:
+    async def start() -> None:
+        await server.start()
+        server.close()
+
+    asyncio.run(start())
+
+
+@pytest.mark.skipif(os.getuid() != 0, reason="needs root to give a directory to another user")
+def test_a_default_directory_another_user_made_first_is_refused(tmp_path: Path, recorder: Recorder) -> None:
+    """/tmp/edgeproxy-UID, the fallback: anyone may make it before us, then swap our socket for theirs."""
+    directory = tmp_path / "edgeproxy-1000"
+    directory.mkdir(mode=0o755)
+    os.chown(directory, 65534, 65534)
+    path = str(directory / "control.sock")
+    with pytest.raises(ControlSocketError, match=f"control socket directory {directory} is owned by uid 65534"):
+        start_now(ControlServer(path, recorder, own_dir=True))
+    assert list(directory.iterdir()) == []
+    start_now(ControlServer(path, recorder))  # a path the operator configured: the operator's choice
+
+
+def test_a_default_directory_others_can_write_is_refused_and_a_missing_one_is_made_ours(
+        tmp_path: Path, recorder: Recorder) -> None:
+    everyones = tmp_path / "everyones"
+    everyones.mkdir()
+    everyones.chmod(0o777)
+    with pytest.raises(ControlSocketError, match="is writable by its group or others \\(mode 0777\\)"):
+        start_now(ControlServer(str(everyones / "control.sock"), recorder, own_dir=True))
+    made = tmp_path / "made" / "edgeproxy"
+    start_now(ControlServer(str(made / "control.sock"), recorder, own_dir=True))
+    st = made.lstat()
+    assert (stat.S_IMODE(st.st_mode), st.st_uid) == (0o755, os.geteuid())
+
+
+FAKE_SERVER = """
+import os, socket, sys
+s = socket.socket(socket.AF_UNIX)
+s.bind(sys.argv[1])
+os.chmod(sys.argv[1], 0o666)
+s.listen(1)
+print("ready", flush=True)
+c, _ = s.accept()
+c.settimeout(5)
+try:
+    c.recv(4096)
+    c.sendall(b'{"v":1,"ok":true,"pong":true,"pid":4242}\\n')
+except OSError:
+    pass
+"""
+
+
+@as_nobody
+@pytest.mark.parametrize("directory_made_by", ["nobody", "root"])
+def test_the_cli_trusts_only_a_server_it_should(shared_dir: str, directory_made_by: str) -> None:
+    """A server as another user, in a directory it made in a world-writable one (/tmp/edgeproxy-UID made first by
+    someone else), is refused before anything is sent; in a directory root made and gave it (systemd's
+    RuntimeDirectory, /run/edgeproxy) it is the service, and an operator trusts it."""
+    base = os.path.join(shared_dir, "tmp")
+    os.mkdir(base)
+    os.chmod(base, 0o1777 if directory_made_by == "nobody" else 0o755)
+    directory = os.path.join(base, "edgeproxy-0")
+    if directory_made_by == "root":
+        os.mkdir(directory, 0o755)
+        os.chown(directory, 65534, 65534)
+    else:
+        run_as_nobody(["mkdir", "-m", "0755", directory]).check_returncode()
+    path = os.path.join(directory, "control.sock")
+    fake = subprocess.Popen([str(SYSTEM_PYTHON), "-c", FAKE_SERVER, path], user="nobody", group="nogroup",
+                            stdout=subprocess.PIPE, text=True)
+    try:
+        assert fake.stdout is not None and fake.stdout.readline() == "ready\n"
+        result = subprocess.run([sys.executable, "-m", "edgeproxy.control.cli", "ping", "--control", path],
+                                capture_output=True, text=True, timeout=30, check=False, cwd=REPO)
+    finally:
+        fake.kill()
+        fake.wait(TIMEOUT)
+    if directory_made_by == "root":
+        assert (result.returncode, result.stdout.startswith("pong from pid 4242")) == (0, True), result
+        return
+    assert (result.returncode, result.stdout) == (cli.EXIT_NOPERM, ""), result
+    assert result.stderr == (f"edgeproxy: control socket {path} is served by uid 65534, not by root, by us (uid 0) "
+                             "nor by the owner of a directory only root could give it: not trusted\n")
+
+
+@pytest.mark.parametrize(("server_uid", "directory", "parent", "trusted"), [
+    (0, None, None, True),
+    (1000, None, None, True),  # ourselves
+    (65534, None, None, False),
+    (65534, (0o750, 65534), (0o755, 0), True),  # /run/edgeproxy: the service user's, in root's /run
+    (65534, (0o750, 65534), (0o1777, 0), False),  # /tmp/edgeproxy-0: whoever came first
+    (65534, (0o770, 65534), (0o755, 0), False),  # writable by its group: anyone in it could answer
+    (65534, (0o750, 4242), (0o755, 0), False),  # a directory of someone else's
+    (65534, (0o750, 65534), (0o755, 4242), False),  # in a directory of someone else's: not root's choice
+])
+def test_server_trusted(server_uid: int, directory: tuple[int, int] | None, parent: tuple[int, int] | None,
+                        trusted: bool) -> None:
+    def dir_stat(found: tuple[int, int] | None) -> os.stat_result | None:
+        return None if found is None else os.stat_result((stat.S_IFDIR | found[0], 1, 1, 1, found[1], 0, 0, 0, 0, 0))
+
+    assert server_trusted(server_uid, 1000, dir_stat(directory), dir_stat(parent)) is trusted

@@ -11,15 +11,18 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
+import sys
 import urllib.request
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.integration.test_ops import control, wait_ready, wait_until
-from tests.support import HTTPClient, Proc, Response, free_port
+from tests.support import HTTPClient, Proc, Response, env, free_port, proxy_config, to_toml
 
 WORKERS = 2
 MAX_TRIES = 200
@@ -153,6 +156,25 @@ def test_a_second_instance_on_the_same_path_is_refused(proxy_factory: Callable[.
     wait_ready(first)
     with pytest.raises(RuntimeError, match="is in use by another edgeproxy"):
         proxy_factory(demo_origin.url, server={"workers": WORKERS}, cache=first.extra["config"]["cache"])
+
+
+@pytest.mark.parametrize("workers", [1, WORKERS])
+def test_a_store_directory_others_can_write_stops_the_start(demo_origin: Proc, tmp_path: Path, workers: int) -> None:
+    """Whoever can write in the store's directory can plant cached responses or links: one line, exit 1."""
+    path = tmp_path / "everyones"
+    path.mkdir()
+    path.chmod(0o777)
+    config = proxy_config(demo_origin.url, free_port(), tmp_path, server={"workers": workers},
+                          cache={"path": str(path), "shared": True})
+    (tmp_path / "edgeproxy.toml").write_text(to_toml(config))
+    result = subprocess.run([sys.executable, "-m", "edgeproxy", "serve", "--config", str(tmp_path / "edgeproxy.toml")],
+                            env=env(), capture_output=True, text=True, timeout=20, check=False)
+    assert result.returncode == 1, result.stderr
+    lines = [line for line in result.stderr.splitlines() if "cannot start" in line]
+    assert len(lines) == 1 and lines[0].endswith(
+        f"cannot start: cache path {path} is writable by its group or others (mode 0777); remove it, or give a path "
+        "of our own"), result.stderr
+    assert list(path.iterdir()) == []
 
 
 def test_four_workers_keep_the_byte_bound_under_churn(proxy_factory: Callable[..., Proc], demo_origin: Proc) -> None:

@@ -7,13 +7,16 @@ import multiprocessing
 import os
 import pathlib
 import signal
+import stat
 from collections.abc import Callable
 from typing import Any
 
 import pytest
 
 from edgeproxy.cache.purge import PurgeAll, PurgePrefix, PurgeURL
+from edgeproxy.privatedir import UnsafePath
 from edgeproxy.shared.records import KEY_KEEP
+from edgeproxy.shared.store import FORMAT as store_format
 from edgeproxy.shared.store import CacheInUse, SharedStore
 from tests.unit.test_store import NOW, StorageContract, ident, idents, make_entry
 
@@ -237,3 +240,174 @@ def test_a_copy_is_kept_hot_once_read_twice(tmp_path: pathlib.Path) -> None:
         assert tiered.touch(copy) and tiered.stats().hits >= 1
     finally:
         tiered.close()
+
+
+# -- a directory of our own (privatedir.py) -----------------------------------------------------------------
+
+NOBODY = 65534
+
+
+def test_a_link_planted_in_a_world_writable_store_directory_is_refused_and_never_written_through(
+        tmp_path: pathlib.Path) -> None:
+    """The issue's experiment: ``slots.new`` -> a victim file, planted in a 0777 directory, overwrote the victim."""
+    victim = tmp_path / "victim"
+    victim.write_bytes(b"precious")
+    path = tmp_path / "planted"
+    path.mkdir()
+    path.chmod(0o777)
+    (path / "slots.new").symlink_to(victim)
+    with pytest.raises(UnsafePath, match=f"cache path {path} is writable by its group or others \\(mode 0777\\)"):
+        SharedStore(str(path), 10_000)
+    assert victim.read_bytes() == b"precious"
+
+
+def test_a_link_in_our_own_directory_is_removed_never_followed(tmp_path: pathlib.Path) -> None:
+    victim = tmp_path / "victim"
+    victim.write_bytes(b"precious")
+    path = tmp_path / "ours"
+    SharedStore(str(path), 10_000).close()
+    (path / "slots.new").symlink_to(victim)
+    store = SharedStore(str(path), 10_000)
+    store.close()
+    assert victim.read_bytes() == b"precious" and not (path / "slots.new").exists()
+    (path / "slots").unlink()
+    (path / "slots").symlink_to(victim)  # a worker opens the map the owner made: never through a link
+    with pytest.raises(UnsafePath, match="slots is a symbolic link"):
+        SharedStore(str(path), owner=False)
+    assert victim.read_bytes() == b"precious"
+
+
+def test_missing_directories_are_made_ours_alone(tmp_path: pathlib.Path) -> None:
+    top = tmp_path / "edgeproxy-0"
+    path = top / "127.0.0.1-8080"
+    SharedStore(str(path), 10_000, top=str(top)).close()
+    for directory in (top, path, path / "lmdb"):
+        st = directory.lstat()
+        assert (stat.S_IMODE(st.st_mode), st.st_uid) == (0o700, os.geteuid()), directory
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to give a directory to another user")
+def test_a_top_directory_another_user_made_first_is_refused(tmp_path: pathlib.Path) -> None:
+    """/dev/shm is world-writable: anyone may make /dev/shm/edgeproxy-0 before us, and then own what is in it."""
+    top = tmp_path / "edgeproxy-0"
+    top.mkdir(mode=0o755)
+    os.chown(top, NOBODY, NOBODY)
+    with pytest.raises(UnsafePath, match=f"cache path {top} is owned by uid {NOBODY}, not by uid 0"):
+        SharedStore(str(top / "127.0.0.1-8080"), 10_000, top=str(top))
+    assert list(top.iterdir()) == []
+
+
+def test_a_top_directory_that_is_a_link_is_refused(tmp_path: pathlib.Path) -> None:
+    (tmp_path / "elsewhere").mkdir(mode=0o700)
+    top = tmp_path / "edgeproxy-0"
+    top.symlink_to(tmp_path / "elsewhere")
+    with pytest.raises(UnsafePath, match=f"cache path {top} is a symbolic link"):
+        SharedStore(str(top / "127.0.0.1-8080"), 10_000, top=str(top))
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to give a file to another user")
+def test_a_data_file_of_another_user_is_refused(tmp_path: pathlib.Path) -> None:
+    """Whoever made data.mdb chose the cached responses in it."""
+    path = tmp_path / "store"
+    SharedStore(str(path), 10_000).close()
+    os.chown(path / "lmdb" / "data.mdb", NOBODY, NOBODY)
+    with pytest.raises(UnsafePath, match="data.mdb is owned by uid 65534"):
+        SharedStore(str(path), 10_000)
+
+
+# -- a worker killed between a commit and its publish ---------------------------------------------------------
+
+def _replace_and_die_before_publishing(path: str) -> None:
+    """A worker replacing an object and killed right after the commit, before the slot map hears of it."""
+    from edgeproxy.shared.transaction import Write
+
+    Write.publish = lambda self: os.kill(os.getpid(), signal.SIGKILL)  # type: ignore[method-assign]
+    store = SharedStore(path, owner=False)
+    store.put(make_entry(body=b"new"))
+
+
+def test_a_worker_killed_between_commit_and_publish_leaves_no_copy_current(tmp_path: pathlib.Path) -> None:
+    """The supervisor, told the worker died, republishes every version from the records: the copies the other
+    workers hold of what the dead one replaced are stale from then on (they were served forever before)."""
+    import asyncio
+
+    from edgeproxy.config import config_from_dict
+    from edgeproxy.supervisor import Worker, WorkerPool
+
+    config = config_from_dict({"server": {"listen": ["127.0.0.1:8080"], "workers": 2},
+                               "cache": {"path": str(tmp_path / "cache"), "size": "64MiB"},
+                               "site": [{"hosts": ["*"], "origin": "http://127.0.0.1:9"}]})
+
+    async def scenario() -> tuple[bool, bool, bool]:
+        pool = WorkerPool(config, None)
+        store = pool.store
+        assert store is not None
+        try:
+            store.put(make_entry(body=b"old"))
+            stored = make_entry(path="/kept")
+            store.put(stored)
+            (copy,) = store.get("https://a.example/a")  # another worker's hot copy of the old object
+            (kept,) = store.get("https://a.example/kept")
+            process = multiprocessing.get_context("spawn").Process(
+                target=_replace_and_die_before_publishing, args=(store.path,))
+            process.start()
+            process.join(30)
+            assert process.exitcode == -signal.SIGKILL
+            (new,) = store.get("https://a.example/a")
+            assert new.body == b"new"  # committed, never published
+            before = store.touch(copy)
+            worker = Worker(0)
+            worker.process = process
+            pool._on_exit(worker, process)
+            return before, store.touch(copy), store.touch(kept) and store.touch(new)
+        finally:
+            pool.timers.cancel_all()
+            store.close()
+
+    before, after, untouched = asyncio.run(scenario())
+    assert before  # the bug, as the store alone leaves it: the dead worker's change never reached the slot map
+    assert not after and untouched
+
+
+# -- the format covers the records' layouts ------------------------------------------------------------------
+
+def test_a_store_stamped_without_the_records_layouts_is_dropped(tmp_path: pathlib.Path,
+                                                               caplog: pytest.LogCaptureFixture) -> None:
+    """Stores were stamped with the entries' encoding alone: one written with other record layouts passed."""
+    from edgeproxy.cache import codec
+
+    path = str(tmp_path / "old")
+    first = SharedStore(path, 10_000)
+    first.put(make_entry())
+    with first.env.begin(write=True) as txn:
+        txn.put(b"format", codec.FORMAT, db=first.meta)
+    first.close()
+    second = SharedStore(path, 10_000)
+    try:
+        assert second.get("https://a.example/a") == [] and second.stats().entries == 0
+        assert "dropped and created anew" in caplog.text
+    finally:
+        second.close()
+
+
+def test_any_record_layout_change_changes_the_format() -> None:
+    import struct
+    from dataclasses import fields
+
+    from edgeproxy.shared import records
+
+    state = tuple(f.name for f in fields(records.State))
+    place = tuple(f.name for f in fields(records.Place))
+    keys = (records.U32, records.U64, records.LEASE)
+    current = records.describe(records._STATE, state, place, keys, records.KEY_KEEP)
+    assert current == records.RECORDS
+    changed = [
+        records.describe(struct.Struct("<16Qd"), state, place, keys, records.KEY_KEEP),  # a field more
+        records.describe(records._STATE, (*state[1:], state[0]), place, keys, records.KEY_KEEP),  # reordered
+        records.describe(records._STATE, state, (*place, "extra"), keys, records.KEY_KEEP),
+        records.describe(records._STATE, state, place, (struct.Struct("<I"), *keys[1:]), records.KEY_KEEP),
+        records.describe(records._STATE, state, place, (*keys[:2], struct.Struct("<f")), records.KEY_KEEP),
+        records.describe(records._STATE, state, place, keys, records.KEY_KEEP - 1),
+    ]
+    assert len({current, *changed}) == len(changed) + 1
+    assert store_format.endswith(b" records=" + current)
