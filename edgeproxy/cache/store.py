@@ -185,6 +185,9 @@ class Store:
             self._map[key] = [entry]
             self._index.add_key(key, entry.host)
         else:
+            for v in variants:
+                if v.vary != entry.vary:  # both may match one request now: the full path picks by date
+                    v.superseded = True
             variants.append(entry)
         self._index.add_tags(entry)
         self._used += size

@@ -12,8 +12,8 @@ Rules kept here:
   churn the small hot LRU (each refill costs an insert and an eviction there). What this worker stores goes to the
   shared store only, for the same reason. A purge goes to the shared store
   (which retires the versions) and drops the hot copies it finds here, to give their bytes back at once.
-- ``touch`` counts the read for S3-FIFO in the slot map and keeps the hot LRU in order; it is False (the head memo
-  forgets the head) when the copy is no longer current.
+- ``touch`` counts the read for S3-FIFO in the slot map and keeps the hot LRU in order; it is False (the fast lane
+  drops what it published) when the copy is no longer current.
 """
 
 from __future__ import annotations
@@ -59,7 +59,7 @@ class TieredStore:
         return found
 
     def touch(self, entry: Entry) -> bool:
-        slot = entry.slot  # SlotMap.hit, inlined: this runs on every hit, the head memo's included
+        slot = entry.slot  # SlotMap.hit, inlined: this runs on every hit, the fast lane's included
         if self._versions[slot] != entry.version:
             return False
         freqs = self._freqs

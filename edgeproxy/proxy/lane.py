@@ -1,0 +1,153 @@
+"""The fast lane: a browser's cache hit answered from the read's bytes, without the parser or an exchange.
+
+Rules kept here:
+- Tried from ``ClientConnection.data_received`` when no exchange runs and the parser holds nothing: the read must be
+  exactly one complete head. ``http/headscan.scan`` (compiled, or its Python twin) accepts only a strict subset of
+  what h11 and llhttp both accept, with none of the fields that change a cache decision or the answer per request
+  (request directives, credentials, conditionals, Range, Expect, Upgrade, Via, CDN-Loop, the cluster field). What
+  it does not accept, and what the table cannot answer, goes to the full path unchanged: the lane never refuses a
+  request and never answers differently from it.
+- **Keyed by what decides the answer**, not by the head's bytes: (scheme, Host as sent, target as sent) selects the
+  entries the full path answered for that URL as plain fresh hits, each with the site's edge CORS fields for a
+  request without Origin. Cookies, referers, user agents and request ids don't matter. Vary does: an entry that
+  varies is matched against this head's fields as the full path matches (``cache/key.matches``), and an answer
+  needs exactly one matching entry (several would need the full path's choice by date).
+- **Published by the full path** (``delivery.deliver``): a plain fresh hit for a head the lane scanned publishes
+  the entry it answered with. **Checked on every use**: still fresh, not soft-purged or invalidated, not superseded by
+  a variant of another Vary, and still stored (``Storage.touch``: the LRU or S3-FIFO read bit too, and with a shared
+  store the slot version, which another worker's purge or replacement changes). So a purge of any kind, an
+  eviction, a replacement or a new variant takes effect on the lane the moment it does on the store, before the
+  purge is acknowledged, with no withdrawal to forget; an entry found wanting is dropped. A reload starts a new table.
+- **The answer is a parsed hit's**: the same bytes (``delivery.write_stored``), the same counters, and the same log
+  line in either format (its times 0.0 ms: it is answered within the read). Edge-mode CORS sites are answered only
+  for requests without Origin (the policy answers each Origin itself); origin-mode CORS keys by Vary as above.
+- Bounded: at most ``size`` URLs per worker (about one per KiB of cache, at least ``MIN_SIZE``), cleared when full
+  (keys are client-chosen), at most ``MAX_VARIANTS`` entries per URL.
+Throughput trade-off: a head the lane can't answer is scanned twice (here, then by the parser); the compiled scan of a
+~600-byte browser head costs about what one dict lookup of it did (benchmarks/hitcost.py).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from edgeproxy.cache.entry import Entry
+from edgeproxy.cache.key import CacheRequest, matches
+from edgeproxy.cache.outcome import HIT
+from edgeproxy.http.headscan import fields_named, scan
+from edgeproxy.proxy.delivery import write_stored
+
+if TYPE_CHECKING:
+    from edgeproxy.proxy.client import ClientConnection
+    from edgeproxy.proxy.edge import Edge
+
+MIN_SIZE = 4096
+MAX_SIZE = 1 << 20
+MAX_VARIANTS = 4
+# The Connection line a hit's answer carries (delivery.connection_line), by (keep-alive, HTTP/1.0).
+CONNECTION = {(True, False): b"", (True, True): b"connection: keep-alive\r\n",
+              (False, False): b"connection: close\r\n", (False, True): b"connection: close\r\n"}
+
+Key = tuple[str, bytes, bytes]  # (scheme, Host as sent, target as sent)
+
+
+class Published:
+    """An entry the full path answered a URL with, and the edge CORS fields of that answer (no Origin)."""
+
+    __slots__ = ("entry", "cors", "edge_cors", "vary")
+
+    def __init__(self, entry: Entry, cors: bytes, edge_cors: bool) -> None:
+        self.entry, self.cors, self.edge_cors = entry, cors, edge_cors
+        self.vary = frozenset(n for n in entry.vary if n[:1] != b":")  # fields to read from the head (not :cors)
+
+
+class Lane:
+    __slots__ = ("edge", "table", "size", "limits", "keep_10")
+
+    def __init__(self, edge: Edge) -> None:
+        self.edge = edge
+        self.table: dict[Key, list[Published]] = {}
+        self.size = min(MAX_SIZE, max(MIN_SIZE, edge.config.cache.size // 1024))
+        self.limits = edge.limits
+        # h11 never keeps an HTTP/1.0 connection alive (llhttp does with Connection: keep-alive): answer as the parser
+        # of the full path would.
+        self.keep_10 = edge.config.server.parser != "h11"
+
+    # ---- answering ----
+    def answer(self, client: ClientConnection, data: bytes) -> bool:
+        """Answer ``data`` as a plain hit; False when the full path must run (it may publish what it answers)."""
+        scanned = scan(data)
+        if scanned is None:
+            return False
+        method, target, version, host, keep_alive, origin, referer, agent, nfields = scanned
+        limits = self.limits
+        if nfields > limits.max_headers or len(data) > limits.max_header_bytes or len(target) > limits.max_uri:
+            return False  # the full path answers what its limits say (414, 431)
+        if version == b"1.0" and not self.keep_10:
+            keep_alive = False
+        key = (client.scheme, host, target)
+        published = self.table.get(key)
+        if published is None:
+            client.lane_key = key  # the full path may publish its answer under this key
+            return False
+        found = self._select(published, data, origin)
+        if found is None:
+            client.lane_key = key
+            return False
+        edge = self.edge
+        entry = found.entry
+        now = edge.clock()
+        # freshness.current_age and ttl, inlined (a call each is ~1k instructions of a lane hit: benchmarks/hitcost.py)
+        age = entry.corrected_initial_age + max(0.0, now - entry.response_time)
+        left = entry.freshness_lifetime - age
+        if left <= 0.0 or entry.invalidated or entry.superseded or not edge.store.touch(entry):
+            published.remove(found)
+            if not published:
+                del self.table[key]
+            client.lane_key = key
+            return False
+        head_only = method == b"HEAD"
+        sent = write_stored(client.transport.write, entry, age, edge.cache_status.hit(left),
+                            found.cors + CONNECTION[keep_alive, version == b"1.0"] + b"\r\n", head_only)
+        counters = edge.counters
+        counters.lane_hits += 1
+        counters.response(HIT, entry.status, sent)
+        edge.access_log.exchange(client.log_peer, now, method, target, version, entry.status, sent, referer or b"",
+                                 agent or b"", b"hit", 0.0, 0.0)
+        client.requests += 1
+        client.response_done_fast(keep_alive)
+        return True
+
+    def _select(self, published: list[Published], data: bytes, origin: bytes | None) -> Published | None:
+        """The one published entry that may answer this head, or None (none, or more than one: the full path)."""
+        if len(published) == 1 and not published[0].entry.vary:  # the usual object: no Vary
+            found = published[0]
+            return None if origin is not None and found.edge_cors else found
+        if origin is not None and published[0].edge_cors:
+            return None
+        names = frozenset().union(*(p.vary for p in published))
+        headers = fields_named(data, names) if names else []
+        if origin is not None and b"origin" not in names:
+            headers.append((b"origin", origin))  # for :cors, origin-mode CORS's pseudo field
+        request = CacheRequest(b"GET", "", "", b"", headers)
+        matching = [p for p in published if matches(p.entry.vary, p.entry.variant_key, request)]
+        return matching[0] if len(matching) == 1 else None
+
+    # ---- publishing (the full path) ----
+    def publish(self, key: Key, entry: Entry, cors: bytes, edge_cors: bool) -> None:
+        """The full path answered the head scanned under ``key`` with ``entry`` as a plain fresh hit."""
+        if entry.superseded:
+            return
+        table = self.table
+        published = table.get(key)
+        if published is None:
+            if len(table) >= self.size:
+                table.clear()
+            table[key] = [Published(entry, cors, edge_cors)]
+            return
+        for i, p in enumerate(published):
+            if p.entry.vary == entry.vary and p.entry.variant_key == entry.variant_key:
+                published[i] = Published(entry, cors, edge_cors)  # the same variant, answered anew
+                return
+        published.insert(0, Published(entry, cors, edge_cors))
+        del published[MAX_VARIANTS:]
