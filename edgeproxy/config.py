@@ -133,6 +133,14 @@ def _workers(value: Any) -> int:
     return _int(1, 256)(value)
 
 
+def _purge_budget(value: Any) -> float:
+    # Under the CLI's 10 s reply timeout with room for the fallback, and well under a worker's command timeout.
+    seconds = parse_duration(value)
+    if seconds > 30:
+        raise ValueError(f"expected a duration up to 30s, got {value!r}")
+    return seconds
+
+
 def _access_log(value: Any) -> str | None:
     """true or "-" = stderr, false = off, a path = that file."""
     if value is True or value == "-":
@@ -273,6 +281,7 @@ class CacheConfig:
     shared: bool | None = None  # one store for every worker of the host (edgeproxy/shared); None: when workers > 1
     path: str | None = None  # the shared store's directory; None: see shared/layout.py
     hot_size: int | None = None  # each worker's hot tier, inside size; None: 5% of size split among the workers
+    regex_purge_budget: float = 5 * SECONDS  # then the pattern's host is soft-purged instead (edgeproxy/purging.py)
 
 
 @dataclass(frozen=True)
@@ -383,7 +392,7 @@ CACHE_KEYS: dict[str, Callable[[Any], Any]] = {
     "size": parse_size, "max_object_size": parse_size, "max_variants": _int(1, 10**4),
     "heuristic_max": parse_duration, "max_ttl": parse_duration, "collapse": _bool,
     "collapse_timeout": parse_duration, "hit_for_miss_ttl": parse_duration, "revalidate_interval": parse_duration,
-    "shared": _bool, "path": _opt_str, "hot_size": parse_size,
+    "shared": _bool, "path": _opt_str, "hot_size": parse_size, "regex_purge_budget": _purge_budget,
 }
 LOG_KEYS: dict[str, Callable[[Any], Any]] = {
     "access": _access_log, "format": _choice("combined", "json"),

@@ -78,7 +78,7 @@ class LocalEdge:
 
     # ---- answers ----
     async def purge(self, command: PurgeCommand) -> dict[str, Any]:
-        return {"purged": self.edge.purge(command.selector, command.soft)}
+        return await self.edge.purge(command.selector, command.soft)
 
     async def stats(self) -> dict[str, Any]:
         return self.summary()

@@ -52,7 +52,7 @@ class ProxyCounters:
 
     __slots__ = (
         "requests", "responses", "response_bytes", "origin_requests", "origin_errors", "lane_hits",
-        "latency_buckets", "latency_sum", "open_connections", "purges", "gc_buckets", "gc_sum",
+        "latency_buckets", "latency_sum", "open_connections", "purges", "purges_over_budget", "gc_buckets", "gc_sum",
         "forced", "cluster",
     )
 
@@ -68,6 +68,7 @@ class ProxyCounters:
         self.latency_sum = 0.0
         self.open_connections = 0
         self.purges: dict[str, int] = {}
+        self.purges_over_budget = 0  # regex purges that ran out of [cache] regex_purge_budget (edgeproxy/purging.py)
         # Requests whose own directives asked for validation, by what answered them (origin shielding).
         self.forced: dict[str, int] = dict.fromkeys(FORCED_ANSWERS, 0)
         self.gc_buckets = [0] * (len(GC_PAUSE_BUCKETS) + 1)
@@ -115,6 +116,7 @@ class ProxyCounters:
             "origin_latency": {"buckets": list(self.latency_buckets), "sum": self.latency_sum},
             "open_connections": self.open_connections,
             "purges": dict(self.purges),
+            "purges_over_budget": self.purges_over_budget,
             "forced": dict(self.forced),
             "cluster": dict(self.cluster),
             "gc_pause": {"buckets": list(self.gc_buckets), "sum": self.gc_sum},
@@ -171,6 +173,9 @@ _SCALARS = (
      "Hits answered by the fast lane from the request's bytes, without the parser (included in requests)."),
     ("proxy", "origin_requests", CounterMetricFamily, "edgeproxy_origin_requests_total",
      "Requests sent to origins, failed ones included."),
+    ("proxy", "purges_over_budget", CounterMetricFamily, "edgeproxy_purge_budget_exceeded_total",
+     "Regex purges that did not finish within [cache] regex_purge_budget: their host (or everything) was soft-purged "
+     "instead."),
     ("proxy", "open_connections", GaugeMetricFamily, "edgeproxy_open_connections", "Open client connections."),
     ("store", "entries", GaugeMetricFamily, "edgeproxy_cache_entries", "Objects in the cache."),
     ("store", "bytes", GaugeMetricFamily, "edgeproxy_cache_bytes", "Bytes the cache accounts for."),

@@ -47,7 +47,7 @@ from collections.abc import Callable
 from multiprocessing.process import BaseProcess
 from typing import Any
 
-from edgeproxy import metrics
+from edgeproxy import metrics, purging
 from edgeproxy.cache.purge import PurgeURL, site_purge_url
 from edgeproxy.cache.store import StoreStats
 from edgeproxy.config import Config
@@ -64,7 +64,7 @@ log = logging.getLogger("edgeproxy.supervisor")
 SECONDS = 1.0
 HEARTBEAT = 1 * SECONDS
 HANG_TIMEOUT = 10 * SECONDS
-COMMAND_TIMEOUT = 60 * SECONDS  # a regex purge over millions of entries
+COMMAND_TIMEOUT = 60 * SECONDS  # above a regex purge's budget ([cache] regex_purge_budget: at most 30 s)
 START_TIMEOUT = 30 * SECONDS
 STOP_GRACE = 5 * SECONDS  # beyond drain_timeout, before SIGKILL
 STABLE_AFTER = 10 * SECONDS  # a worker that lived this long starts its backoff afresh
@@ -134,6 +134,7 @@ class WorkerPool:
         self.loop = asyncio.get_running_loop()
         self.workers = [Worker(i) for i in range(config.server.workers)]
         self.purges: dict[str, int] = {}  # purge commands by kind: each worker counts its share of one command
+        self.purges_over_budget = 0  # regex purges of the shared store that ran out of their budget
         self.listeners: list[Listener] = []
         self.closing = False
         self.timers = Timers(self.loop)
@@ -250,6 +251,7 @@ class WorkerPool:
         snaps = [w.snapshot for w in self.workers if w.ready and w.snapshot is not None]
         counters = metrics.merge([metrics.ProxyCounters().to_dict(), *(s["counters"] for s in snaps)])
         counters["purges"] = dict(self.purges)  # commands, not the sum of the workers' shares
+        counters["purges_over_budget"] += self.purges_over_budget
         stores = [dict(s["store"]) for s in snaps]
         last_purge = max((s.pop("last_purge_at") or 0.0 for s in stores), default=0.0)
         store = metrics.merge([dataclasses.asdict(StoreStats(0, 0, 0)), *stores])
@@ -277,10 +279,15 @@ class WorkerPool:
             selector = command.selector
             if isinstance(selector, PurgeURL):
                 selector = site_purge_url(self.sites, selector)
-            count = self.store.purge(selector, soft=command.soft, now=time.time())
-            return {"purged": count, "workers": sum(w.ready for w in self.workers)}
+            # A walk (a regex) runs in steps off this loop, within its budget: the heartbeat and commands go on.
+            result = await purging.purge(self.store, selector, command.soft, time.time(),
+                                         self.config.cache.regex_purge_budget)
+            self.purges_over_budget += "over_budget" in result
+            return {**result, "workers": sum(w.ready for w in self.workers)}
         replies = await self._broadcast(protocol.purge_request(command))
-        return {"purged": sum(r.get("purged", 0) for r in replies), "workers": len(replies)}
+        over = next((r["over_budget"] for r in replies if "over_budget" in r), None)  # each worker counted its own
+        return {"purged": sum(r.get("purged", 0) for r in replies), "workers": len(replies),
+                **({"over_budget": over} if over is not None else {})}
 
     async def stats(self) -> dict[str, Any]:
         await self._collect(COMMAND_TIMEOUT)

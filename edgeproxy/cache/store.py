@@ -36,6 +36,12 @@ Design and trade-offs (Varnish style):
   at a million entries (benchmarks/purge_bench.py) a URL or a tag costs microseconds, but a prefix
   holding 100k entries ~0.1 s soft and ~0.25 s hard, which the shell's event loop spends not serving.
   Hard prefix and host purges take their keys out of the sorted index in slices, not one by one.
+- A purge that visits every key (a regex, a soft "all": cache/purge.py ``walks``) can also be applied in steps,
+  which the shell (edgeproxy/purging.py) drives off its event loop: ``announce`` logs it (from then on a fetch
+  that started before it cannot store what it matches), ``scan`` hands out keys in sorted order after a
+  position (a walk that survives puts and evictions between steps), and ``purge_scanned`` purges every variant
+  of the keys that matched. Variants stored between the announce and their key's step are purged too: a miss,
+  never a stale hit.
 - ``put`` counts its own refusals in ``not_stored`` ("too-large", "purged-during-fetch"); the shell
   counts the policy's reasons with ``count_not_stored``.
 """
@@ -44,7 +50,7 @@ from __future__ import annotations
 
 from collections import OrderedDict, deque
 from dataclasses import dataclass, field
-from typing import NamedTuple, Protocol
+from typing import Any, NamedTuple, Protocol
 
 from edgeproxy.cache.entry import Entry
 from edgeproxy.cache.purge import (
@@ -56,6 +62,8 @@ from edgeproxy.cache.purge import (
     PurgeTag,
     PurgeURL,
     Selector,
+    may_match,
+    walks,
 )
 
 TOO_LARGE = "too-large"
@@ -89,6 +97,10 @@ class Storage(Protocol):
     def remove(self, entry: Entry) -> bool: ...
     def invalidate(self, entry: Entry) -> bool: ...
     def purge(self, selector: Selector, soft: bool = False, now: float = 0.0) -> int: ...
+    def walks(self, selector: Selector, soft: bool) -> bool: ...
+    def announce(self, selector: Selector, now: float) -> None: ...
+    def scan(self, position: Any, limit: int) -> tuple[list[tuple[str, Any]], Any]: ...
+    def purge_scanned(self, found: list[tuple[str, Any]], soft: bool) -> int: ...
     def claim(self, entry: Entry, now: float, hold: float) -> bool: ...
     def release(self, entry: Entry) -> None: ...
     def generation(self) -> int: ...
@@ -270,9 +282,7 @@ class Store:
     def purge(self, selector: Selector, soft: bool = False, now: float = 0.0) -> int:
         """Invalidate (soft) or remove (hard) every entry ``selector`` matches; the count affected.
         Logged so that fetches in flight cannot store a purged object afterwards."""
-        self._generation += 1
-        self._log.append(_PurgeRecord(self._generation, selector))
-        self._last_purge_at = now
+        self.announce(selector, now)
         if not soft:
             match selector:
                 case PurgeAll():
@@ -289,6 +299,39 @@ class Store:
                 self._drop(entry)
         self._purged += len(found)
         return len(found)
+
+    def walks(self, selector: Selector, soft: bool) -> bool:
+        """Whether purging ``selector`` visits every key (then the shell applies it in steps: see the docstring)."""
+        return walks(selector, soft)
+
+    def announce(self, selector: Selector, now: float) -> None:
+        """Log a purge: from now on a fetch that started before it cannot store an entry it matches."""
+        self._generation += 1
+        self._log.append(_PurgeRecord(self._generation, selector))
+        self._last_purge_at = now
+
+    def scan(self, position: str | None, limit: int) -> tuple[list[tuple[str, str]], str | None]:
+        """Up to ``limit`` (key, key) pairs after ``position`` (None: from the first), and the next position (None
+        once every key was handed out)."""
+        keys = self._index.keys_after(position, limit)
+        return [(k, k) for k in keys], keys[-1] if len(keys) == limit else None
+
+    def purge_scanned(self, found: list[tuple[str, str]], soft: bool) -> int:
+        """Purge every variant stored now under the keys of ``found`` (pairs ``scan`` gave that matched)."""
+        count = 0
+        for key, _ in found:
+            variants = self._map.get(key)
+            if not variants:
+                continue  # evicted or purged since the scan
+            if soft:
+                for entry in variants:
+                    entry.invalidated = True
+                count += len(variants)
+                self._purged += len(variants)
+            else:
+                self._index.discard_key(key, variants[0].host)
+                count += self._drop_keys([key])
+        return count
 
     def _select(self, selector: Selector) -> list[Entry]:
         match selector:
@@ -337,7 +380,7 @@ class Store:
         for record in reversed(log):
             if record.generation <= since:
                 return False
-            if record.selector.matches(entry):
+            if may_match(record.selector, entry):
                 return True
         return False
 

@@ -25,6 +25,7 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from edgeproxy.cache.purge import NoRegexEngine
 from edgeproxy.config import ConfigError, control_socket_in
 from edgeproxy.control import protocol
 from edgeproxy.control.client import (
@@ -53,7 +54,8 @@ class ServerError(Exception):
 
 
 class FleetIncomplete(ServerError):
-    """The purge was applied on the node asked, but not (yet) on every live node of the fleet."""
+    """The purge was applied on the node asked, but not (yet) on every live node of the fleet, or not as asked (a
+    regex over its budget: its fallback was applied)."""
 
 
 # Most specific first: ControlUnavailable and ControlPermissionDenied are ControlErrors.
@@ -95,7 +97,10 @@ def purge_requests(args: argparse.Namespace) -> list[dict[str, Any]]:
     wait = {"fleet_wait": args.fleet_timeout} if args.fleet_wait else {}
     requests = [{"cmd": "purge", "soft": args.soft, **fields, **wait} for fields in _PURGE_OPTIONS[given[0]][1](args)]
     for request in requests:
-        protocol.parse_request(protocol.encode_request(request).rstrip(b"\n"))
+        try:
+            protocol.parse_request(protocol.encode_request(request).rstrip(b"\n"))
+        except NoRegexEngine:
+            pass  # a bare interpreter can't compile RE2: the server checks the pattern (a refusal then exits 1)
     return requests
 
 
@@ -125,7 +130,14 @@ def render_purge(replies: list[dict[str, Any]]) -> str:
 
 
 def fleet_problem(replies: list[dict[str, Any]]) -> str | None:
-    """What went wrong fleet-wide, when something did: unpublished, or live nodes that had not applied in time."""
+    """What went wrong, when something did: a regex that ran out of its budget (its fallback was applied instead:
+    done, but not as asked), unpublished, or live nodes that had not applied in time."""
+    for reply in replies:
+        over = reply.get("over_budget")
+        if over:
+            return (f"the regex did not finish within its budget of {over['budget_seconds']:g}s "
+                    f"([cache] regex_purge_budget): {over['matched']} entries purged by it, then "
+                    f"{over['fallback']} soft-purged instead ({over['soft_purged']} entries)")
     for reply in replies:
         fleet = reply.get("fleet") or {}
         if fleet.get("published") is False:
@@ -256,7 +268,8 @@ def _add_purge_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--prefix", help="path prefix, e.g. /pictures/ or /pictures/* (all hosts unless --host)")
     parser.add_argument("--host", help="purge one host, or limit --prefix to it")
     parser.add_argument("--tag", dest="tags", nargs="+", metavar="TAG", help="purge entries carrying any TAG")
-    parser.add_argument("--regex", help="purge cache keys matching this regular expression (re.search)")
+    parser.add_argument("--regex", help="purge cache keys in which this RE2 regular expression is found (no "
+                        "backreferences or lookaround)")
     parser.add_argument("--all", action="store_true", help="purge everything")
     parser.add_argument("--soft", action="store_true", help="mark stale (revalidate) instead of removing")
     parser.add_argument("--fleet-wait", action="store_true",

@@ -15,8 +15,9 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from email.utils import formatdate
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
+from edgeproxy import purging
 from edgeproxy.accesslog import AccessLog
 from edgeproxy.cache.cachestatus import CacheStatus
 from edgeproxy.cache.entry import Entry
@@ -177,12 +178,16 @@ class Edge:
         self.access_log.close()
 
     # ---- cache ----
-    def purge(self, selector: Selector, soft: bool) -> int:
+    async def purge(self, selector: Selector, soft: bool) -> dict[str, Any]:
+        """Apply a purge (edgeproxy/purging.py: a regex's walk runs off this loop, within its budget); the reply's
+        fields."""
         if isinstance(selector, PurgeURL):
             selector = site_purge_url(self.sites, selector)
-        count = self.store.purge(selector, soft=soft, now=self.clock())
+        result = await purging.purge(self.store, selector, soft, self.clock(), self.config.cache.regex_purge_budget)
         self.counters.purge(type(selector).__name__.removeprefix("Purge").lower())
-        return count
+        if "over_budget" in result:
+            self.counters.purges_over_budget += 1
+        return result
 
     # ---- exchanges ----
     def resolve_host(self, host_field: bytes, scheme: str) -> tuple[str, SiteRuntime]:

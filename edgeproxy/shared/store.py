@@ -24,6 +24,10 @@ Rules kept here:
   (by default ``/dev/shm/edgeproxy-UID``) down before anything in it is opened; its files are opened with
   ``O_NOFOLLOW``, the LMDB files (which LMDB opens itself) checked first: a store someone else could write is
   refused at start with one line, never used (it could carry planted responses).
+- A purge that visits every object (a regex, a soft "all", a prefix on every host) never holds the write
+  transaction while it matches: ``announce`` logs it in one write, ``scan`` reads (key, slot) pairs in slot order
+  in short read transactions, and ``purge_scanned`` applies what matched in one write per batch, skipping a slot
+  that holds another key by then (the steps of cache/store.py, driven by edgeproxy/purging.py).
 - The store's records carry ``FORMAT``: the entries' encoding (cache/codec.py) and the digest of every record's
   layout (shared/records.py's ``RECORDS``); a store of another format, or one LMDB can't open, is dropped and created
   anew by the owner, with one log line.
@@ -50,7 +54,7 @@ from edgeproxy import privatedir
 from edgeproxy.cache import codec
 from edgeproxy.cache.codec import decode_entry, encode_entry
 from edgeproxy.cache.entry import Entry
-from edgeproxy.cache.purge import Selector
+from edgeproxy.cache.purge import PurgePrefix, Selector, walks
 from edgeproxy.cache.store import TOO_LARGE, StoreStats
 from edgeproxy.shared.records import LEASE, RECORDS, U32, Place, State, db_key, identity
 from edgeproxy.shared.slotmap import SlotMap
@@ -307,11 +311,39 @@ class SharedStore:
 
     def purge(self, selector: Selector, soft: bool = False, now: float = 0.0) -> int:
         """Invalidate (soft) or remove (hard) every object ``selector`` matches, host-wide; the count affected."""
+        return int(self._write_purge(lambda w: w.purge(selector, soft, now, self.purge_log)))
+
+    def walks(self, selector: Selector, soft: bool) -> bool:
+        """Whether purging ``selector`` visits every object (the transaction's ``_candidates`` scans for it)."""
+        return walks(selector, soft) or (isinstance(selector, PurgePrefix) and selector.host is None)
+
+    def announce(self, selector: Selector, now: float) -> None:
+        self._write_purge(lambda w: w.announce(selector, now, self.purge_log))
+
+    def scan(self, position: int | None, limit: int) -> tuple[list[tuple[str, int]], int | None]:
+        """Up to ``limit`` (key, slot) pairs from slot ``position`` on (None: the first), and the next position (None
+        once every object was handed out). Objects never change slot, so a walk by slot misses none that stays."""
+        found: list[tuple[str, int]] = []
+        with self.env.begin(buffers=True) as txn:
+            cursor = txn.cursor(self.places)
+            if cursor.set_range(U32.pack(position or 0)):
+                for key, value in cursor:
+                    if len(found) == limit:
+                        return found, U32.unpack(key)[0]
+                    found.append((Place.unpack(value).key, U32.unpack(key)[0]))
+        return found, None
+
+    def purge_scanned(self, found: list[tuple[str, int]], soft: bool) -> int:
+        return int(self._write_purge(lambda w: w.purge_slots(found, soft)))
+
+    def _write_purge(self, action: Any) -> Any:
+        """``_write`` for a purge, which must hold: a full map makes room and tries once more (an error reaches the
+        caller)."""
         try:
-            return int(self._write(lambda w: w.purge(selector, soft, now, self.purge_log)))
-        except lmdb.MapFullError:  # the purge must hold: make room, then try once more (an error reaches the caller)
+            return self._write(action)
+        except lmdb.MapFullError:
             self._make_room()
-            return int(self._write(lambda w: w.purge(selector, soft, now, self.purge_log)))
+            return self._write(action)
 
     def claim(self, entry: Entry, now: float, hold: float) -> bool:
         """Whether this process may revalidate ``entry`` in the background: one claim per object per host, held

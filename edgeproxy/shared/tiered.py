@@ -18,6 +18,8 @@ Rules kept here:
 
 from __future__ import annotations
 
+from typing import Any
+
 from edgeproxy.cache.entry import Entry
 from edgeproxy.cache.purge import Selector
 from edgeproxy.cache.store import Store, StoreStats
@@ -84,6 +86,20 @@ class TieredStore:
     def purge(self, selector: Selector, soft: bool = False, now: float = 0.0) -> int:
         count = self.shared.purge(selector, soft, now)
         self.hot.purge(selector, soft=False, now=now)
+        return count
+
+    def walks(self, selector: Selector, soft: bool) -> bool:
+        return self.shared.walks(selector, soft)
+
+    def announce(self, selector: Selector, now: float) -> None:
+        self.shared.announce(selector, now)
+
+    def scan(self, position: Any, limit: int) -> tuple[list[tuple[str, Any]], Any]:
+        return self.shared.scan(position, limit)
+
+    def purge_scanned(self, found: list[tuple[str, Any]], soft: bool) -> int:
+        count = self.shared.purge_scanned(found, soft)
+        self.hot.purge_scanned([(key, key) for key, _ in found], soft=False)
         return count
 
     def claim(self, entry: Entry, now: float, hold: float) -> bool:

@@ -17,7 +17,7 @@ import lmdb
 from edgeproxy.cache import s3fifo
 from edgeproxy.cache.codec import decode_selector, encode_selector
 from edgeproxy.cache.entry import Entry
-from edgeproxy.cache.purge import PurgeAll, PurgeHost, PurgePrefix, PurgeTag, PurgeURL, Selector
+from edgeproxy.cache.purge import PurgeAll, PurgeHost, PurgePrefix, PurgeTag, PurgeURL, Selector, may_match
 from edgeproxy.cache.store import PURGED_DURING_FETCH, TOO_LARGE
 from edgeproxy.shared.records import KEY_KEEP, U32, U64, Place, Probe, State, db_key, identity, slot_key
 from edgeproxy.shared.slotmap import SlotMap
@@ -274,7 +274,9 @@ class Write:
 
     # -- purges ----------------------------------------------------------------------------------------
 
-    def purge(self, selector: Selector, soft: bool, now: float, purge_log: int) -> int:
+    def announce(self, selector: Selector, now: float, purge_log: int) -> None:
+        """Log a purge with its generation: from this commit on, no fetch that started before it stores what it
+        matches (``_purged_since``), whichever process fetched."""
         state, txn, store = self.state, self.txn, self.store
         state.generation += 1
         state.last_purge_at = now
@@ -283,6 +285,10 @@ class Write:
             cursor = txn.cursor(store.purges)
             cursor.first()
             cursor.delete()
+
+    def purge(self, selector: Selector, soft: bool, now: float, purge_log: int) -> int:
+        self.announce(selector, now, purge_log)
+        state = self.state
         if isinstance(selector, PurgeAll) and not soft:
             return self.drop_all(count_purged=True)
         slots = [s for s in self._candidates(selector) if selector.matches(Probe(self.place(s)))]  # type: ignore[arg-type]
@@ -294,6 +300,22 @@ class Write:
                 self.remove(slot)
         state.purged += len(slots)
         return len(slots)
+
+    def purge_slots(self, found: list[tuple[str, int]], soft: bool) -> int:
+        """Purge the objects of ``found`` ((key, slot) pairs a scan matched) that are still there: a slot freed and
+        taken by another key since is left alone."""
+        count = 0
+        for key, slot in found:
+            if self.txn.get(slot_key(slot), db=self.store.places) is None or self.place(slot).key != key:
+                continue
+            if soft:
+                self.place(slot).invalidated = True
+                self._bump(slot)
+            else:
+                self.remove(slot)
+            count += 1
+        self.state.purged += count
+        return count
 
     def _candidates(self, selector: Selector) -> list[int]:
         """Slots that may match: an index lookup where one answers, a scan where none can (regex, all, a prefix
@@ -327,7 +349,7 @@ class Write:
         cursor = self.txn.cursor(self.store.purges)
         if not cursor.set_range(U64.pack(since + 1)) or U64.unpack(cursor.key())[0] != since + 1:
             return True  # a purge newer than the token fell off the log: refuse rather than guess
-        return any(decode_selector(value).matches(entry) for _, value in cursor)
+        return any(_may_match(value, entry) for _, value in cursor)
 
     def drop_all(self, count_purged: bool = False) -> int:
         """Everything out at once (a hard purge of all, or a full map that eviction could not relieve)."""
@@ -347,3 +369,13 @@ class Write:
         self._fresh.clear()
         self._dropped = state.version
         return count
+
+
+def _may_match(encoded: bytes | memoryview, entry: Entry) -> bool:
+    """Whether a logged purge may match ``entry``; yes when its record no longer parses (a pattern this version
+    refuses, logged by an older one): refusing the put is safe, storing it might not be."""
+    try:
+        selector = decode_selector(encoded)
+    except (ValueError, EOFError, TypeError):
+        return True
+    return may_match(selector, entry)

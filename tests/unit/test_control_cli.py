@@ -30,3 +30,10 @@ def test_pending_nodes_and_an_unpublished_purge_are_problems() -> None:
     alone = {**BASE, "fleet": {"published": False, "error": "Redis at redis://h:6379/0 is unreachable"}}
     assert render_purge([alone]) == "purged 1 entry here (url, hard)"
     assert fleet_problem([alone]) == "Redis at redis://h:6379/0 is unreachable"
+
+
+def test_a_regex_over_its_budget_is_done_but_not_as_asked() -> None:
+    over = {"budget_seconds": 5.0, "matched": 3, "fallback": "host a.example", "soft_purged": 40, "seconds": 5.01}
+    assert fleet_problem([{**BASE, "purged": 43, "over_budget": over}]) == (
+        "the regex did not finish within its budget of 5s ([cache] regex_purge_budget): 3 entries purged by it, then "
+        "host a.example soft-purged instead (40 entries)")

@@ -127,7 +127,7 @@ def test_a_purge_during_an_in_flight_fetch_keeps_its_response_out_of_the_cache()
         h.origin.script = lambda seen: Reply(headers=[("cache-control", "max-age=60")], body=b"old", delay=0.1)
         fetching = asyncio.ensure_future(h.get("/p"))
         await asyncio.sleep(0.03)
-        h.edge.purge(PurgeAll(), soft=False)  # e.g. the content changed at the origin a moment ago
+        await h.edge.purge(PurgeAll(), soft=False)  # e.g. the content changed at the origin a moment ago
         got = await fetching
         assert got.body == b"old" and "; stored" not in got.headers["cache-status"]
         h.origin.script = lambda seen: Reply(headers=[("cache-control", "max-age=60")], body=b"new")

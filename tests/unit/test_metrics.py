@@ -173,6 +173,7 @@ def test_render_exposes_every_family_with_its_values():
     assert _types(body) == {
         "edgeproxy_requests": "counter", "edgeproxy_responses": "counter", "edgeproxy_origin_errors": "counter",
         "edgeproxy_purges": "counter", "edgeproxy_origin_latency_seconds": "histogram",
+        "edgeproxy_purge_budget_exceeded": "counter",
         "edgeproxy_gc_pause_seconds": "histogram", "edgeproxy_response_bytes": "counter",
         "edgeproxy_origin_requests": "counter",
         "edgeproxy_head_memo_hits": "counter",

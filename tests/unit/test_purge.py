@@ -18,6 +18,9 @@ from edgeproxy.cache.purge import (
     PurgeURL,
     Selector,
     SortedPaths,
+    fallback_of,
+    host_of_pattern,
+    may_match,
     normalize_url,
     parse_selector,
     parse_words,
@@ -295,3 +298,70 @@ def test_sorted_paths_against_a_sorted_list(seed: int) -> None:
             assert paths.with_prefix("") == sorted(model)
         assert len(paths) == len(model)
     assert paths.with_prefix("") == sorted(model)
+
+
+# --- RE2: what it refuses and why, what a pattern costs, which host it names --------------------------------
+
+def keyed(key: str) -> Any:
+    scheme, _, rest = key.partition("://")
+    host, slash, path = rest.partition("/")
+    return make_entry(slash + path, host, scheme)
+
+
+@pytest.mark.parametrize(("pattern", "reason"), [
+    (r"(a+)\1", "backreferences are not supported (RE2 syntax)"),
+    (r"(?P<x>a)(?P=x)", "backreferences are not supported (RE2 syntax)"),
+    (r"/a(?=b)", "lookahead and lookbehind are not supported (RE2 syntax)"),
+    (r"/a(?!b)", "lookahead and lookbehind are not supported (RE2 syntax)"),
+    (r"(?<=/)a", "lookahead and lookbehind are not supported (RE2 syntax)"),
+    (r"(?<!/)a", "lookahead and lookbehind are not supported (RE2 syntax)"),
+    (r"(?>a+)b", "atomic groups are not supported (RE2 syntax)"),
+    (r"a++b", "possessive repeats are not supported (RE2 syntax)"),
+    (r"\.js\Z", r"\Z is not supported (RE2 syntax: use \z)"),
+    (r"(\w+\.?){1000}x", "too complex for RE2's bound (8005 instructions, at most 2000)"),
+    (r"(\pL|\d){500}x", "too large for RE2's memory bound (1024 KiB)"),
+    (r"a{1001}", "bad regex 'a{1001}': invalid repetition size: {1001}"),
+])
+def test_re2_refusals_say_why(pattern: str, reason: str) -> None:
+    with pytest.raises(ValueError) as caught:
+        PurgeRegex(pattern)
+    assert str(caught.value).startswith(f"pattern: {reason}")
+
+
+@pytest.mark.parametrize(("pattern", "key", "found"), [
+    (r"/static/(\w+\.?)*\.min\.js$", "http://h/static/" + "a" * 5000 + "!", False),  # linear: no backtracking
+    (r"/static/(\w+\.?)*\.min\.js$", "http://h/static/app.min.js", True),
+    (r"\.js\z", "http://h/a.js", True),
+    (r"(?i)^HTTPS://A\.EXAMPLE/", "https://a.example/x", True),
+    (r"caf\xe9", "http://h/caf\xe9", True),  # keys are latin-1 text: matched by code point, as Python's re did
+])
+def test_re2_search(pattern: str, key: str, found: bool) -> None:
+    assert PurgeRegex(pattern).matches(keyed(key)) is found
+
+
+@pytest.mark.parametrize(("pattern", "host"), [
+    (r"^https://a\.example/static/", "a.example"),
+    (r"^https?://a\.example/", "a.example"),
+    (r"\Ahttps:\/\/a\.example:8080\/", "a.example:8080"),
+    (r"^https://a\.example$", "a.example"),
+    (r"^https://a\.example/(js|css)/", "a.example"),
+    (r"^https://a\.example/[|]", "a.example"),
+    (r"^https://a.example/", None),  # an unescaped dot: any character
+    (r"https://a\.example/", None),  # not anchored: http://b/?u=https://a.example/ too
+    (r"^https://a\.example/x|/y", None),  # an alternative at the top: any host
+    (r"^https://a\.example.*", None),  # a.example.b.example too
+    (r"^(http|https)://a\.example/", None),  # plainly written only
+    (r"(?i)^https://a\.example/", None),
+    (r"\.js$", None),
+])
+def test_the_host_a_pattern_names(pattern: str, host: str | None) -> None:
+    assert host_of_pattern(pattern) == host
+    assert fallback_of(PurgeRegex(pattern)) == (PurgeAll() if host is None else PurgeHost(host))
+
+
+def test_the_purge_log_counts_a_costly_regex_on_a_long_key_as_a_match() -> None:
+    costly = PurgeRegex(r"(\w+\.?){200}x")  # ~1,600 instructions
+    short, long = keyed("http://h/" + "a" * 50), keyed("http://h/" + "a" * 4000)
+    assert not costly.matches(short) and not may_match(costly, short)
+    assert not costly.matches(long) and may_match(costly, long)  # refusing a put is a miss; waiting is a stall
+    assert not may_match(PurgeRegex(r"\.js$"), long)

@@ -4,6 +4,7 @@ are specific to the in-memory ``Store`` (capacity reload, purge-log bound, memor
 from __future__ import annotations
 
 import ast
+import asyncio
 import pathlib
 import random
 import tracemalloc
@@ -12,6 +13,7 @@ from typing import Any, ClassVar
 
 import pytest
 
+from edgeproxy import purging
 from edgeproxy.cache.entry import ENTRY_OVERHEAD, Entry
 from edgeproxy.cache.purge import (
     PurgeAll,
@@ -234,6 +236,55 @@ class StorageContract:
             (stored,) = [e for e in store.get(entry.primary_key) if ident(e) == ident(entry)]
             assert stored.invalidated is (label in expected), label
         assert store.stats().entries == len(ALL)
+
+    @pytest.mark.parametrize("soft", [False, True], ids=["hard", "soft"])
+    @pytest.mark.parametrize(("selector", "expected"), PURGES, ids=repr)
+    def test_purge_in_steps_agrees_with_purge(self, selector: Selector, expected: frozenset[str], soft: bool,
+                                              monkeypatch: pytest.MonkeyPatch) -> None:
+        monkeypatch.setattr(purging, "BATCH", 2)  # many steps over the small population
+        store = self.make()
+        entries = self.populate(store)
+        assert asyncio.run(purging.purge(store, selector, soft, NOW, budget=60.0)) == {"purged": len(expected)}
+        for label, entry in entries.items():
+            found = [e for e in store.get(entry.primary_key) if ident(e) == ident(entry)]
+            assert (found[0].invalidated if soft else not found) is (label in expected), label
+        assert store.stats().purged == len(expected)
+
+    def test_a_walk_refuses_from_its_announce_what_an_older_fetch_would_store(self) -> None:
+        store = self.make()
+        token = store.generation()  # a fetch starts, then a regex purge is announced and walks
+        store.announce(PurgeRegex(r"\.jpg$"), NOW)
+        assert not store.put(make_entry("/late.jpg"), since=token)
+        assert store.put(make_entry("/late.css"), since=token)
+        assert store.put(make_entry("/new.jpg"), since=store.generation())  # a fetch that started after it
+
+    def test_a_slot_taken_by_another_key_since_the_scan_is_left_alone(self) -> None:
+        store = self.make()
+        self.populate(store)
+        items, _ = store.scan(None, 100)
+        found = [item for item in items if item[0].endswith("/imgx")]
+        store.purge(PurgeURL("https://a.example/imgx"), now=NOW)
+        assert store.put(make_entry("/other"))  # may reuse the slot the scan saw
+        assert store.purge_scanned(found, soft=False) == 0
+        assert store.get("https://a.example/other")
+
+    def test_a_regex_over_its_budget_soft_purges_its_host_instead(self) -> None:
+        store = self.make()
+        entries = self.populate(store)
+        reply = asyncio.run(purging.purge(store, PurgeRegex(r"^https://a\.example/img/"), False, NOW, budget=0.0))
+        a_host = {label for label, args in POPULATION.items() if "host" not in args}
+        assert reply["purged"] == len(a_host)
+        assert reply["over_budget"] == {"budget_seconds": 0.0, "matched": 0, "fallback": "host a.example",
+                                        "soft_purged": len(a_host), "seconds": reply["over_budget"]["seconds"]}
+        for label, entry in entries.items():
+            (stored,) = [e for e in store.get(entry.primary_key) if ident(e) == ident(entry)]
+            assert stored.invalidated is (label in a_host), label
+
+    def test_a_regex_naming_no_host_falls_back_to_everything(self) -> None:
+        store = self.make()
+        self.populate(store)
+        reply = asyncio.run(purging.purge(store, PurgeRegex(r"\.jpg$"), True, NOW, budget=0.0))
+        assert reply["over_budget"]["fallback"] == "everything" and reply["purged"] == len(ALL)
 
     def test_purge_records_its_time(self) -> None:
         store = self.make()
