@@ -267,8 +267,7 @@ class Edge:
 
     def log_exchange(self, client: ClientConnection, head: RequestHead, status: int, sent: int, cache: Outcome,
                      origin_ms: float, started: float) -> None:
-        """Count and log one answer (``log`` for an Exchange; without one: refused before a site was known, or a
-        memo hit whose log line isn't kept)."""
+        """Count and log one answer (``log`` for an Exchange; without one: refused before a site was known)."""
         self.counters.response(cache, status, sent)
         log = self.access_log
         if log.fd is not None:  # a log that is off costs nothing more

@@ -99,13 +99,13 @@ class Pair:
         """``data`` to both on new connections: each one's output, and whether the lane answered it."""
         outs = []
         lane_hits = self.lane.edge.counters.lane_hits
-        before = [h.edge.counters.snapshot() for h in (self.lane, self.full)]
+        before = [h.edge.counters.to_dict() for h in (self.lane, self.full)]
         for h in (self.lane, self.full):
             conn, transport = h.client()
             conn.data_received(data)
             await settle(transport)
             outs.append(bytes(transport.out))
-        after = [h.edge.counters.snapshot() for h in (self.lane, self.full)]
+        after = [h.edge.counters.to_dict() for h in (self.lane, self.full)]
         deltas = [delta(b, a) for b, a in zip(before, after)]
         assert deltas[0] == deltas[1], (data, deltas)
         lines = [drain_log(h) for h in (self.lane, self.full)]
