@@ -2,8 +2,9 @@
 
 One ``ClientConnection`` over a null transport is fed the same keep-alive request head ``--n`` times; the entry is
 stored beforehand, so every request is a hit: parsed by h11 or httptools with the fast lane off, or answered by
-the lane (``lane-*``: the compiled scanner; ``twin-*``: its Python twin). No sockets, no wrk. Under callgrind the difference between two ``--n`` counts, divided by the
-difference in requests, is the cost of one hit with start-up cancelled out:
+the lane (``lane-*``: the compiled scanner; ``twin-*``: its Python twin). No sockets, no wrk. Under callgrind the
+difference between two ``--n`` counts, divided by the difference in requests, is the cost of one hit with start-up
+cancelled out:
 
     python -m benchmarks.hitcost --compare            # runs callgrind itself: instructions per hit, each mode
     python -m benchmarks.hitcost --mode parsed-h11 --n 1000   # one loop (what --compare runs under callgrind)
@@ -108,9 +109,9 @@ async def loop_hits(mode: str, n: int, store: str = "memory", head: str = "short
     from edgeproxy.cache.key import CacheRequest
     from edgeproxy.cache.storability import make_entry
     from edgeproxy.config import config_from_dict
-    from edgeproxy.proxy.client import ClientConnection
     from edgeproxy.http import headscan
     from edgeproxy.proxy import lane
+    from edgeproxy.proxy.client import ClientConnection
     from edgeproxy.proxy.edge import Edge
 
     twin = mode.startswith("twin")  # the lane with the scanner's Python twin

@@ -18,10 +18,10 @@ Rules kept here:
 - zipf-workers warms each target with 20 s of the Zipf load (the cache full and churned: steady state), and gives
   each round its own seed (the same for every target), so no measured run replays the warm-up's URLs.
 - The realistic scenarios (real-hit, real-zipf) send browser-like heads (``wrk/real.lua``: 300 of them, ~600 bytes,
-  and a unique X-Request-Id on every request: no two heads the same bytes, as browsers send them) to servers with their access logs on
-  (the ``-log`` targets); real-zipf reseeds its URLs every round, as zipf-workers. Access logs are counted and
-  emptied before each run of their target (``trim_access_logs``) and once more after the last round, so the files
-  stay small on tmpfs and the result says how many lines each request logged.
+  and a unique X-Request-Id on every request: no two heads the same bytes, as browsers send them) to servers with
+  their access logs on (the ``-log`` targets); real-zipf reseeds its URLs every round, as zipf-workers. Access logs
+  are counted and emptied before each run of their target (``trim_access_logs``) and once more after the last
+  round, so the files stay small on tmpfs and the result says how many lines each request logged.
 Outputs (``report``): a Markdown table on stdout, ``results/<name>.json`` and ``results/<name>.png``.
 """
 
@@ -134,7 +134,8 @@ SCENARIOS = {
         # a stderr log beside the file, and httptools with its log off what the log costs a lane hit.
         Scenario("real-hit", "/bytes/1024?o=K", ("nginx-log", "edgeproxy-h11-log", "edgeproxy-httptools-log",
                  "edgeproxy-httptools-log-stderr", "edgeproxy-httptools-nolane-log", "edgeproxy-httptools",
-                 "bound-h11", "bound-httptools"), script="real.lua", warm_paths=tuple(f"/bytes/1024?o={k}" for k in range(REAL_OBJECTS))),
+                 "bound-h11", "bound-httptools"), script="real.lua",
+                 warm_paths=tuple(f"/bytes/1024?o={k}" for k in range(REAL_OBJECTS))),
         # real-zipf: Zipf(1.0) over 100,000 URLs into a 32 MiB cache, hits counted, a seed per round.
         Scenario("real-zipf", "/bytes/1024?i=K", ("nginx-log", "edgeproxy-httptools-log", "edgeproxy-h11-log"),
                  script="real.lua", profile="small-cache", warm_until_hit=False, warmup_seconds=5, reseed=True,

@@ -14,9 +14,9 @@ origin_ms=1.2 total_ms=1.5``
 Cost (the hit path pays it on every request): an exchange's line is written straight as bytes by ``exchange`` from
 its values, in one format when none of them needs escaping (one ``bytes.translate`` over them all says so), with the
 time string made once per second; measured in-process ~0.6 µs a line against ~5 µs for a LogRecord formatted with
-``format_combined`` and encoded at flush; the fast lane's hits (proxy/lane.py) take the same way. JSON lines take the same way (``json``: 1.8
-against 6.7 µs). ``format_combined`` and ``format_json`` stay the reference: the bytes are the same
-(tests/unit/test_accesslog.py checks both); ``log`` with a ``LogRecord`` formats through them.
+``format_combined`` and encoded at flush; the fast lane's hits (proxy/lane.py) take the same way. JSON lines
+take the same way (``json``: 1.8 against 6.7 µs). ``format_combined`` and ``format_json`` stay the reference: the
+bytes are the same (tests/unit/test_accesslog.py checks both); ``log`` with a ``LogRecord`` formats through them.
 """
 
 from __future__ import annotations

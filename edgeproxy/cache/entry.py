@@ -45,8 +45,9 @@ class Entry:
     last_modified: bytes | None = None
     tags: frozenset[str] = field(default_factory=frozenset)
     invalidated: bool = False  # soft purge or §4.4 invalidation: stale from now on
-    # A variant of the same URL under another Vary was stored after it: which one answers a request is the full
-    # path's choice by date (cache/policy.select), so the fast lane (proxy/lane.py) leaves it alone.
+    # Another variant of the same URL was stored beside it after it (the in-process store's counterpart of the shared
+    # store's new sibling versions): the fast lane (proxy/lane.py) then asks the store which variant the full path
+    # would choose (cache/policy.select) instead of answering with this one on its own word.
     superseded: bool = False
     # When a client's request directive (no-cache, max-age=0, ...) last made the origin validate this response
     # (0: never): a forced request within revalidate_interval of it is answered from here (cache/policy.py).

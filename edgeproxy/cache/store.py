@@ -197,9 +197,8 @@ class Store:
             self._map[key] = [entry]
             self._index.add_key(key, entry.host)
         else:
-            for v in variants:
-                if v.vary != entry.vary:  # both may match one request now: the full path picks by date
-                    v.superseded = True
+            for v in variants:  # a request may now match both: the full path picks by date (policy.select)
+                v.superseded = True
             variants.append(entry)
         self._index.add_tags(entry)
         self._used += size

@@ -88,9 +88,9 @@ class ClientConnection(asyncio.Protocol):
         if self.closed:
             return
         lane = self.edge.lane
-        if lane is not None and self.task is None and not self.flow.paused and self.parser.idle:
-            if lane.answer(self, data):
-                return
+        if lane is not None and self.task is None and not self.flow.paused and self.parser.idle and lane.answer(
+                self, data):
+            return
         if self.phase == IDLE:
             self.phase = HEAD
             self.deadline = self.edge.loop.time() + self.edge.config.server.header_timeout

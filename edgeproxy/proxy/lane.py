@@ -10,14 +10,15 @@ Rules kept here:
 - **Keyed by what decides the answer**, not by the head's bytes: (scheme, Host as sent, target as sent) selects the
   entries the full path answered for that URL as plain fresh hits, each with the site's edge CORS fields for a
   request without Origin. Cookies, referers, user agents and request ids don't matter. Vary does: an entry that
-  varies is matched against this head's fields as the full path matches (``cache/key.matches``), and an answer
-  needs exactly one matching entry (several would need the full path's choice by date).
+  varies is matched against this head's fields as the full path matches (``cache/key.matches``); when the URL has
+  more than one stored variant (or had one added since: ``Entry.superseded``, or new sibling versions in a shared
+  store), the store's list is read and the answer is the full path's choice (``cache/policy.select``), or none.
 - **Published by the full path** (``delivery.deliver``): a plain fresh hit for a head the lane scanned publishes
-  the entry it answered with. **Checked on every use**: still fresh, not soft-purged or invalidated, not superseded by
-  a variant of another Vary, and still stored (``Storage.touch``: the LRU or S3-FIFO read bit too, and with a shared
-  store the slot version, which another worker's purge or replacement changes). So a purge of any kind, an
-  eviction, a replacement or a new variant takes effect on the lane the moment it does on the store, before the
-  purge is acknowledged, with no withdrawal to forget; an entry found wanting is dropped. A reload starts a new table.
+  the entry it answered with. **Checked on every use**: still fresh, not soft-purged or invalidated, and still
+  stored (``Storage.touch``: the LRU or S3-FIFO read bit too, and with a shared store the slot version, which
+  another worker's purge or replacement changes). So a purge of any kind, an eviction or a replacement takes effect
+  on the lane the moment it does on the store, before the purge is acknowledged, with no withdrawal to forget; an
+  entry found wanting is dropped. A reload starts a new table.
 - **The answer is a parsed hit's**: the same bytes (``delivery.write_stored``), the same counters, and the same log
   line in either format (its times 0.0 ms: it is answered within the read). Edge-mode CORS sites are answered only
   for requests without Origin (the policy answers each Origin itself); origin-mode CORS keys by Vary as above.
@@ -34,6 +35,7 @@ from typing import TYPE_CHECKING
 from edgeproxy.cache.entry import Entry
 from edgeproxy.cache.key import CacheRequest, matches
 from edgeproxy.cache.outcome import HIT
+from edgeproxy.cache.policy import select
 from edgeproxy.http.headscan import fields_named, scan
 from edgeproxy.proxy.delivery import write_stored
 
@@ -52,26 +54,24 @@ Key = tuple[str, bytes, bytes]  # (scheme, Host as sent, target as sent)
 
 
 class Published:
-    """An entry the full path answered a URL with, and the edge CORS fields of that answer (no Origin)."""
+    """An entry the full path answered a URL with; the edge CORS fields of that answer (no Origin); whether it was
+    the URL's only stored variant then (else every answer asks the store for the full path's choice)."""
 
-    __slots__ = ("entry", "cors", "edge_cors", "vary")
+    __slots__ = ("entry", "cors", "edge_cors", "alone", "vary")
 
-    def __init__(self, entry: Entry, cors: bytes, edge_cors: bool) -> None:
-        self.entry, self.cors, self.edge_cors = entry, cors, edge_cors
+    def __init__(self, entry: Entry, cors: bytes, edge_cors: bool, alone: bool) -> None:
+        self.entry, self.cors, self.edge_cors, self.alone = entry, cors, edge_cors, alone
         self.vary = frozenset(n for n in entry.vary if n[:1] != b":")  # fields to read from the head (not :cors)
 
 
 class Lane:
-    __slots__ = ("edge", "table", "size", "limits", "keep_10")
+    __slots__ = ("edge", "table", "size", "limits")
 
     def __init__(self, edge: Edge) -> None:
         self.edge = edge
         self.table: dict[Key, list[Published]] = {}
         self.size = min(MAX_SIZE, max(MIN_SIZE, edge.config.cache.size // 1024))
         self.limits = edge.limits
-        # h11 never keeps an HTTP/1.0 connection alive (llhttp does with Connection: keep-alive): answer as the parser
-        # of the full path would.
-        self.keep_10 = edge.config.server.parser != "h11"
 
     # ---- answering ----
     def answer(self, client: ClientConnection, data: bytes) -> bool:
@@ -83,8 +83,6 @@ class Lane:
         limits = self.limits
         if nfields > limits.max_headers or len(data) > limits.max_header_bytes or len(target) > limits.max_uri:
             return False  # the full path answers what its limits say (414, 431)
-        if version == b"1.0" and not self.keep_10:
-            keep_alive = False
         key = (client.scheme, host, target)
         published = self.table.get(key)
         if published is None:
@@ -100,7 +98,7 @@ class Lane:
         # freshness.current_age and ttl, inlined (a call each is ~1k instructions of a lane hit: benchmarks/hitcost.py)
         age = entry.corrected_initial_age + max(0.0, now - entry.response_time)
         left = entry.freshness_lifetime - age
-        if left <= 0.0 or entry.invalidated or entry.superseded or not edge.store.touch(entry):
+        if left <= 0.0 or entry.invalidated or not edge.store.touch(entry):
             published.remove(found)
             if not published:
                 del self.table[key]
@@ -119,35 +117,45 @@ class Lane:
         return True
 
     def _select(self, published: list[Published], data: bytes, origin: bytes | None) -> Published | None:
-        """The one published entry that may answer this head, or None (none, or more than one: the full path)."""
-        if len(published) == 1 and not published[0].entry.vary:  # the usual object: no Vary
-            found = published[0]
-            return None if origin is not None and found.edge_cors else found
-        if origin is not None and published[0].edge_cors:
-            return None
-        names = frozenset().union(*(p.vary for p in published))
+        """The published entry that answers this head as the full path would, or None (the full path decides)."""
+        first = published[0]
+        if origin is not None and first.edge_cors:
+            return None  # the edge CORS policy answers each Origin
+        if first.alone and not first.entry.vary and not first.entry.superseded:  # the usual object
+            return first
+        request = CacheRequest(b"GET", "", "", b"", self._fields(data, origin, first.vary.union(
+            *(p.vary for p in published[1:]))))
+        found = next((p for p in published if matches(p.entry.vary, p.entry.variant_key, request)), None)
+        if found is None or (found.alone and not found.entry.superseded):
+            return found
+        # Several variants are stored for the URL: which one answers is the full path's choice by date among those
+        # that match (cache/policy.select), which the store's list says.
+        variants = self.edge.store.get(found.entry.primary_key)
+        request.headers = self._fields(data, origin, frozenset(n for v in variants for n in v.vary if n[:1] != b":"))
+        return found if select(request, variants) is found.entry else None
+
+    @staticmethod
+    def _fields(data: bytes, origin: bytes | None, names: frozenset[bytes]) -> list[tuple[bytes, bytes]]:
+        """The head's fields that Vary matching reads: those named, and Origin (for ``:cors``)."""
         headers = fields_named(data, names) if names else []
         if origin is not None and b"origin" not in names:
-            headers.append((b"origin", origin))  # for :cors, origin-mode CORS's pseudo field
-        request = CacheRequest(b"GET", "", "", b"", headers)
-        matching = [p for p in published if matches(p.entry.vary, p.entry.variant_key, request)]
-        return matching[0] if len(matching) == 1 else None
+            headers.append((b"origin", origin))
+        return headers
 
     # ---- publishing (the full path) ----
-    def publish(self, key: Key, entry: Entry, cors: bytes, edge_cors: bool) -> None:
-        """The full path answered the head scanned under ``key`` with ``entry`` as a plain fresh hit."""
-        if entry.superseded:
-            return
+    def publish(self, key: Key, entry: Entry, cors: bytes, edge_cors: bool, alone: bool) -> None:
+        """The full path answered the head scanned under ``key`` with ``entry`` as a plain fresh hit; ``alone``: the
+        only variant stored for its URL."""
         table = self.table
         published = table.get(key)
         if published is None:
             if len(table) >= self.size:
                 table.clear()
-            table[key] = [Published(entry, cors, edge_cors)]
+            table[key] = [Published(entry, cors, edge_cors, alone)]
             return
         for i, p in enumerate(published):
             if p.entry.vary == entry.vary and p.entry.variant_key == entry.variant_key:
-                published[i] = Published(entry, cors, edge_cors)  # the same variant, answered anew
+                published[i] = Published(entry, cors, edge_cors, alone)  # the same variant, answered anew
                 return
-        published.insert(0, Published(entry, cors, edge_cors))
+        published.insert(0, Published(entry, cors, edge_cors, alone))
         del published[MAX_VARIANTS:]
