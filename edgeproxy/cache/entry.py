@@ -45,10 +45,6 @@ class Entry:
     last_modified: bytes | None = None
     tags: frozenset[str] = field(default_factory=frozenset)
     invalidated: bool = False  # soft purge or §4.4 invalidation: stale from now on
-    # Another variant of the same URL was stored beside it after it (the in-process store's counterpart of the shared
-    # store's new sibling versions): the fast lane (proxy/lane.py) then asks the store which variant the full path
-    # would choose (cache/policy.select) instead of answering with this one on its own word.
-    superseded: bool = False
     # When a client's request directive (no-cache, max-age=0, ...) last made the origin validate this response
     # (0: never): a forced request within revalidate_interval of it is answered from here (cache/policy.py).
     validated_at: float = 0.0
@@ -57,3 +53,7 @@ class Entry:
     # a copy in a worker's hot tier is current while the slot map still shows this version. -1: not shared.
     slot: int = -1
     version: int = 0
+    # Another variant of the same URL was stored beside it after it (the in-process store's counterpart of the shared
+    # store's new sibling versions): the fast lane (proxy/lane.py) then asks the store which variant the full path
+    # would choose (cache/policy.select) instead of answering with this one on its own word.
+    superseded: bool = False

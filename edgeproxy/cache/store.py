@@ -49,6 +49,7 @@ Design and trade-offs (Varnish style):
 from __future__ import annotations
 
 from collections import OrderedDict, deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple, Protocol
 
@@ -106,6 +107,8 @@ class Storage(Protocol):
     def generation(self) -> int: ...
     def count_not_stored(self, reason: str) -> None: ...
     def stats(self) -> StoreStats: ...
+    def holds(self, entry: Entry) -> bool: ...
+    def watch_drops(self, dropped: Callable[[Entry | None], None]) -> None: ...
 
 
 class _PurgeRecord(NamedTuple):
@@ -129,6 +132,9 @@ class Store:
         self.max_object_size = capacity if max_object_size is None else max_object_size
         self.max_variants = max_variants  # lowering it applies to the next put of each key
         self._lru: OrderedDict[Entry, int] = OrderedDict()  # entry -> bytes charged, oldest first
+        # Told of every entry this store forgets (None: all of them), so that nothing outside it (the fast lane's
+        # table, proxy/lane.py) keeps an entry's bytes past the store's bound.
+        self._dropped: Callable[[Entry | None], None] | None = None
         self._map: dict[str, list[Entry]] = {}  # primary key -> variants, least recent first
         self._index = PurgeIndex()
         self._used = 0
@@ -249,6 +255,15 @@ class Store:
         """The LRU, byte and tag side of forgetting an entry; the caller handles its key."""
         self._used -= self._lru.pop(entry)
         self._index.discard_tags(entry)
+        if self._dropped is not None:
+            self._dropped(entry)
+
+    def holds(self, entry: Entry) -> bool:
+        """Whether this very object is stored here (not a copy of it, nor a replacement)."""
+        return entry in self._lru
+
+    def watch_drops(self, dropped: Callable[[Entry | None], None]) -> None:
+        self._dropped = dropped
 
     # -- size ------------------------------------------------------------------------------------
 
@@ -363,6 +378,8 @@ class Store:
 
     def _clear(self) -> int:
         count = len(self._lru)
+        if self._dropped is not None:
+            self._dropped(None)
         self._lru.clear()
         self._map.clear()
         self._index.clear()

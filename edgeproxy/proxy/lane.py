@@ -65,13 +65,15 @@ class Published:
 
 
 class Lane:
-    __slots__ = ("edge", "table", "size", "limits")
+    __slots__ = ("edge", "table", "where", "size", "limits")
 
     def __init__(self, edge: Edge) -> None:
         self.edge = edge
         self.table: dict[Key, list[Published]] = {}
+        self.where: dict[int, Key] = {}  # id(entry) -> its key here (the entries are alive: the table holds them)
         self.size = min(MAX_SIZE, max(MIN_SIZE, edge.config.cache.size // 1024))
         self.limits = edge.limits
+        edge.store.watch_drops(self.withdraw)  # a reload's new lane takes the old one's place
 
     # ---- answering ----
     def answer(self, client: ClientConnection, data: bytes) -> bool:
@@ -99,9 +101,7 @@ class Lane:
         age = entry.corrected_initial_age + max(0.0, now - entry.response_time)
         left = entry.freshness_lifetime - age
         if left <= 0.0 or entry.invalidated or not edge.store.touch(entry):
-            published.remove(found)
-            if not published:
-                del self.table[key]
+            self.withdraw(entry)
             client.lane_key = key
             return False
         head_only = method == b"HEAD"
@@ -142,20 +142,44 @@ class Lane:
             headers.append((b"origin", origin))
         return headers
 
-    # ---- publishing (the full path) ----
+    # ---- publishing (the full path) and withdrawing (the store) ----
     def publish(self, key: Key, entry: Entry, cors: bytes, edge_cors: bool, alone: bool) -> None:
         """The full path answered the head scanned under ``key`` with ``entry`` as a plain fresh hit; ``alone``: the
-        only variant stored for its URL."""
-        table = self.table
+        only variant stored for its URL. Only an entry this process's store holds: the store tells the lane when it
+        forgets one (``withdraw``), so the table never keeps bytes past the cache's bound."""
+        if not self.edge.store.holds(entry):
+            return
+        table, where = self.table, self.where
         published = table.get(key)
         if published is None:
             if len(table) >= self.size:
                 table.clear()
+                where.clear()
             table[key] = [Published(entry, cors, edge_cors, alone)]
+            where[id(entry)] = key
             return
         for i, p in enumerate(published):
             if p.entry.vary == entry.vary and p.entry.variant_key == entry.variant_key:
+                where.pop(id(p.entry), None)
                 published[i] = Published(entry, cors, edge_cors, alone)  # the same variant, answered anew
+                where[id(entry)] = key
                 return
         published.insert(0, Published(entry, cors, edge_cors, alone))
+        where[id(entry)] = key
+        for p in published[MAX_VARIANTS:]:
+            where.pop(id(p.entry), None)
         del published[MAX_VARIANTS:]
+
+    def withdraw(self, entry: Entry | None) -> None:
+        """The store forgot ``entry`` (None: everything): the lane forgets it too."""
+        if entry is None:
+            self.table.clear()
+            self.where.clear()
+            return
+        key = self.where.pop(id(entry), None)
+        if key is None:
+            return
+        published = self.table[key]
+        published[:] = [p for p in published if p.entry is not entry]
+        if not published:
+            del self.table[key]

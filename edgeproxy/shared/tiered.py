@@ -20,6 +20,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from collections.abc import Callable
+
 from edgeproxy.cache.entry import Entry
 from edgeproxy.cache.purge import Selector
 from edgeproxy.cache.store import Store, StoreStats
@@ -136,6 +138,14 @@ class TieredStore:
     @max_variants.setter
     def max_variants(self, value: int) -> None:
         self.shared.max_variants = self.hot.max_variants = value
+
+    def holds(self, entry: Entry) -> bool:
+        """Whether this copy is kept in the hot tier (what this process holds; a copy read from the shared store and
+        not admitted is nobody's)."""
+        return self.hot.holds(entry)
+
+    def watch_drops(self, dropped: Callable[[Entry | None], None]) -> None:
+        self.hot.watch_drops(dropped)
 
     def stats(self) -> StoreStats:
         """The shared store's figures (one store, not a sum of copies) with this process's reads."""
