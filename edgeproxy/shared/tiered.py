@@ -18,9 +18,8 @@ Rules kept here:
 
 from __future__ import annotations
 
-from typing import Any
-
 from collections.abc import Callable
+from typing import Any
 
 from edgeproxy.cache.entry import Entry
 from edgeproxy.cache.purge import Selector
