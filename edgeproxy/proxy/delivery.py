@@ -83,7 +83,7 @@ def publish(ex: Exchange, key: tuple[str, bytes, bytes], entry: Entry) -> None:
     lane = ex.edge.lane
     edge_cors = ex.site.cors is not None
     if lane is not None and not (edge_cors and get(ex.head.headers, b"origin") is not None):
-        lane.publish(key, entry, ex.cors, edge_cors, alone=len(ex.edge.store.get(ex.key)) == 1)
+        lane.publish(key, entry, ex.cors, edge_cors)
 
 
 ALLOW = b"GET, HEAD, POST, PUT, DELETE, OPTIONS"

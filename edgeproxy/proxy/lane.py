@@ -143,12 +143,14 @@ class Lane:
         return headers
 
     # ---- publishing (the full path) and withdrawing (the store) ----
-    def publish(self, key: Key, entry: Entry, cors: bytes, edge_cors: bool, alone: bool) -> None:
-        """The full path answered the head scanned under ``key`` with ``entry`` as a plain fresh hit; ``alone``: the
-        only variant stored for its URL. Only an entry this process's store holds: the store tells the lane when it
-        forgets one (``withdraw``), so the table never keeps bytes past the cache's bound."""
-        if not self.edge.store.holds(entry):
+    def publish(self, key: Key, entry: Entry, cors: bytes, edge_cors: bool) -> None:
+        """The full path answered the head scanned under ``key`` with ``entry`` as a plain fresh hit. Only an entry
+        this process's store holds: the store tells the lane when it forgets one (``withdraw``), so the table never
+        keeps bytes past the cache's bound."""
+        store = self.edge.store
+        if not store.holds(entry):
             return
+        alone = len(store.get(entry.primary_key)) == 1  # the URL's only variant: no choice to make between them
         table, where = self.table, self.where
         published = table.get(key)
         if published is None:

@@ -326,10 +326,10 @@ def test_only_what_the_store_holds_is_published() -> None:
         lane = h.edge.lane
         entry = make_entry(CacheRequest(b"GET", "http", "a.test", b"/x", []), 200,
                            [(b"cache-control", b"max-age=60")], b"a", 0.0, 0.0)
-        lane.publish(("http", b"a.test", b"/x"), entry, b"", False, alone=True)
+        lane.publish(("http", b"a.test", b"/x"), entry, b"", False)
         assert lane.table == {}  # a copy nobody holds (one read from a shared store and not kept hot)
         assert isinstance(h.edge.store, Store) and h.edge.store.put(entry)
-        lane.publish(("http", b"a.test", b"/x"), entry, b"", False, alone=True)
+        lane.publish(("http", b"a.test", b"/x"), entry, b"", False)
         assert list(lane.table) == [("http", b"a.test", b"/x")]
 
     asyncio.run(scenario())
