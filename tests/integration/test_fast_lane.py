@@ -223,3 +223,21 @@ def test_json_access_log_lines(parser: str, proxy_factory: Callable[..., Proc], 
     assert all(r["target"] == "/obj" and r["version"] == "1.1" and r["client"] == "127.0.0.1" for r in lines)
     assert lines[0]["user_agent"] == 'say "hi" \xc3\xa9' and lines[0]["bytes"] == len(b"object body")
     assert lines[-1]["user_agent"] == "" and isinstance(lines[-1]["total_ms"], float)
+
+
+def test_without_the_compiled_scanner_the_twin_runs_and_says_so(proxy_factory: Callable[..., Proc],
+                                                               origin: ScriptOrigin) -> None:
+    proxy = proxy_factory(origin.url, extra_env={"EDGEPROXY_PURE_SCAN": "1"})
+    conn = Conn(proxy.port)
+    assert [conn.ask(HEAD)[0] for _ in range(4)] == [200] * 4
+    conn.close()
+    assert stats(proxy)["fast_lane_hits"] == 2
+    assert "its Python twin runs" in proxy.log()
+
+
+def test_with_the_compiled_scanner_nothing_is_said(edge: Proc) -> None:
+    from edgeproxy.http import headscan
+
+    if not headscan.COMPILED:
+        pytest.skip("the compiled scanner is not built here")  # scripts/test builds it
+    assert "Python twin" not in edge.log()
