@@ -108,6 +108,7 @@ class Storage(Protocol):
     def count_not_stored(self, reason: str) -> None: ...
     def stats(self) -> StoreStats: ...
     def holds(self, entry: Entry) -> bool: ...
+    def variants(self, primary_key: str) -> list[Entry]: ...
     def watch_drops(self, dropped: Callable[[Entry | None], None]) -> None: ...
 
 
@@ -261,6 +262,11 @@ class Store:
     def holds(self, entry: Entry) -> bool:
         """Whether this very object is stored here (not a copy of it, nor a replacement)."""
         return entry in self._lru
+
+    def variants(self, primary_key: str) -> list[Entry]:
+        """The variants of a URL this process holds, without counting a lookup (the fast lane's second look, not a
+        client's request); don't change the list."""
+        return self._map.get(primary_key, [])
 
     def watch_drops(self, dropped: Callable[[Entry | None], None]) -> None:
         self._dropped = dropped

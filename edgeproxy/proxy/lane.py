@@ -130,7 +130,7 @@ class Lane:
             return found
         # Several variants are stored for the URL: which one answers is the full path's choice by date among those
         # that match (cache/policy.select), which the store's list says.
-        variants = self.edge.store.get(found.entry.primary_key)
+        variants = self.edge.store.variants(found.entry.primary_key)
         request.headers = self._fields(data, origin, frozenset(n for v in variants for n in v.vary if n[:1] != b":"))
         return found if select(request, variants) is found.entry else None
 
@@ -150,7 +150,7 @@ class Lane:
         store = self.edge.store
         if not store.holds(entry):
             return
-        alone = len(store.get(entry.primary_key)) == 1  # the URL's only variant: no choice to make between them
+        alone = len(store.variants(entry.primary_key)) == 1  # the URL's only variant: no choice to make between them
         table, where = self.table, self.where
         published = table.get(key)
         if published is None:

@@ -143,6 +143,13 @@ class TieredStore:
         not admitted is nobody's)."""
         return self.hot.holds(entry)
 
+    def variants(self, primary_key: str) -> list[Entry]:
+        """The hot copies of a URL's variants while every one is current (a hot list is then never missing a variant
+        the shared store has: a variant added anywhere gives its siblings new versions), else none."""
+        variants = self.hot.variants(primary_key)
+        versions = self._versions
+        return variants if all(versions[e.slot] == e.version for e in variants) else []
+
     def watch_drops(self, dropped: Callable[[Entry | None], None]) -> None:
         self.hot.watch_drops(dropped)
 

@@ -162,6 +162,15 @@ def test_lane_off(proxy_factory: Callable[..., Proc], origin: ScriptOrigin, serv
     conn.close()
     s = stats(proxy)
     assert s["fast_lane_hits"] == 0 and s["hits"] == 3
+    assert s["store"]["hits"] == 3  # store lookups that found the entry: the lane on counts the same (below)
+
+
+def test_lane_hits_count_as_store_hits(edge: Proc) -> None:
+    conn = Conn(edge.port)
+    assert [conn.ask(HEAD)[0] for _ in range(4)] == [200] * 4
+    conn.close()
+    s = stats(edge)
+    assert (s["fast_lane_hits"], s["hits"], s["store"]["hits"]) == (2, 3, 3)
 
 
 def test_access_log_has_lane_hits(edge: Proc, origin: ScriptOrigin) -> None:

@@ -119,7 +119,7 @@ class Pair:
         """``data`` to both on new connections: each one's output, and whether the lane answered it."""
         outs = []
         lane_hits = self.lane.edge.counters.lane_hits
-        before = [h.edge.counters.to_dict() for h in (self.lane, self.full)]
+        before = [figures(h) for h in (self.lane, self.full)]
         for h in (self.lane, self.full):
             conn, transport = h.client()
             conn.data_received(data)
@@ -127,7 +127,7 @@ class Pair:
                 await asyncio.wait_for(asyncio.shield(conn.task), 5)
             await asyncio.sleep(0)  # a close is reported on the next turn of the loop
             outs.append(bytes(transport.out))
-        after = [h.edge.counters.to_dict() for h in (self.lane, self.full)]
+        after = [figures(h) for h in (self.lane, self.full)]
         deltas = [delta(b, a) for b, a in zip(before, after, strict=True)]
         assert deltas[0] == deltas[1], (data, deltas)
         lines = [drain_log(h) for h in (self.lane, self.full)]
@@ -135,10 +135,16 @@ class Pair:
         return outs[0], outs[1], deltas[0], self.lane.edge.counters.lane_hits > lane_hits
 
 
+def figures(h: Harness) -> dict:
+    """The counters, and the store's lookups as /metrics shows them (a lane hit counts as one: LocalEdge.figures)."""
+    counters, store = h.edge.counters.to_dict(), h.edge.store.stats()
+    return {**counters, "store_hits": store.hits + counters["lane_hits"], "store_misses": store.misses}
+
+
 def delta(before: dict, after: dict) -> dict:
     """What changed in the counters, less what only the lane counts and the time-dependent figures."""
     out = {}
-    for key in ("requests", "responses", "response_bytes", "origin_requests"):
+    for key in ("requests", "responses", "response_bytes", "origin_requests", "store_hits", "store_misses"):
         b, a = before[key], after[key]
         out[key] = {k: a[k] - b.get(k, 0) for k in a} if isinstance(a, dict) else a - b
     return out
