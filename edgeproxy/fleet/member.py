@@ -16,7 +16,8 @@ Rules kept here:
   answers again (kept with the shared store's objects, so a restart meanwhile loses nothing; in memory for a cache of
   this process alone, which the reply says); the follow loop retries with backoff and resumes from its position.
   Nothing here raises into a request.
-- The Redis URL's password and the password file's content are never logged (``redact_url``).
+- The Redis URL's password and the password file's content are never logged (``redact_url``); ``rediss://`` checks
+  the certificate and the host name, set here rather than left to the redis-py version's default.
 - Nothing here spins or hangs: the same trouble twice in a row (a gap, a lost counter) waits
   ``journal.trouble_delay``; a ``--fleet-wait`` polls at ``journal.wait_poll`` and at most ``journal.MAX_WAITS`` run
   at once (one more is refused before it is published); ``stop`` returns within about ``STOP_WAIT`` even when
@@ -171,6 +172,8 @@ class FleetMember:
 
     def _client(self, password: str | None, read_timeout: float) -> Any:
         extra: dict[str, Any] = {"password": password} if password is not None else {}
+        if self.config.redis.lower().startswith("rediss:"):  # explicit, whatever the installed redis-py defaults to
+            extra.update(ssl_cert_reqs="required", ssl_check_hostname=True)
         # encoding_errors: bytes that are not UTF-8 in an entry make it unreadable (skipped), not the read an error
         return aioredis.Redis.from_url(
             self.config.redis, decode_responses=True, encoding_errors="replace",

@@ -205,12 +205,14 @@ def test_redis_with_a_password_from_a_file_that_is_never_logged(tmp_path: Path, 
         (tmp_path / "redis.pass").write_text("s3cret-fleet-pass\n")
         a = f.start("edge-a", fleet={"password_file": str(tmp_path / "redis.pass")})
         b = f.start("edge-b", fleet={"redis": f"redis://:s3cret-fleet-pass@127.0.0.1:{server.port}/0"})
+        c = f.start("edge-c", fleet={"redis": f"redis://127.0.0.1:{server.port}/0?password=s3cret-fleet-pass"})
         warm(f, "/obj?auth=1")
         reply = purge(a, {"kind": "all", "fleet_wait": 10})
-        assert reply["fleet"]["applied_on"] == ["edge-a", "edge-b"]
+        assert reply["fleet"]["applied_on"] == ["edge-a", "edge-b", "edge-c"]
         assert stats(b)["fleet"]["redis"] == f"redis://:***@127.0.0.1:{server.port}/0"
+        assert stats(c)["fleet"]["redis"] == f"redis://127.0.0.1:{server.port}/0?password=***"
         f.stop_all()
-        for proxy in (a, b):
+        for proxy in (a, b, c):
             assert "s3cret" not in proxy.log()
     finally:
         f.stop_all()

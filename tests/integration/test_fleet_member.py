@@ -61,3 +61,14 @@ def test_stop_returns_in_bounded_time_when_a_task_swallows_its_cancel(redis_serv
     returned, elapsed = asyncio.run(scenario())
     assert returned and elapsed < BOUND, elapsed
 
+
+@pytest.mark.parametrize("url", ["rediss://cache.internal:6380/0", "rediss://cache.internal/0?db=1"])
+def test_a_tls_link_checks_the_servers_certificate_and_host_name(url: str) -> None:
+    """Set explicitly: redis-py 5 did not check the host name by default (6.0 does; 6.1.0's asyncio path did not)."""
+    member = FleetMember(FleetConfig(redis=url, node="n1"), lambda _c: asyncio.sleep(0), notes=None,
+                         stored_objects=lambda: 0)
+    kwargs = member._client(None, 1.0).connection_pool.connection_kwargs
+    assert kwargs["ssl_check_hostname"] is True and kwargs["ssl_cert_reqs"] == "required"
+    plain = FleetMember(FleetConfig(redis="redis://cache.internal/0", node="n1"), lambda _c: asyncio.sleep(0),
+                        notes=None, stored_objects=lambda: 0)
+    assert "ssl_check_hostname" not in plain._client(None, 1.0).connection_pool.connection_kwargs
