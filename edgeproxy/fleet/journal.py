@@ -40,6 +40,7 @@ import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
+from edgeproxy.cache.purge import PurgeAll
 from edgeproxy.control.protocol import PurgeCommand, encode_request, parse_request, purge_request
 
 # seed(stream, counter): a counter that is missing or not a plain number is set from the newest of the stream's last
@@ -76,6 +77,10 @@ return {id, seq}
 ZERO_ID = "0-0"
 MAX_DIGITS = 18  # a seq or counter longer than this is not one INCR made (2**63 has 19 digits)
 MAX_NAME = 256  # a publishing node's name as logged
+
+
+# What a node does when it can't know what a purge removed (a gap, an entry it can't apply): every object stale.
+EVERYTHING_STALE = PurgeCommand(selector=PurgeAll(), soft=True, kind="all")
 
 
 class JournalError(ValueError):
@@ -126,6 +131,7 @@ class Record:
     seq: int
     command: PurgeCommand
     node: str  # who published it
+    instead: str | None = None  # why ``command`` stands in for a purge this node can't apply (EVERYTHING_STALE)
 
     @property
     def position(self) -> Position:
@@ -157,8 +163,11 @@ def decode_record(entry_id: str, fields: Mapping[str, str]) -> Record:
     """A stream entry as a Record; JournalError when it is not a purge this module wrote.
 
     The purge is parsed by the control protocol's own grammar, so an entry can ask nothing that the control socket
-    would refuse (an unknown kind, a bad regex).
+    would refuse (an unknown kind, a bad regex). A regex purge this node can't compile (a pattern an older node
+    published, in syntax RE2 lacks) still purged something on its publisher: it becomes EVERYTHING_STALE here, so no
+    object it meant is served as it was.
     """
+    seq = None
     try:
         parse_id(entry_id)
         seq = parse_seq(fields.get("seq"))
@@ -166,10 +175,22 @@ def decode_record(entry_id: str, fields: Mapping[str, str]) -> Record:
             raise ValueError(f"seq: expected a number from 1, got {fields.get('seq')!r:.40}")
         command = parse_request(encode_request(json.loads(fields["purge"])).rstrip(b"\n"))
     except (KeyError, ValueError, TypeError, AttributeError) as exc:  # ProtocolError, JSONDecodeError: ValueErrors
+        if seq is not None and _regex_purge(fields.get("purge")):
+            return Record(entry_id, seq, EVERYTHING_STALE, str(fields.get("node", "?"))[:MAX_NAME],
+                          instead=f"its regex can't be applied here ({exc})")
         raise JournalError(f"stream entry {entry_id}: not an edgeproxy purge: {exc}") from None
     if not isinstance(command, PurgeCommand):
         raise JournalError(f"stream entry {entry_id}: not an edgeproxy purge")
     return Record(entry_id, seq, command, str(fields.get("node", "?"))[:MAX_NAME])
+
+
+def _regex_purge(raw: object) -> bool:
+    """Whether an entry's ``purge`` field is a regex purge (whatever its pattern)."""
+    try:
+        purge = json.loads(raw) if isinstance(raw, str) else None
+    except ValueError:
+        return False
+    return isinstance(purge, dict) and purge.get("kind") == "regex"
 
 
 def parse_seq(value: object) -> int | None:

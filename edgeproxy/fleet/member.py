@@ -44,11 +44,10 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
-from edgeproxy.cache.purge import PurgeAll
 from edgeproxy.config import FleetConfig, redact_url
 from edgeproxy.control.protocol import PurgeCommand
 from edgeproxy.fleet import journal
-from edgeproxy.fleet.journal import Apply, CaughtUp, Gap, NodeView, Position, Record, Reseed
+from edgeproxy.fleet.journal import EVERYTHING_STALE, Apply, CaughtUp, Gap, NodeView, Position, Record, Reseed
 
 log = logging.getLogger("edgeproxy.fleet")
 
@@ -75,7 +74,6 @@ class Notes(Protocol):
     def write_note(self, name: str, value: bytes) -> None: ...
 
 
-EVERYTHING_STALE = PurgeCommand(selector=PurgeAll(), soft=True, kind="all")
 
 
 class FleetMember:
@@ -267,6 +265,9 @@ class FleetMember:
 
     async def _apply_all(self, records: tuple[Record, ...]) -> None:
         for record in records:
+            if record.instead is not None:
+                log.warning("fleet: entry %s from %s: %s; every stored object is marked stale instead", record.id,
+                            record.node, record.instead)
             result = await self._apply(record.command)
             self.counts["applied"] += 1
             await self._advance(record.position, result)
@@ -276,6 +277,9 @@ class FleetMember:
             return await self.apply_command(command)
         except Exception as exc:  # a purge this node can't apply must not stall the journal for the others
             log.exception("fleet: applying a %s purge failed", command.kind)
+            if command is not EVERYTHING_STALE:  # it may have meant anything: nothing is served as it was
+                log.warning("fleet: every stored object is marked stale instead")
+                return {**await self._apply(EVERYTHING_STALE), "error": str(exc)}
             return {"purged": 0, "error": str(exc)}
 
     async def _resync(self, reason: str, end: Position | None) -> None:
