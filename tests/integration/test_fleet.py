@@ -439,11 +439,14 @@ def test_fleet_wait_polls_with_back_off_and_concurrent_waits_are_capped(three: F
     assert done.returncode == 1 and "not applied within 1.0s on: ghost" in done.stderr, done.stderr
     # one read of the fleet's records per poll, and the heartbeats' (one a second per node): 200 polls in 1 s before
     assert reads <= 30, reads
+    base = int(client.get(f"{STREAM}:seq"))
     waits = [threading.Thread(target=control, args=(a, {"cmd": "purge", "kind": "all", "fleet_wait": 5}, 15))
              for _ in range(16)]
     for thread in waits:
         thread.start()
     wait_until(lambda: stats(a)["fleet"]["waits"] == 16, what="16 waits in progress")
+    # A wait is counted as it is admitted, a moment before its purge is published: all 16 published, then the 17th.
+    wait_until(lambda: int(client.get(f"{STREAM}:seq")) == base + 16, what="the 16 purges published")
     seq = client.get(f"{STREAM}:seq")
     refused = control(a, {"cmd": "purge", "kind": "all", "fleet_wait": 5})
     assert not refused["ok"] and "at most 16" in refused["error"] and "nothing was purged" in refused["error"]
