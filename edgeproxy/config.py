@@ -19,7 +19,7 @@ import tomllib
 from collections.abc import Callable
 from dataclasses import dataclass, field, fields, replace
 from typing import TYPE_CHECKING, Any
-from urllib.parse import urlsplit
+from urllib.parse import unquote_plus, urlsplit
 
 if TYPE_CHECKING:
     from edgeproxy.cors import CorsPolicy
@@ -192,15 +192,36 @@ def _redis_url(value: Any) -> str:
     return text
 
 
+# Query parameters redis-py reads that hold no secret: their values are shown. Any other value (password=,
+# ssl_password=, and whatever redis-py may pass on as a keyword) is replaced, and so is a fragment.
+_SHOWN_REDIS_PARAMS = frozenset({
+    "db", "protocol", "timeout", "socket_timeout", "socket_connect_timeout", "socket_keepalive", "socket_read_size",
+    "retry_on_timeout", "max_connections", "health_check_interval", "client_name", "username", "ssl_check_hostname",
+    "ssl_cert_reqs", "ssl_ca_certs", "ssl_min_version",
+})
+
+
 def redact_url(url: str) -> str:
-    """``url`` with any password replaced by ``***``: what logs and replies may show."""
+    """``url`` with every password replaced by ``***``: what logs, ``stats`` and ``check-config`` may show. Safe on
+    text that is not a valid URL: everything up to the last ``@`` counts as user info (a password may hold ``/``,
+    ``?`` or ``#``), and only a plain user name before its ``:`` is kept."""
     scheme, sep, rest = url.partition("://")
-    authority, slash, tail = rest.partition("/")
-    if sep and "@" in authority:
-        userinfo, _, host = authority.rpartition("@")
-        user = userinfo.partition(":")[0]
-        return f"{scheme}://{user}:***@{host}{slash}{tail}"
-    return url
+    if not sep:
+        scheme, rest = "", url
+    userinfo, at, rest = rest.rpartition("@")
+    if at:
+        user, colon, _ = userinfo.partition(":")
+        userinfo = f"{user}:***@" if colon and re.fullmatch(r"[\w.~%-]*", user) else "***@"
+    rest, hashmark, fragment = rest.partition("#")
+    rest, question, query = rest.partition("?")
+    if query:
+        query = "&".join(_redact_param(param) for param in query.split("&"))
+    return f"{scheme}{sep}{userinfo}{rest}{question}{query}{'#***' if hashmark else ''}"
+
+
+def _redact_param(param: str) -> str:
+    name, _, _ = param.partition("=")
+    return param if unquote_plus(name).strip().lower() in _SHOWN_REDIS_PARAMS else f"{name}=***"
 
 
 def _peer(value: Any) -> str:

@@ -205,6 +205,11 @@ _SCALARS = (
      "Failed exchanges with the fleet's Redis."),
     ("fleet", "unpublished", CounterMetricFamily, "edgeproxy_fleet_purges_unpublished_total",
      "Purges applied on this node alone because Redis was unreachable (published when it answers again)."),
+    ("fleet", "reseeds", CounterMetricFamily, "edgeproxy_fleet_counter_reseeds_total",
+     "Times this node found the journal's counter lost with the stream still there, and set it again."),
+    ("fleet", "waits", GaugeMetricFamily, "edgeproxy_fleet_waits", "Purges waiting for the fleet (--fleet-wait) now."),
+    ("fleet", "waits_refused", CounterMetricFamily, "edgeproxy_fleet_waits_refused_total",
+     "Purges with --fleet-wait refused because as many as the node allows were waiting already."),
 )
 
 

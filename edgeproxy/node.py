@@ -33,6 +33,7 @@ from edgeproxy import systemd
 from edgeproxy.config import Config, ConfigError, keep_restart_keys, load_config, restart_keys_changed
 from edgeproxy.control import protocol
 from edgeproxy.control.server import ControlServer, default_socket_path
+from edgeproxy.fleet.journal import TooManyWaits
 from edgeproxy.http import headscan
 from edgeproxy.listeners import Listener, bind_listeners
 from edgeproxy.timers import Timers
@@ -139,7 +140,7 @@ class Node:
         s = self.config.server
         self.control = ControlServer(s.control_socket or default_socket_path(), self.handle_command,
                                      group=s.control_group, allowed_uids=s.control_uids,
-                                     allowed_gids=s.control_gids, expected_errors=(ConfigError,),
+                                     allowed_gids=s.control_gids, expected_errors=(ConfigError, TooManyWaits),
                                      own_dir=not s.control_socket)
         await self.control.start()
 

@@ -123,7 +123,12 @@ def render_purge(replies: list[dict[str, Any]]) -> str:
     if all("applied_on" in f for f in fleets):
         nodes = sorted({n for f in fleets for n in f["applied_on"]})
         slowest = max(f["waited_ms"] for f in fleets)
-        return line + f"; applied on {_plural(len(nodes), 'node', 'nodes')} ({', '.join(nodes)}) in {slowest:.1f} ms"
+        line += f"; applied on {_plural(len(nodes), 'node', 'nodes')} ({', '.join(nodes)}) in {slowest:.1f} ms"
+        down = sorted({n for f in fleets for n in f.get("down", ())})
+        if down:  # not waited for: a node replays the journal before it serves again
+            line += (f"; not applied yet on {_plural(len(down), 'node that is', 'nodes that are')} down: "
+                     f"{', '.join(down)} (each replays it when it reconnects)")
+        return line
     if all("seq" in f for f in fleets):
         return line + f"; published to the fleet as entry {fleets[-1]['seq']}"
     return line
@@ -143,8 +148,9 @@ def fleet_problem(replies: list[dict[str, Any]]) -> str | None:
         if fleet.get("published") is False:
             return str(fleet.get("error", "not published to the fleet"))
         if fleet.get("pending"):
+            down = f"; down: {', '.join(fleet['down'])}" if fleet.get("down") else ""
             return (f"not applied within {fleet['waited_ms'] / 1000:.1f}s on: {', '.join(fleet['pending'])} "
-                    f"(applied on: {', '.join(fleet.get('applied_on') or ['none'])})")
+                    f"(applied on: {', '.join(fleet.get('applied_on') or ['none'])}{down})")
     return None
 
 

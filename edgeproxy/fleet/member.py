@@ -16,7 +16,12 @@ Rules kept here:
   answers again (kept with the shared store's objects, so a restart meanwhile loses nothing; in memory for a cache of
   this process alone, which the reply says); the follow loop retries with backoff and resumes from its position.
   Nothing here raises into a request.
-- The Redis URL's password and the password file's content are never logged (``redact_url``).
+- The Redis URL's password and the password file's content are never logged (``redact_url``); ``rediss://`` checks
+  the certificate and the host name, set here rather than left to the redis-py version's default.
+- Nothing here spins or hangs: the same trouble twice in a row (a gap, a lost counter) waits
+  ``journal.trouble_delay``; a ``--fleet-wait`` polls at ``journal.wait_poll`` and at most ``journal.MAX_WAITS`` run
+  at once (one more is refused before it is published); ``stop`` returns within about ``STOP_WAIT`` even when
+  redis-py swallows a cancel.
 
 Keys, all named after ``[fleet] stream`` S: the stream S, its counter ``S:seq``, the hash ``S:applied`` (node ->
 "id seq time"), the set ``S:nodes`` and one ``S:alive:NODE`` key per node that expires ``ALIVE_FOR`` after the
@@ -39,11 +44,10 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
-from edgeproxy.cache.purge import PurgeAll
 from edgeproxy.config import FleetConfig, redact_url
 from edgeproxy.control.protocol import PurgeCommand
 from edgeproxy.fleet import journal
-from edgeproxy.fleet.journal import Apply, CaughtUp, Gap, NodeView, Position, Record
+from edgeproxy.fleet.journal import EVERYTHING_STALE, Apply, CaughtUp, Gap, NodeView, Position, Record, Reseed
 
 log = logging.getLogger("edgeproxy.fleet")
 
@@ -52,7 +56,8 @@ HEARTBEAT = 1 * SECONDS
 ALIVE_FOR = 3 * SECONDS  # a node silent this long is not waited for
 BLOCK = 1 * SECONDS  # one blocking read; then the counter is checked (a trim to the end shows only there)
 BACKOFF = (0.1, 0.2, 0.5, 1.0, 2.0)
-WAIT_POLL = 0.005
+STOP_WAIT = 2 * SECONDS  # stop() gives its tasks this long to end (cancelled again every STOP_POLL), then goes on
+STOP_POLL = 0.1 * SECONDS
 BATCH = 256
 KEPT_RESULTS = 1024  # applied entries' results, for a publisher that reads its reply after the follower applied it
 OUTBOX_LIMIT = 10_000
@@ -69,7 +74,6 @@ class Notes(Protocol):
     def write_note(self, name: str, value: bytes) -> None: ...
 
 
-EVERYTHING_STALE = PurgeCommand(selector=PurgeAll(), soft=True, kind="all")
 
 
 class FleetMember:
@@ -94,7 +98,11 @@ class FleetMember:
         self.results: OrderedDict[int, dict[str, Any]] = OrderedDict()
         self.outbox: list[PurgeCommand] = []
         self.view: list[NodeView] = []
-        self.counts = {"published": 0, "applied": 0, "resyncs": 0, "link_failures": 0, "unpublished": 0}
+        self.counts = {"published": 0, "applied": 0, "resyncs": 0, "link_failures": 0, "unpublished": 0,
+                       "reseeds": 0, "waits_refused": 0}
+        self.troubles = 0  # gaps and re-seeds in a row (journal.trouble_delay)
+        self.waits = 0  # fleet waits in progress (journal.admit_wait)
+        self.stopping = False
         self.last_resync: str | None = None
         self.replay: tuple[int, float] = (0, 0.0)  # purges applied while starting, and the milliseconds it took
         self.tasks: list[asyncio.Task[None]] = []
@@ -111,6 +119,7 @@ class FleetMember:
         self.redis = self._client(password, self.config.wait_timeout + BLOCK)
         self.reader = self._client(password, BLOCK + self.config.wait_timeout)
         self._publish = self.redis.register_script(journal.PUBLISH_SCRIPT)
+        self._reseed = self.redis.register_script(journal.RESEED_SCRIPT)
         self.position = Position.unpack(self.notes.read_note(self.note_name)) if self.notes else None
         self.outbox = journal.decode_outbox(self.notes.read_note(self.outbox_name)) if self.notes else []
         if self.outbox:
@@ -131,17 +140,24 @@ class FleetMember:
         self.tasks = [asyncio.create_task(self._follow()), asyncio.create_task(self._heartbeat())]
 
     async def stop(self) -> None:
-        for task in self.tasks:
-            task.cancel()
-        for task in self.tasks:
-            with contextlib.suppress(asyncio.CancelledError, *LINK_ERRORS):
-                await task
+        """Bounded: redis-py may swallow a cancel that lands mid-command, so the tasks are cancelled again until they
+        end or STOP_WAIT passes (the loops also see ``stopping``); the clients are closed either way."""
+        self.stopping = True
+        pending = set(self.tasks)
+        deadline = time.monotonic() + STOP_WAIT
+        while pending and time.monotonic() < deadline:
+            for task in pending:
+                task.cancel()
+            pending = (await asyncio.wait(pending, timeout=STOP_POLL))[1]
+        if pending:
+            log.warning("fleet: %d tasks did not end within %gs of stopping; closing the Redis link anyway",
+                        len(pending), STOP_WAIT)
         for future in self.waiters.values():
             future.cancel()
         for client in (self.redis, self.reader):
             if client is not None:
                 with contextlib.suppress(*LINK_ERRORS):
-                    await client.aclose()
+                    await asyncio.wait_for(client.aclose(), STOP_WAIT)
 
     def _password(self) -> str | None:
         if self.config.password_file is None:
@@ -153,17 +169,24 @@ class FleetMember:
             raise OSError(f"fleet.password_file {self.config.password_file}: {exc.strerror}") from None
 
     def _client(self, password: str | None, read_timeout: float) -> Any:
-        extra = {"password": password} if password is not None else {}
+        extra: dict[str, Any] = {"password": password} if password is not None else {}
+        if self.config.redis.lower().startswith("rediss:"):  # explicit, whatever the installed redis-py defaults to
+            extra.update(ssl_cert_reqs="required", ssl_check_hostname=True)
+        # encoding_errors: bytes that are not UTF-8 in an entry make it unreadable (skipped), not the read an error
         return aioredis.Redis.from_url(
-            self.config.redis, decode_responses=True, socket_connect_timeout=self.config.connect_timeout,
+            self.config.redis, decode_responses=True, encoding_errors="replace",
+            socket_connect_timeout=self.config.connect_timeout,
             socket_timeout=read_timeout, retry=Retry(NoBackoff(), 0), client_name=f"edgeproxy:{self.node}", **extra)
 
     # ---- following the journal ----
     async def _follow(self) -> None:
         failures = 0
-        while True:
+        while not self.stopping:
             try:
                 await self._catch_up()
+                if self.troubles > 1:  # the same trouble again: look again later, not at once
+                    await asyncio.sleep(journal.trouble_delay(self.troubles))
+                    continue
                 await self._flush_outbox()
                 failures = 0
                 await self._wait_for_entries()
@@ -190,14 +213,23 @@ class FleetMember:
                 else:
                     await self._advance(start, None)
                 continue
-            match journal.follow(self.position, records, counter, end):
+            step = journal.follow(self.position, records, counter, end)
+            self.troubles = self.troubles + 1 if isinstance(step, Gap | Reseed) else 0
+            match step:
                 case Apply(records=run):
                     await self._apply_all(run)
                 case Gap(reason=reason, end=end):
                     await self._resync(reason, end)
+                case Reseed():
+                    seeded = await self._reseed(keys=[self.keys["stream"], self.keys["seq"]])
+                    self.counts["reseeds"] += 1
+                    log.warning("fleet: the journal's counter %s was lost; re-seeded at %s from the stream's newest "
+                                "entry", self.keys["seq"], seeded)
                 case CaughtUp():
                     self.caught_up_at = time.monotonic()
                     return
+            if self.troubles > 1:  # twice in a row: the follow loop backs off (start() serves, all marked stale)
+                return
 
     async def _read_after(self, position: Position) -> tuple[list[Record], int | None, Position]:
         k = self.keys
@@ -206,10 +238,8 @@ class FleetMember:
             pipe.get(k["seq"])
             pipe.xrevrange(k["stream"], max="+", min="-", count=1)
             entries, counter, last = await pipe.execute()
-        counter = int(counter) if counter is not None else None
-        end = Position(last[0][0], int(last[0][1].get("seq", counter or 0))) if last else Position(
-            journal.ZERO_ID, counter or 0)
-        return self._decode(entries), counter, end
+        counter = journal.counter_value(counter)
+        return self._decode(entries), counter, journal.end_position(last, counter)
 
     def _decode(self, entries: list[tuple[str, dict[str, str]]]) -> list[Record]:
         records = []
@@ -235,6 +265,9 @@ class FleetMember:
 
     async def _apply_all(self, records: tuple[Record, ...]) -> None:
         for record in records:
+            if record.instead is not None:
+                log.warning("fleet: entry %s from %s: %s; every stored object is marked stale instead", record.id,
+                            record.node, record.instead)
             result = await self._apply(record.command)
             self.counts["applied"] += 1
             await self._advance(record.position, result)
@@ -244,6 +277,9 @@ class FleetMember:
             return await self.apply_command(command)
         except Exception as exc:  # a purge this node can't apply must not stall the journal for the others
             log.exception("fleet: applying a %s purge failed", command.kind)
+            if command is not EVERYTHING_STALE:  # it may have meant anything: nothing is served as it was
+                log.warning("fleet: every stored object is marked stale instead")
+                return {**await self._apply(EVERYTHING_STALE), "error": str(exc)}
             return {"purged": 0, "error": str(exc)}
 
     async def _resync(self, reason: str, end: Position | None) -> None:
@@ -278,6 +314,20 @@ class FleetMember:
     # ---- publishing ----
     async def purge(self, command: PurgeCommand, wait: float | None = None) -> dict[str, Any]:
         """Publish ``command`` and answer once this node applied it (and, with ``wait``, every live node)."""
+        if wait is None:
+            return await self._purge(command, None)
+        try:
+            journal.admit_wait(self.waits)
+        except journal.TooManyWaits:
+            self.counts["waits_refused"] += 1
+            raise
+        self.waits += 1
+        try:
+            return await self._purge(command, wait)
+        finally:
+            self.waits -= 1
+
+    async def _purge(self, command: PurgeCommand, wait: float | None) -> dict[str, Any]:
         started = time.monotonic()
         try:
             entry_id, seq = await self._publish_one(command)
@@ -328,14 +378,17 @@ class FleetMember:
 
     async def _wait_fleet(self, seq: int, timeout: float, started: float) -> dict[str, Any]:
         deadline = started + timeout
+        polls = 0
         while True:
             views = await self._read_fleet()
             waiting = journal.pending(views, seq)
             if not waiting or time.monotonic() >= deadline:
                 break
-            await asyncio.sleep(WAIT_POLL)
+            await asyncio.sleep(journal.wait_poll(polls, deadline - time.monotonic()))
+            polls += 1
         applied = sorted(v.name for v in views if v.applied.seq >= seq)
-        return {"applied_on": applied, "pending": waiting, "waited_ms": round((time.monotonic() - started) * 1000, 3)}
+        return {"applied_on": applied, "pending": waiting, "down": journal.down(views, seq),
+                "waited_ms": round((time.monotonic() - started) * 1000, 3)}
 
     # ---- the fleet's view ----
     async def _read_fleet(self) -> list[NodeView]:
@@ -349,7 +402,7 @@ class FleetMember:
         names = sorted(names | set(applied))
         if not names:
             return []
-        counter = int(counter or 0)
+        counter = journal.counter_value(counter) or 0
         async with self.redis.pipeline(transaction=False) as pipe:
             pipe.mget([f"{k['stream']}:alive:{name}" for name in names])
             for name in names:
@@ -370,7 +423,7 @@ class FleetMember:
             await pipe.execute()
 
     async def _heartbeat(self) -> None:
-        while True:
+        while not self.stopping:
             if self.connected:
                 try:
                     await self._beat()
@@ -406,7 +459,8 @@ class FleetMember:
             "applied_seq": self.position.seq if self.position else None,
             "applied_id": self.position.id if self.position else None,
             "lag_seconds": self.lag(), "fleet_lag_seconds": max((v.lag for v in alive), default=0.0),
-            "nodes_alive": len(alive), **self.counts, "outbox": len(self.outbox), "last_resync": self.last_resync,
+            "nodes_alive": len(alive), **self.counts, "outbox": len(self.outbox), "waits": self.waits,
+            "last_resync": self.last_resync,
             "replayed_at_start": self.replay[0], "replay_ms": self.replay[1],
             "nodes": {v.name: {"alive": v.alive, "applied_seq": v.applied.seq, "behind": v.behind,
                                "lag_seconds": v.lag} for v in self.view},

@@ -30,6 +30,7 @@ from edgeproxy.config import (
     parse_address,
     parse_duration,
     parse_size,
+    redact_url,
     restart_keys_changed,
     to_dict,
 )
@@ -301,6 +302,25 @@ def test_cluster_self_is_spelled_as_in_the_file() -> None:
 def test_a_bad_redis_url_never_shows_its_password():
     e = error({"fleet": {"redis": "redis://user:hunter2@h:port/0"}})
     assert "hunter2" not in str(e) and "user:***@h:port" in str(e)
+
+
+@pytest.mark.parametrize("url, shown", [
+    ("redis://:hunter2@h:6379/0", "redis://:***@h:6379/0"),
+    ("redis://user:hunter2@h/0", "redis://user:***@h/0"),
+    ("redis://h:6379/0?password=hunter2", "redis://h:6379/0?password=***"),
+    ("rediss://h/0?db=1&password=hunter2&ssl_password=hunter2", "rediss://h/0?db=1&password=***&ssl_password=***"),
+    ("unix:///run/redis.sock?db=2&password=hunter2", "unix:///run/redis.sock?db=2&password=***"),
+    ("redis://h/0?pass%77ord=hunter2", "redis://h/0?pass%77ord=***"),  # parse_qs decodes the name as redis-py does
+    ("redis://h/0?Password=hunter2", "redis://h/0?Password=***"),
+    ("redis://h/0?some_future_option=hunter2", "redis://h/0?some_future_option=***"),  # passed on as a keyword
+    ("redis://:hun/ter2@h/0", "redis://:***@h/0"),  # not a URL redis-py reads, but a config error prints it
+    ("redis://:hun#ter2@h/0", "redis://:***@h/0"),
+    ("redis://h/0#hunter2", "redis://h/0#***"),
+    ("redis://hunter2@h/0", "redis://***@h/0"),
+    ("redis://h:6379/0?db=3&socket_timeout=2", "redis://h:6379/0?db=3&socket_timeout=2"),
+])
+def test_every_form_of_redis_password_is_redacted(url, shown):
+    assert redact_url(url) == shown and "hunter2" not in redact_url(url)
 
 
 def test_check_config_never_prints_the_redis_password():

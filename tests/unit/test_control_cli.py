@@ -37,3 +37,13 @@ def test_a_regex_over_its_budget_is_done_but_not_as_asked() -> None:
     assert fleet_problem([{**BASE, "purged": 43, "over_budget": over}]) == (
         "the regex did not finish within its budget of 5s ([cache] regex_purge_budget): 3 entries purged by it, then "
         "host a.example soft-purged instead (40 entries)")
+
+
+def test_nodes_that_are_down_and_behind_are_named_but_not_a_failure() -> None:
+    fleet = {"seq": 4, "applied_on": ["a"], "pending": [], "down": ["c", "d"], "waited_ms": 2.0}
+    assert render_purge([{**BASE, "fleet": fleet}]) == ("purged 1 entry here (url, hard); applied on 1 node (a) in 2.0 "
+                                                        "ms; not applied yet on 2 nodes that are down: c, d (each "
+                                                        "replays it when it reconnects)")
+    assert fleet_problem([{**BASE, "fleet": fleet}]) is None
+    late = {**BASE, "fleet": {**fleet, "pending": ["b"], "down": ["c"], "waited_ms": 500.0}}
+    assert fleet_problem([late]) == "not applied within 0.5s on: b (applied on: a; down: c)"

@@ -17,14 +17,23 @@ from edgeproxy.fleet.journal import (
     JournalError,
     Position,
     Record,
+    Reseed,
+    TooManyWaits,
+    admit_wait,
     contiguous,
     decode_record,
+    down,
     encode_purge,
+    end_position,
     follow,
     forgotten,
     node_view,
+    parse_applied,
+    parse_seq,
     pending,
     start_position,
+    trouble_delay,
+    wait_poll,
 )
 
 COMMANDS = [
@@ -68,11 +77,19 @@ def test_a_fleet_wait_is_not_part_of_the_journal() -> None:
 
 @pytest.mark.parametrize("fields, why", [
     ({"purge": encode_purge(COMMANDS[0]), "node": "x"}, "seq"),
-    ({"seq": "x", "purge": encode_purge(COMMANDS[0])}, "invalid literal"),
-    ({"seq": "0", "purge": encode_purge(COMMANDS[0])}, "not an edgeproxy purge"),
+    ({"seq": "x", "purge": encode_purge(COMMANDS[0])}, "seq: expected a number from 1, got 'x'"),
+    ({"seq": "0", "purge": encode_purge(COMMANDS[0])}, "seq: expected a number"),
+    ({"seq": " 7", "purge": encode_purge(COMMANDS[0])}, "seq: expected a number"),
+    ({"seq": "1_0", "purge": encode_purge(COMMANDS[0])}, "seq: expected a number"),
+    ({"seq": "\u0663", "purge": encode_purge(COMMANDS[0])}, "seq: expected a number"),  # an Arabic-Indic 3
+    ({"seq": "9" * 19, "purge": encode_purge(COMMANDS[0])}, "seq: expected a number"),
+    ({"seq": "1"}, "purge"),
+    ({"seq": "1", "purge": "[1, 2]"}, "not an edgeproxy purge"),
+    ({"seq": "1", "purge": "null"}, "not an edgeproxy purge"),
+    ({"seq": "1", "purge": '"all"'}, "not an edgeproxy purge"),
+    ({"seq": "1", "purge": "\ufffd\ufffd{"}, "Expecting"),  # bytes that were not UTF-8, as the client gives them
     ({"seq": "1", "purge": "{not json"}, "Expecting"),
     ({"seq": "1", "purge": '{"cmd":"purge","kind":"nonsense"}'}, "unknown purge kind"),
-    ({"seq": "1", "purge": '{"cmd":"purge","kind":"regex","pattern":"("}'}, "pattern"),
     ({"seq": "1", "purge": '{"cmd":"stats"}'}, "not an edgeproxy purge"),
     ({"seq": "1", "purge": '{"cmd":"purge","kind":"all","extra":1}'}, "unknown field"),
 ])
@@ -80,6 +97,18 @@ def test_an_entry_that_is_not_ours_is_refused_with_the_reason(fields: dict[str, 
     with pytest.raises(JournalError, match="not an edgeproxy purge") as info:
         decode_record("5-0", fields)
     assert why in str(info.value)
+
+
+@pytest.mark.parametrize("pattern", ["(", "(a)\\1", "(?=x)y", "a{1001}"])
+def test_a_regex_this_node_cannot_apply_marks_everything_stale(pattern: str) -> None:
+    """An older node's pattern in syntax RE2 lacks (a backreference, a lookahead) purged something where it was
+    published: here nothing it meant may be served as it was."""
+    purge = json.dumps({"cmd": "purge", "kind": "regex", "pattern": pattern})
+    got = decode_record("5-0", {"seq": "3", "purge": purge, "node": "old-node"})
+    assert got.command == journal.EVERYTHING_STALE and got.seq == 3 and got.node == "old-node"
+    assert got.instead is not None and "can't be applied here" in got.instead
+    with pytest.raises(JournalError):  # without a number it is not an entry of ours at all
+        decode_record("5-0", {"purge": purge})
 
 
 @pytest.mark.parametrize("data, expected", [
@@ -105,19 +134,83 @@ FOLLOW = [
     ("trimmed to the end", 4, [], 9, Gap, "entries 5-9 were trimmed"),
     ("counter went back", 4, [], 2, Gap, "recreated"),
     ("journal gone", 4, [], None, Gap, "gone"),
+    ("only the counter lost", 4, [], None, Reseed, ""),
+    ("the counter lost, entries run on", 4, [5, 6], None, Apply, ""),
+    ("the counter lost, entries do not run on", 4, [6, 7], None, Reseed, ""),
+    ("an entry numbered past the counter", 4, [99], 4, CaughtUp, ""),
+    ("an entry numbered past the counter after real ones", 4, [5, 99], 5, Apply, ""),
     ("never applied, nothing there", 0, [], None, CaughtUp, ""),
     ("never applied, entries there", 0, [1, 2], 2, Apply, ""),
 ]
 
 
-@pytest.mark.parametrize("seq, seqs, counter, step, why", [f[1:] for f in FOLLOW], ids=[f[0] for f in FOLLOW])
-def test_follow(seq: int, seqs: list[int], counter: int | None, step: type, why: str) -> None:
-    got = follow(Position(f"{1000 + seq}-0", seq), records(*seqs), counter, END)
+NO_STREAM = {"journal gone", "never applied, nothing there"}  # the stream is gone too: its end is 0-0
+
+
+@pytest.mark.parametrize("name, seq, seqs, counter, step, why", FOLLOW, ids=[f[0] for f in FOLLOW])
+def test_follow(name: str, seq: int, seqs: list[int], counter: int | None, step: type, why: str) -> None:
+    end = Position() if name in NO_STREAM else END
+    got = follow(Position(f"{1000 + seq}-0", seq), records(*seqs), counter, end)
     assert isinstance(got, step)
     if isinstance(got, Gap):
-        assert why in got.reason and got.end == END
+        assert why in got.reason and got.end == end
     if isinstance(got, Apply):
-        assert [r.seq for r in got.records] == seqs
+        assert [r.seq for r in got.records] == [s for s in seqs if s != 99]
+
+
+@pytest.mark.parametrize("last, counter, expected", [
+    ([], None, Position()),
+    ([], 5, Position("0-0", 5)),
+    ([("9-0", {"seq": "7"})], 7, Position("9-0", 7)),
+    ([("9-0", {"seq": "99999"})], 7, Position("9-0", 7)),  # the counter, never a number an entry claims
+    ([("9-0", {"seq": "abc"})], 7, Position("9-0", 7)),
+    ([("9-0", {"seq": "7"})], None, Position("9-0", 7)),
+    ([("9-0", {"seq": "abc"})], None, Position("9-0", 0)),
+    ([("9-0", {})], None, Position("9-0", 0)),
+])
+def test_the_journals_end_never_raises(last: list[tuple[str, dict[str, str]]], counter: int | None,
+                                       expected: Position) -> None:
+    assert end_position(last, counter) == expected
+
+
+@pytest.mark.parametrize("raw, seq, counter", [
+    ("7", 7, 7), ("0", None, 0), (None, None, None), ("", None, None), ("abc", None, None), ("-1", None, None),
+    ("+7", None, None), ("7.0", None, None), ("9" * 18, int("9" * 18), int("9" * 18)), ("9" * 19, None, None),
+])
+def test_a_number_is_read_strictly(raw: str | None, seq: int | None, counter: int | None) -> None:
+    assert parse_seq(raw) == seq and journal.counter_value(raw) == counter
+
+
+@pytest.mark.parametrize("value, expected", [
+    ("9-0 4 12.5", (Position("9-0", 4), 12.5)),
+    ("0-0 0 1.0", (Position(), 1.0)),
+    ("garbage", (Position(), 0.0)),
+    ("9-0 x 12.5", (Position(), 0.0)),
+    ("9-x 4 12.5", (Position(), 0.0)),
+    ("9-0 4 nan", (Position(), 0.0)),
+])
+def test_an_applied_record_that_cant_be_read_counts_as_nothing_applied(value: str,
+                                                                      expected: tuple[Position, float]) -> None:
+    assert parse_applied(value) == expected
+
+
+def test_the_same_trouble_again_waits_longer_up_to_a_bound() -> None:
+    delays = [trouble_delay(n) for n in range(1, 12)]
+    assert delays[0] == 0.0  # the first gap is taken at once
+    assert delays[1] > 0 and delays == sorted(delays) and delays[-1] == journal.TROUBLE_BACKOFF[-1]
+
+
+def test_a_fleet_wait_polls_less_often_as_it_waits_and_never_past_its_deadline() -> None:
+    polls = [wait_poll(n, 60.0) for n in range(20)]
+    assert polls[0] == 0.005 and polls == sorted(polls) and polls[-1] == journal.WAIT_POLL[-1]
+    assert sum(polls) < 4.0  # 20 looks take seconds, not 0.1 s
+    assert wait_poll(10, 0.03) == 0.03 and wait_poll(10, -1.0) == 0.0
+
+
+def test_concurrent_fleet_waits_are_capped() -> None:
+    admit_wait(journal.MAX_WAITS - 1)
+    with pytest.raises(TooManyWaits, match=f"at most {journal.MAX_WAITS}.*nothing was purged"):
+        admit_wait(journal.MAX_WAITS)
 
 
 def test_a_hole_inside_a_batch_stops_the_run_before_it() -> None:
@@ -150,6 +243,7 @@ def test_the_fleet_view_and_who_is_pending() -> None:
     ]
     assert [(v.behind, v.lag) for v in views] == [(0, 0.0), (2, 2.0), (4, 4.0), (9, 9.0)]
     assert pending(views, 8) == ["b", "d"]  # c is down: not waited for
+    assert down(views, 8) == ["c"] and down(views, 5) == []  # ...but named while it is behind
     assert pending(views, 7) == ["d"]
     # c's last record is from t=5.5: down and silent for longer than `after` is forgotten; live ones never are
     assert forgotten(views, now=100.0, after=50.0) == ["c"]
