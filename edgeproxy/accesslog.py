@@ -187,6 +187,22 @@ class AccessLog:
         if len(lines) >= FLUSH_LINES:
             self.flush()
 
+    def hit(self, client: bytes, now: float, method: bytes, target: bytes, version: bytes, status: int, sent: int,
+            referer: bytes, user_agent: bytes) -> None:
+        """``exchange`` for a hit answered within the read that brought it (the fast lane's): cache=hit, both times
+        0.0; the usual line in one format with its constant tail."""
+        if self.fd is None:
+            return
+        if not self.combined_fast or b"".join((method, target, version, referer, user_agent)).translate(None, _PLAIN):
+            self.exchange(client, now, method, target, version, status, sent, referer, user_agent, b"hit", 0.0, 0.0)
+            return
+        stamp = self._stamp if int(now) == self._second else self._new_stamp(now)
+        lines = self.lines
+        lines.append(b'%s - - [%s] "%s %s HTTP/%s" %d %d "%s" "%s" cache=hit origin_ms=0.0 total_ms=0.0\n' % (
+            client, stamp, method, target, version, status, sent, referer or b"-", user_agent or b"-"))
+        if len(lines) >= FLUSH_LINES:
+            self.flush()
+
     def json(self, client: bytes, now: float, method: bytes, target: bytes, version: bytes, status: int, sent: int,
              referer: bytes, user_agent: bytes, cache: bytes, origin_ms: float, total_ms: float) -> None:
         """A JSON line from the values ``format_json`` takes (``client`` as bytes, an address): the bytes it would

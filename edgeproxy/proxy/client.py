@@ -200,8 +200,9 @@ class ClientConnection(asyncio.Protocol):
             self.transport.close()
             self.closed = True
             return
+        edge = self.edge
         self.phase = IDLE
-        self.deadline = self.edge.loop.time() + self.edge.config.server.keepalive_timeout
+        self.deadline = edge.loop.time() + edge.keepalive_timeout
 
     def exchange_done(self, keep_alive: bool) -> None:
         """Called by an exchange task when its response is complete."""

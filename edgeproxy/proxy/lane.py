@@ -46,22 +46,25 @@ if TYPE_CHECKING:
 MIN_SIZE = 4096
 MAX_SIZE = 1 << 20
 MAX_VARIANTS = 4
-# The Connection line a hit's answer carries (delivery.connection_line), by (keep-alive, HTTP/1.0).
-CONNECTION = {(True, False): b"", (True, True): b"connection: keep-alive\r\n",
-              (False, False): b"connection: close\r\n", (False, True): b"connection: close\r\n"}
+CLOSE = b"connection: close\r\n\r\n"
+KEEP_ALIVE = b"connection: keep-alive\r\n\r\n"
 
 Key = tuple[str, bytes, bytes]  # (scheme, Host as sent, target as sent)
 
 
 class Published:
-    """An entry the full path answered a URL with; the edge CORS fields of that answer (no Origin); whether it was
-    the URL's only stored variant then (else every answer asks the store for the full path's choice)."""
+    """An entry the full path answered a URL with; whether it was the URL's only stored variant then (else every
+    answer asks the store for the full path's choice); the answer's tails (edge CORS fields of a request without
+    Origin, the Connection line, the blank line) by keep-alive and HTTP/1.0, made once."""
 
-    __slots__ = ("entry", "cors", "edge_cors", "alone", "vary")
+    __slots__ = ("entry", "edge_cors", "alone", "vary", "plain", "tails")
 
     def __init__(self, entry: Entry, cors: bytes, edge_cors: bool, alone: bool) -> None:
-        self.entry, self.cors, self.edge_cors, self.alone = entry, cors, edge_cors, alone
+        self.entry, self.edge_cors, self.alone = entry, edge_cors, alone
         self.vary = frozenset(n for n in entry.vary if n[:1] != b":")  # fields to read from the head (not :cors)
+        self.plain = alone and not entry.vary  # the usual object: no choice between variants to make
+        # Indexed by keep_alive * 2 + (HTTP/1.0): what delivery.connection_line gives for each.
+        self.tails = (cors + CLOSE, cors + CLOSE, cors + b"\r\n", cors + KEEP_ALIVE)
 
 
 class Lane:
@@ -90,7 +93,9 @@ class Lane:
         if published is None:
             client.lane_key = key  # the full path may publish its answer under this key
             return False
-        found = self._select(published, data, origin)
+        found = published[0]
+        if not found.plain or (origin is not None and found.edge_cors) or found.entry.superseded:
+            found = self._select(published, data, origin)
         if found is None:
             client.lane_key = key
             return False
@@ -104,25 +109,23 @@ class Lane:
             self.withdraw(entry)
             client.lane_key = key
             return False
-        head_only = method == b"HEAD"
         sent = write_stored(client.transport.write, entry, age, edge.cache_status.hit(left),
-                            found.cors + CONNECTION[keep_alive, version == b"1.0"] + b"\r\n", head_only)
+                            found.tails[keep_alive * 2 + (version == b"1.0")], method == b"HEAD")
         counters = edge.counters
         counters.lane_hits += 1
         counters.response(HIT, entry.status, sent)
-        edge.access_log.exchange(client.log_peer, now, method, target, version, entry.status, sent, referer or b"",
-                                 agent or b"", b"hit", 0.0, 0.0)
+        edge.access_log.hit(client.log_peer, now, method, target, version, entry.status, sent, referer or b"",
+                            agent or b"")
         client.requests += 1
         client.response_done_fast(keep_alive)
         return True
 
     def _select(self, published: list[Published], data: bytes, origin: bytes | None) -> Published | None:
-        """The published entry that answers this head as the full path would, or None (the full path decides)."""
+        """The published entry that answers this head as the full path would, or None (the full path decides). The
+        usual object (one variant, no Vary) is answered without this."""
         first = published[0]
         if origin is not None and first.edge_cors:
             return None  # the edge CORS policy answers each Origin
-        if first.alone and not first.entry.vary and not first.entry.superseded:  # the usual object
-            return first
         request = CacheRequest(b"GET", "", "", b"", self._fields(data, origin, first.vary.union(
             *(p.vary for p in published[1:]))))
         found = next((p for p in published if matches(p.entry.vary, p.entry.variant_key, request)), None)
