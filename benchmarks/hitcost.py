@@ -1,9 +1,10 @@
 """Instructions per cache hit, in-process: deterministic, so a change on the hit path is measured on a busy machine.
 
 One ``ClientConnection`` over a null transport is fed the same keep-alive request head ``--n`` times; the entry is
-stored beforehand, so every request is a hit: parsed by h11 or httptools with the head memo off, or answered by
-the memo. No sockets, no wrk. Under callgrind the difference between two ``--n`` counts, divided by the
-difference in requests, is the cost of one hit with start-up cancelled out:
+stored beforehand, so every request is a hit: parsed by h11 or httptools with the fast lane off, or answered by
+the lane (``lane-*``: the compiled scanner; ``twin-*``: its Python twin). No sockets, no wrk. Under callgrind the
+difference between two ``--n`` counts, divided by the difference in requests, is the cost of one hit with start-up
+cancelled out:
 
     python -m benchmarks.hitcost --compare            # runs callgrind itself: instructions per hit, each mode
     python -m benchmarks.hitcost --mode parsed-h11 --n 1000   # one loop (what --compare runs under callgrind)
@@ -11,8 +12,8 @@ difference in requests, is the cost of one hit with start-up cancelled out:
 
 ``--head real`` feeds browser-like heads instead (~450-570 bytes: a user agent, Accept, Accept-Language,
 Accept-Encoding, a cookie, a Referer, over 8 cached URLs with a query), each ending in a unique X-Request-Id as
-``wrk/real.lua`` sends them: the memo never answers, so ``memo-httptools`` is then a parsed hit plus what the memo
-costs when it can't help. The default (``short``) is the one ~190-byte head of the earlier figures.
+``wrk/real.lua`` sends them: no two heads are the same bytes, which the lane does not mind (it keys on the URL).
+The default (``short``) is the one ~190-byte head of the earlier figures.
 
 ``--store`` picks where the entry lives: ``memory`` (the in-process LRU of ``workers = 1``), ``hot`` (a worker's hot
 tier over the host's shared LMDB store: the copy is checked against the slot map) or ``shared`` (no hot tier:
@@ -35,14 +36,14 @@ import tempfile
 import time
 from typing import Any
 
-MODES = ("parsed-h11", "parsed-httptools", "memo-httptools")
+MODES = ("parsed-h11", "parsed-httptools", "lane-h11", "lane-httptools", "twin-httptools")
 STORES = ("memory", "hot", "shared")
 HEADS = ("short", "real")
 HEAD = (b"GET /bytes/1024 HTTP/1.1\r\nHost: a.test\r\nUser-Agent: hitcost/1\r\nAccept: */*\r\n"
         b"Accept-Language: en-GB,en;q=0.9\r\nAccept-Encoding: gzip, deflate, br\r\n\r\n")
 # ``--head real``: browser-like heads as benchmarks/wrk/real.lua sends them (~600 bytes: user agent, Accept,
 # Accept-Language, Accept-Encoding, a cookie, Referer) over OBJECTS cached URLs, each ending in a unique X-Request-Id,
-# so no two heads are the same bytes and the memo never answers. REAL_POOL heads, seeded: every run sees the same.
+# so no two heads are the same bytes. REAL_POOL heads, seeded: every run sees the same.
 OBJECTS = 8
 REAL_POOL = 30
 _AGENTS = (
@@ -108,12 +109,17 @@ async def loop_hits(mode: str, n: int, store: str = "memory", head: str = "short
     from edgeproxy.cache.key import CacheRequest
     from edgeproxy.cache.storability import make_entry
     from edgeproxy.config import config_from_dict
+    from edgeproxy.http import headscan
+    from edgeproxy.proxy import lane
     from edgeproxy.proxy.client import ClientConnection
     from edgeproxy.proxy.edge import Edge
 
+    twin = mode.startswith("twin")  # the lane with the scanner's Python twin
+    lane.scan, lane.fields_named = (headscan.scan_py, headscan.fields_named_py) if twin else (
+        headscan.scan, headscan.fields_named)
     parser = mode.rpartition("-")[2]
     access = os.environ.get("HITCOST_LOG", "off")  # on: a file access log (combined), as users run it
-    config = config_from_dict({"server": {"parser": parser, "head_memo": mode.startswith("memo")},
+    config = config_from_dict({"server": {"parser": parser, "fast_lane": not mode.startswith("parsed")},
                                "log": {"access": os.devnull if access == "on" else False},
                                "site": [{"origin": "http://127.0.0.1:9"}]})
     directory = tempfile.mkdtemp(prefix="hitcost-")

@@ -4,7 +4,7 @@ Rules kept here:
 - Owns process lifetimes: every server runs in its own session (process group) with PR_SET_PDEATHSIG,
   and ``Fleet.stop_all`` (called from ``finally``) stops them all: SIGTERM to the group, SIGKILL after 5 s.
 - Everything listens on 127.0.0.1 ports picked free at run time.
-- ``TARGETS`` is the table of what can be measured: nginx, edgeproxy per parser with the head memo on (the
+- ``TARGETS`` is the table of what can be measured: nginx, edgeproxy per parser with the fast lane on (the
   default config) or off, and the bounds. A target's ``workers`` is the profile's unless the table fixes it
   (``-1w`` targets are the one-worker reference inside the workers-2 profile; ``-2w``/``-4w`` fix 2 or 4).
   ``[cache] shared`` is left to edgeproxy's default (shared when workers > 1) unless the name says ``-shared``
@@ -206,7 +206,7 @@ def mapped_under_kib(pid: int, directory: Path) -> dict[str, int]:
 class Spec:
     kind: str  # "nginx" | "edgeproxy" | "bound"
     parser: str = ""
-    memo: bool = True
+    lane: bool = True
     workers: int | None = None  # None: the profile's
     nopush: bool = True  # nginx only: tcp_nopush (see nginx.conf.template)
     shared: bool | None = None  # edgeproxy only: [cache] shared; None: edgeproxy's default (workers > 1)
@@ -217,28 +217,28 @@ TARGETS: dict[str, Spec] = {
     "nginx": Spec("nginx"),
     "nginx-nopush-off": Spec("nginx", nopush=False),
     "edgeproxy-h11": Spec("edgeproxy", "h11"),
-    "edgeproxy-h11-nomemo": Spec("edgeproxy", "h11", memo=False),
+    "edgeproxy-h11-nolane": Spec("edgeproxy", "h11", lane=False),
     "edgeproxy-httptools": Spec("edgeproxy", "httptools"),
-    "edgeproxy-httptools-nomemo": Spec("edgeproxy", "httptools", memo=False),
+    "edgeproxy-httptools-nolane": Spec("edgeproxy", "httptools", lane=False),
     "edgeproxy-h11-1w": Spec("edgeproxy", "h11", workers=1),
     "edgeproxy-httptools-1w": Spec("edgeproxy", "httptools", workers=1),
-    "edgeproxy-h11-nomemo-1w": Spec("edgeproxy", "h11", memo=False, workers=1),
-    "edgeproxy-httptools-nomemo-1w": Spec("edgeproxy", "httptools", memo=False, workers=1),
+    "edgeproxy-h11-nolane-1w": Spec("edgeproxy", "h11", lane=False, workers=1),
+    "edgeproxy-httptools-nolane-1w": Spec("edgeproxy", "httptools", lane=False, workers=1),
     # The host-wide shared cache (zipf-workers, hit-1k-workers, shared-rss): the default with 2 or 4 workers, the
     # old per-worker LRU of size / workers (-unshared), and one process on the shared store (-1w-shared).
     "edgeproxy-httptools-1w-shared": Spec("edgeproxy", "httptools", workers=1, shared=True),
     "edgeproxy-httptools-2w": Spec("edgeproxy", "httptools", workers=2),
     "edgeproxy-httptools-4w": Spec("edgeproxy", "httptools", workers=4),
     "edgeproxy-httptools-2w-unshared": Spec("edgeproxy", "httptools", workers=2, shared=False),
-    "edgeproxy-httptools-nomemo-2w": Spec("edgeproxy", "httptools", memo=False, workers=2),
-    "edgeproxy-httptools-nomemo-2w-unshared": Spec("edgeproxy", "httptools", memo=False, workers=2, shared=False),
+    "edgeproxy-httptools-nolane-2w": Spec("edgeproxy", "httptools", lane=False, workers=2),
+    "edgeproxy-httptools-nolane-2w-unshared": Spec("edgeproxy", "httptools", lane=False, workers=2, shared=False),
     # Access logs on (the realistic scenarios, and hit-1k's log on/off pair): nginx's buffered combined log,
     # edgeproxy's into a file, or to stderr (the process's stderr is its log file in the work dir, as journald would
     # take it from a unit's stderr).
     "nginx-log": Spec("nginx", log="file"),
     "edgeproxy-h11-log": Spec("edgeproxy", "h11", log="file"),
     "edgeproxy-httptools-log": Spec("edgeproxy", "httptools", log="file"),
-    "edgeproxy-httptools-nomemo-log": Spec("edgeproxy", "httptools", memo=False, log="file"),
+    "edgeproxy-httptools-nolane-log": Spec("edgeproxy", "httptools", lane=False, log="file"),
     "edgeproxy-httptools-log-stderr": Spec("edgeproxy", "httptools", log="stderr"),
     "bound-h11": Spec("bound", "h11"),
     "bound-httptools": Spec("bound", "httptools"),
@@ -270,7 +270,7 @@ EDGEPROXY_TOML = """[server]
 listen = ["127.0.0.1:{port}"]
 parser = "{parser}"
 workers = {workers}
-head_memo = {memo}
+fast_lane = {lane}
 control_socket = "{control}"
 
 [cache]
@@ -325,7 +325,7 @@ def target_argv(fleet: Fleet, target: Target, spec: Spec, origin_port: int, cach
     elif spec.log == "stderr":  # stderr is the target's log file (Fleet.start): access lines and its own
         target.access_logs, access = [target.log], '"-"'  # type: ignore[list-item]
     config.write_text(EDGEPROXY_TOML.format(
-        port=target.port, parser=spec.parser, workers=target.workers, memo=str(spec.memo).lower(),
+        port=target.port, parser=spec.parser, workers=target.workers, lane=str(spec.lane).lower(),
         control=target.control, cache_mib=cache_mib, store=target.store, shared=shared, access=access,
         origin_port=origin_port))
     return [PYTHON, "-m", "edgeproxy", "serve", "--config", str(config)]

@@ -11,17 +11,17 @@ Rules kept here:
 - Targets run interleaved (A, B, C, A, B, C, ...) so drift (thermal, noisy neighbours) hits all alike;
   we report the median req/s with its min-max spread, never a single run. purge-burst interleaves each
   edgeproxy target with and without purges (every 10 ms over the control socket) the same way.
-- A scenario names the targets it is worth measuring (the head memo only matters on hits, a bound has no
+- A scenario names the targets it is worth measuring (the fast lane only matters on hits, a bound has no
   miss path), so the default set fits a 15-minute budget. The shared-cache scenarios (zipf-workers,
   hit-1k-workers, shared-rss: workers sharing one store against the old per-worker caches) do not fit it and run
   by name (``--scenario zipf-workers``) or with ``--scenario all``.
 - zipf-workers warms each target with 20 s of the Zipf load (the cache full and churned: steady state), and gives
   each round its own seed (the same for every target), so no measured run replays the warm-up's URLs.
 - The realistic scenarios (real-hit, real-zipf) send browser-like heads (``wrk/real.lua``: 300 of them, ~600 bytes,
-  and a unique X-Request-Id on every request, so the head memo never answers) to servers with their access logs on
-  (the ``-log`` targets); real-zipf reseeds its URLs every round, as zipf-workers. Access logs are counted and
-  emptied before each run of their target (``trim_access_logs``) and once more after the last round, so the files
-  stay small on tmpfs and the result says how many lines each request logged.
+  and a unique X-Request-Id on every request: no two heads the same bytes, as browsers send them) to servers with
+  their access logs on (the ``-log`` targets); real-zipf reseeds its URLs every round, as zipf-workers. Access logs
+  are counted and emptied before each run of their target (``trim_access_logs``) and once more after the last
+  round, so the files stay small on tmpfs and the result says how many lines each request logged.
 Outputs (``report``): a Markdown table on stdout, ``results/<name>.json`` and ``results/<name>.png``.
 """
 
@@ -72,7 +72,7 @@ from benchmarks.procs import (  # noqa: E402
 )
 
 EP = ("edgeproxy-h11", "edgeproxy-httptools")
-MEMO_OFF = ("edgeproxy-h11-nomemo", "edgeproxy-httptools-nomemo")
+LANE_OFF = ("edgeproxy-h11-nolane", "edgeproxy-httptools-nolane")
 BOUNDS = ("bound-h11", "bound-httptools")
 ZIPF_WARMUP_SECONDS = 2
 REAL_OBJECTS = 8  # wrk/real.lua's OBJECTS: real-hit asks for /bytes/1024?o=0 .. ?o=7
@@ -130,27 +130,28 @@ SCENARIOS = {
     s.name: s
     for s in (
         # Realistic traffic: browser-like heads, every one unique (real.lua), access logs on. real-hit: 8 hot objects;
-        # the h11 bound (no log) is the h11 reference, memo off beside memo on says what the memo costs when it never
-        # answers, a stderr log beside the file, and httptools with its log off what the log costs a parsed hit.
+        # the h11 bound (no log) is the h11 reference, lane off beside lane on says what the lane gives a browser's hit,
+        # a stderr log beside the file, and httptools with its log off what the log costs a lane hit.
         Scenario("real-hit", "/bytes/1024?o=K", ("nginx-log", "edgeproxy-h11-log", "edgeproxy-httptools-log",
-                 "edgeproxy-httptools-log-stderr", "edgeproxy-httptools-nomemo-log", "edgeproxy-httptools",
-                 "bound-h11"), script="real.lua", warm_paths=tuple(f"/bytes/1024?o={k}" for k in range(REAL_OBJECTS))),
+                 "edgeproxy-httptools-log-stderr", "edgeproxy-httptools-nolane-log", "edgeproxy-httptools",
+                 "bound-h11", "bound-httptools"), script="real.lua",
+                 warm_paths=tuple(f"/bytes/1024?o={k}" for k in range(REAL_OBJECTS))),
         # real-zipf: Zipf(1.0) over 100,000 URLs into a 32 MiB cache, hits counted, a seed per round.
         Scenario("real-zipf", "/bytes/1024?i=K", ("nginx-log", "edgeproxy-httptools-log", "edgeproxy-h11-log"),
                  script="real.lua", profile="small-cache", warm_until_hit=False, warmup_seconds=5, reseed=True,
                  script_args=("zipf",), env=(("REAL_COUNT_HITS", "1"),)),
-        # edgeproxy-httptools-log beside edgeproxy-httptools: what the access log costs a memo hit.
-        Scenario("hit-1k", "/bytes/1024", ("nginx", *EP, *MEMO_OFF, *BOUNDS, "edgeproxy-httptools-log")),
+        # edgeproxy-httptools-log beside edgeproxy-httptools: what the access log costs a lane hit.
+        Scenario("hit-1k", "/bytes/1024", ("nginx", *EP, *LANE_OFF, *BOUNDS, "edgeproxy-httptools-log")),
         Scenario("hit-64k", "/bytes/65536",
-                 ("nginx", "nginx-nopush-off", *EP, "edgeproxy-httptools-nomemo", "bound-httptools")),
+                 ("nginx", "nginx-nopush-off", *EP, "edgeproxy-httptools-nolane", "bound-httptools")),
         Scenario("hit-1m", "/bytes/1048576", ("nginx", *EP, *BOUNDS)),
         Scenario("hit-1k-c256", "/bytes/1024", ("nginx", *EP, *BOUNDS), connections=256),
-        Scenario("miss-1k", "/nostore/1024", ("nginx", *EP, *MEMO_OFF), warm_until_hit=False),
+        Scenario("miss-1k", "/nostore/1024", ("nginx", *EP, *LANE_OFF), warm_until_hit=False),
         Scenario("zipf", "/", ("nginx", *EP), script="zipf.lua", profile="small-cache", warm_until_hit=False),
         Scenario("revalidate", "/revalidate/1024", ("nginx", *EP), profile="revalidate", warm_until_hit=False),
-        # With the memo one worker already saturates wrk's single thread (~100k req/s): memo-off rows show scaling.
-        Scenario("workers-2", "/bytes/1024", ("nginx", "edgeproxy-h11", "edgeproxy-h11-1w", *MEMO_OFF,
-                 "edgeproxy-h11-nomemo-1w", "edgeproxy-httptools-nomemo-1w"), connections=256, profile="workers-2"),
+        # With the lane one worker already saturates wrk's single thread (~100k req/s): lane-off rows show scaling.
+        Scenario("workers-2", "/bytes/1024", ("nginx", "edgeproxy-h11", "edgeproxy-h11-1w", *LANE_OFF,
+                 "edgeproxy-h11-nolane-1w", "edgeproxy-httptools-nolane-1w"), connections=256, profile="workers-2"),
         Scenario("purge-burst", "/bytes/1024", EP, purge=True),
         Scenario("memory", "/bytes/N?m=K", ("edgeproxy-h11",), profile="memory"),
         # Hit ratio with a 32 MiB cache: one process's LRU, 2 and 4 workers on the shared store, 2 workers with an
@@ -160,14 +161,14 @@ SCENARIOS = {
                  profile="zipf-workers", warm_until_hit=False, warmup_seconds=20, reseed=True),
         # What a hit pays for the shared store (hot tier, version check) against 2 workers that share nothing.
         Scenario("hit-1k-workers", "/bytes/1024", ("edgeproxy-httptools-2w", "edgeproxy-httptools-2w-unshared",
-                 "edgeproxy-httptools-nomemo-2w", "edgeproxy-httptools-nomemo-2w-unshared"), profile="hit-workers"),
+                 "edgeproxy-httptools-nolane-2w", "edgeproxy-httptools-nolane-2w-unshared"), profile="hit-workers"),
         # Host memory with a full 256 MiB cache of 1 KiB objects (shared_rss.py); 1 worker and 2 unshared for scale.
         Scenario("shared-rss", "/bytes/1024?f=N", ("edgeproxy-httptools-1w", "edgeproxy-httptools-2w",
                  "edgeproxy-httptools-4w", "edgeproxy-httptools-2w-unshared"), profile="shared-rss"),
     )
 }
 # hit-1k-c256 runs by name since the realistic scenarios joined: with them the set would not fit 900 s with 3 s runs,
-# and it says what hit-1k says (memo hits of one URL) at more connections.
+# and it says what hit-1k says (lane hits of one URL) at more connections.
 DEFAULT_SCENARIOS = ("real-hit", "real-zipf", "hit-1k", "hit-64k", "miss-1k", "zipf", "revalidate", "workers-2",
                      "purge-burst", "memory")
 QUICK_SCENARIOS = ("hit-1k", "miss-1k")

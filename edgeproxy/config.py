@@ -272,7 +272,8 @@ class ServerConfig:
     max_body: int = 100 * MIB
     max_connections: int = 20000
     max_connections_per_ip: int = 2000
-    head_memo: bool = True
+    fast_lane: bool = True  # answer plain hits from the read's bytes (proxy/lane.py)
+    head_memo: bool = True  # the old name of fast_lane (the lane replaced the head memo): false turns the lane off
     request_buffer: int = 1 * MIB
 
 
@@ -400,7 +401,7 @@ SERVER_KEYS: dict[str, Callable[[Any], Any]] = {
     "keepalive_timeout": parse_duration, "header_timeout": parse_duration, "body_timeout": parse_duration,
     "min_body_rate": parse_size, "max_uri": parse_size, "max_header_bytes": parse_size,
     "max_headers": _int(1, 10000), "max_body": parse_size, "max_connections": _int(1, 10**7),
-    "max_connections_per_ip": _int(1, 10**7), "head_memo": _bool,
+    "max_connections_per_ip": _int(1, 10**7), "fast_lane": _bool, "head_memo": _bool,
     "request_buffer": parse_size,
 }
 ORIGIN_KEYS: dict[str, Callable[[Any], Any]] = {

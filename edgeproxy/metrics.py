@@ -51,7 +51,7 @@ class ProxyCounters:
     """One worker's counters. ``open_connections`` is adjusted directly (``+= 1`` / ``-= 1``)."""
 
     __slots__ = (
-        "requests", "responses", "response_bytes", "origin_requests", "origin_errors", "memo_hits",
+        "requests", "responses", "response_bytes", "origin_requests", "origin_errors", "lane_hits",
         "latency_buckets", "latency_sum", "open_connections", "purges", "purges_over_budget", "gc_buckets", "gc_sum",
         "forced", "cluster",
     )
@@ -60,7 +60,7 @@ class ProxyCounters:
         self.requests: dict[str, int] = dict.fromkeys(CACHE_KINDS, 0)
         self.responses: dict[str, int] = dict.fromkeys(STATUS_CLASSES.values(), 0)
         self.response_bytes = 0
-        self.memo_hits = 0  # hits answered by the head memo (proxy/hot.py), also counted in requests["hit"]
+        self.lane_hits = 0  # hits answered by the fast lane (proxy/lane.py), also counted in requests["hit"]
         self.origin_requests = 0
         self.origin_errors: dict[str, int] = dict.fromkeys(ORIGIN_ERROR_KINDS, 0)
         # One slot per bound plus the +Inf overflow slot.
@@ -110,7 +110,7 @@ class ProxyCounters:
             "requests": dict(self.requests),
             "responses": dict(self.responses),
             "response_bytes": self.response_bytes,
-            "memo_hits": self.memo_hits,
+            "lane_hits": self.lane_hits,
             "origin_requests": self.origin_requests,
             "origin_errors": dict(self.origin_errors),
             "origin_latency": {"buckets": list(self.latency_buckets), "sum": self.latency_sum},
@@ -169,8 +169,8 @@ _LABELLED = (
 _SCALARS = (
     ("proxy", "response_bytes", CounterMetricFamily, "edgeproxy_response_bytes_total",
      "Bytes written to clients, heads and bodies."),
-    ("proxy", "memo_hits", CounterMetricFamily, "edgeproxy_head_memo_hits_total",
-     "Hits answered from the head memo without parsing the request again (included in requests)."),
+    ("proxy", "lane_hits", CounterMetricFamily, "edgeproxy_fast_lane_hits_total",
+     "Hits answered by the fast lane from the request's bytes, without the parser (included in requests)."),
     ("proxy", "origin_requests", CounterMetricFamily, "edgeproxy_origin_requests_total",
      "Requests sent to origins, failed ones included."),
     ("proxy", "purges_over_budget", CounterMetricFamily, "edgeproxy_purge_budget_exceeded_total",
@@ -278,7 +278,7 @@ def summarize(counters: Mapping[str, Any], store: Mapping[str, Any], started: fl
         "stale_serves": requests.get("stale", 0), "revalidations": requests.get("revalidated", 0),
         "collapsed": requests.get("collapsed", 0), "evictions": store["evictions"],
         "purges": sum(counters["purges"].values()), "origin_errors": sum(counters["origin_errors"].values()),
-        "open_connections": counters["open_connections"], "head_memo_hits": counters.get("memo_hits", 0),
+        "open_connections": counters["open_connections"], "fast_lane_hits": counters.get("lane_hits", 0),
         "uptime": round(now - started, 1),
         "counters": dict(counters), "store": dict(store),
     }

@@ -34,6 +34,7 @@ from edgeproxy.config import Config, ConfigError, keep_restart_keys, load_config
 from edgeproxy.control import protocol
 from edgeproxy.control.server import ControlServer, default_socket_path
 from edgeproxy.fleet.journal import TooManyWaits
+from edgeproxy.http import headscan
 from edgeproxy.listeners import Listener, bind_listeners
 from edgeproxy.timers import Timers
 
@@ -124,6 +125,10 @@ class Node:
             await self._start_control()
             await self._start_metrics()
         if not self.worker:
+            s = self.config.server
+            if s.fast_lane and s.head_memo and not headscan.COMPILED:
+                log.warning("fast lane: the compiled head scanner is not built here (no C compiler or Python headers "
+                            "when edgeproxy was installed); its Python twin runs, at several times the cost per hit")
             status = self.backend.ready_status()
             log.info("edgeproxy %s", status)  # logged before systemd hears READY=1
             systemd.notify("READY=1", f"STATUS={status}")

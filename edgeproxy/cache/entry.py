@@ -53,3 +53,7 @@ class Entry:
     # a copy in a worker's hot tier is current while the slot map still shows this version. -1: not shared.
     slot: int = -1
     version: int = 0
+    # Another variant of the same URL was stored beside it after it (the in-process store's counterpart of the shared
+    # store's new sibling versions): the fast lane (proxy/lane.py) then asks the store which variant the full path
+    # would choose (cache/policy.select) instead of answering with this one on its own word.
+    superseded: bool = False

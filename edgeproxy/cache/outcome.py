@@ -2,7 +2,7 @@
 ``edgeproxy_requests_total{cache=...}`` and the headline ``stats`` figures all read this one enum.
 
 ``Cache-Status`` (RFC 9211) says more per response (fwd reasons, ttl, details); this is its summary:
-- ``HIT``: answered from a fresh stored response (also from the head memo);
+- ``HIT``: answered from a fresh stored response (also by the fast lane);
 - ``STALE``: answered from a stale one (stale-while-revalidate, stale-if-error, max-stale);
 - ``MISS``: fetched from the origin to be stored (whether or not it could be);
 - ``REVALIDATED``: a stored response the origin confirmed with 304;

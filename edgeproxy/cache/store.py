@@ -49,6 +49,7 @@ Design and trade-offs (Varnish style):
 from __future__ import annotations
 
 from collections import OrderedDict, deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple, Protocol
 
@@ -106,6 +107,9 @@ class Storage(Protocol):
     def generation(self) -> int: ...
     def count_not_stored(self, reason: str) -> None: ...
     def stats(self) -> StoreStats: ...
+    def holds(self, entry: Entry) -> bool: ...
+    def variants(self, primary_key: str) -> list[Entry]: ...
+    def watch_drops(self, dropped: Callable[[Entry | None], None]) -> None: ...
 
 
 class _PurgeRecord(NamedTuple):
@@ -129,6 +133,9 @@ class Store:
         self.max_object_size = capacity if max_object_size is None else max_object_size
         self.max_variants = max_variants  # lowering it applies to the next put of each key
         self._lru: OrderedDict[Entry, int] = OrderedDict()  # entry -> bytes charged, oldest first
+        # Told of every entry this store forgets (None: all of them), so that nothing outside it (the fast lane's
+        # table, proxy/lane.py) keeps an entry's bytes past the store's bound.
+        self._dropped: Callable[[Entry | None], None] | None = None
         self._map: dict[str, list[Entry]] = {}  # primary key -> variants, least recent first
         self._index = PurgeIndex()
         self._used = 0
@@ -197,6 +204,8 @@ class Store:
             self._map[key] = [entry]
             self._index.add_key(key, entry.host)
         else:
+            for v in variants:  # a request may now match both: the full path picks by date (policy.select)
+                v.superseded = True
             variants.append(entry)
         self._index.add_tags(entry)
         self._used += size
@@ -247,6 +256,20 @@ class Store:
         """The LRU, byte and tag side of forgetting an entry; the caller handles its key."""
         self._used -= self._lru.pop(entry)
         self._index.discard_tags(entry)
+        if self._dropped is not None:
+            self._dropped(entry)
+
+    def holds(self, entry: Entry) -> bool:
+        """Whether this very object is stored here (not a copy of it, nor a replacement)."""
+        return entry in self._lru
+
+    def variants(self, primary_key: str) -> list[Entry]:
+        """The variants of a URL this process holds, without counting a lookup (the fast lane's second look, not a
+        client's request); don't change the list."""
+        return self._map.get(primary_key, [])
+
+    def watch_drops(self, dropped: Callable[[Entry | None], None]) -> None:
+        self._dropped = dropped
 
     # -- size ------------------------------------------------------------------------------------
 
@@ -361,6 +384,8 @@ class Store:
 
     def _clear(self) -> int:
         count = len(self._lru)
+        if self._dropped is not None:
+            self._dropped(None)
         self._lru.clear()
         self._map.clear()
         self._index.clear()

@@ -42,7 +42,7 @@ RATE_WINDOW = 5.0
 class ClientConnection(asyncio.Protocol):
     __slots__ = (
         "edge", "scheme", "parser", "transport", "peer", "log_peer", "task", "closed", "flow",
-        "body_waiter", "deadline", "phase", "continue_due", "requests", "body_done", "candidate", "body_error",
+        "body_waiter", "deadline", "phase", "continue_due", "requests", "body_done", "lane_key", "body_error",
         "body_deadline", "rate_mark", "rate_bytes", "waited_until",
     )
 
@@ -62,7 +62,9 @@ class ClientConnection(asyncio.Protocol):
         self.continue_due = False
         self.requests = 0
         self.body_done = True
-        self.candidate: bytes | None = None  # this read, when it may be exactly one head (see proxy/hot.py)
+        # (scheme, Host, target) of the head in this read, which the fast lane scanned but could not answer: the
+        # full path publishes its hit under it (proxy/lane.py)
+        self.lane_key: tuple[str, bytes, bytes] | None = None
         self.body_error: ClientError | None = None  # set by the sweeper: the next body read raises it
         self.body_deadline = INF  # body_timeout: the next piece must come by then
         self.rate_mark = INF  # start of the current min_body_rate window (INF: no body read yet)
@@ -85,17 +87,10 @@ class ClientConnection(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         if self.closed:
             return
-        memo = self.edge.memo
-        if memo is not None:
-            if memo.resting:
-                memo.resting -= 1  # standing aside: the full path, with nothing remembered (hot.py)
-            elif self.task is None and not self.flow.paused and self.parser.idle:
-                if memo.answer(self, data):
-                    return
-                # Only the head's end is checked here: whether the read is one head and nothing else is asked by the
-                # memo when it is about to remember one (``HeadMemo.consider``), not on every read (a second search
-                # of ~600 bytes).
-                self.candidate = data if data.endswith(b"\r\n\r\n") else None
+        lane = self.edge.lane
+        if lane is not None and self.task is None and not self.flow.paused and self.parser.idle and lane.answer(
+                self, data):
+            return
         if self.phase == IDLE:
             self.phase = HEAD
             self.deadline = self.edge.loop.time() + self.edge.config.server.header_timeout
@@ -165,7 +160,7 @@ class ClientConnection(asyncio.Protocol):
                     if not event.has_body:
                         parser.next_event()  # the END of an empty body
                     handled = begin(self.edge, self, event)
-                    self.candidate = None  # the read it came in is used up
+                    self.lane_key = None  # the read it came in is used up
                     if not handled:
                         return  # an exchange task took over
                     continue
@@ -200,13 +195,14 @@ class ClientConnection(asyncio.Protocol):
         return True
 
     def response_done_fast(self, keep_alive: bool) -> None:
-        """``response_done`` for an answer from the head memo: the parser never saw the bytes."""
+        """``response_done`` for an answer from the fast lane: the parser never saw the bytes."""
         if not keep_alive:
             self.transport.close()
             self.closed = True
             return
+        edge = self.edge
         self.phase = IDLE
-        self.deadline = self.edge.loop.time() + self.edge.config.server.keepalive_timeout
+        self.deadline = edge.loop.time() + edge.keepalive_timeout
 
     def exchange_done(self, keep_alive: bool) -> None:
         """Called by an exchange task when its response is complete."""

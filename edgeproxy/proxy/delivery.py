@@ -22,7 +22,7 @@ from edgeproxy.cache.conditional import respond_from_entry
 from edgeproxy.cache.entry import Entry
 from edgeproxy.cache.outcome import HIT
 from edgeproxy.cache.storability import decision_fields
-from edgeproxy.http.headers import Headers
+from edgeproxy.http.headers import Headers, get
 from edgeproxy.http.wire import serialize_head
 from edgeproxy.proxy.parser import RequestHead
 
@@ -45,7 +45,7 @@ def connection_line(head: RequestHead, close: bool = False) -> bytes:
 
 def write_stored(write: Callable[[bytes], object], entry: Entry, age: float, cache_status: bytes, tail: bytes,
                  head_only: bool) -> int:
-    """The one writer of a stored response as it is (every hit, the head memo's too): the prepared head, Age,
+    """The one writer of a stored response as it is (every hit, the fast lane's too): the prepared head, Age,
     Cache-Status, ``tail`` (CORS fields, Connection, the blank line), then the body. The body's length."""
     body = b"" if head_only else entry.body
     if len(body) > COPY_LIMIT:
@@ -65,8 +65,8 @@ def deliver(ex: Exchange, entry: Entry, age: float, cache_status: bytes) -> None
         tail = b"".join(k + b": " + v + b"\r\n" for k, v in decision_fields(entry)) + tail
     if answer is None:
         client = ex.client
-        if client.candidate is not None and ex.edge.memo is not None and ex.cache is HIT and ex.internal is None:
-            ex.edge.memo.consider(client.candidate, ex.head, entry, tail)
+        if client.lane_key is not None and ex.cache is HIT:
+            publish(ex, client.lane_key, entry)
         ex.sent = write_stored(client.transport.write, entry, age, cache_status, tail, head_only)
         ex.status = entry.status
     else:
@@ -75,6 +75,15 @@ def deliver(ex: Exchange, entry: Entry, age: float, cache_status: bytes) -> None
                                   + b"age: %d\r\ncache-status: " % age + cache_status + b"\r\n" + tail + body)
         ex.status, ex.sent = answer.status, len(body)
     ex.edge.store.touch(entry)
+
+
+def publish(ex: Exchange, key: tuple[str, bytes, bytes], entry: Entry) -> None:
+    """A plain fresh hit for a head the fast lane scanned: the lane may answer the next ones (proxy/lane.py). Not for
+    a request with Origin at a site with an edge CORS policy: the policy answers each Origin."""
+    lane = ex.edge.lane
+    edge_cors = ex.site.cors is not None
+    if lane is not None and not (edge_cors and get(ex.head.headers, b"origin") is not None):
+        lane.publish(key, entry, ex.cors, edge_cors)
 
 
 ALLOW = b"GET, HEAD, POST, PUT, DELETE, OPTIONS"

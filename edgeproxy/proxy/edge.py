@@ -33,7 +33,7 @@ from edgeproxy.metrics import ProxyCounters
 from edgeproxy.proxy import forwarding
 from edgeproxy.proxy.backends import make_parser
 from edgeproxy.proxy.collapse import Collapser
-from edgeproxy.proxy.hot import HeadMemo
+from edgeproxy.proxy.lane import Lane
 from edgeproxy.proxy.origin import OriginAddress, OriginPool
 from edgeproxy.proxy.parser import Limits, RequestHead, RequestParser
 from edgeproxy.proxy.peers import journal_in_store, load_peers
@@ -112,15 +112,16 @@ class Edge:
         self.sites = SiteTable.build(config.sites)
         self.runtimes = {id(site): site_runtime(site, config) for site in config.sites}
         self.hosts: dict[tuple[bytes, str], tuple[str, SiteRuntime]] = {}
-        self.memo = HeadMemo(self) if s.head_memo else None
+        self.limits = Limits(max_uri=s.max_uri, max_header_bytes=s.max_header_bytes, max_headers=s.max_headers,
+                             max_body=s.max_body)
+        self.keepalive_timeout = s.keepalive_timeout  # read on every fast-lane hit
+        self.lane = Lane(self) if s.fast_lane and s.head_memo else None  # a new table: nothing of the old config
         self.cache_status = CacheStatus(s.name.encode())
         self.via = forwarding.via_token(s.name)
         self.cdn_loop = forwarding.cdn_loop_member(s.name, config.node_id)
         self.peers = peers
         if config.fleet.redis is not None and self.journal is None:
             self.journal = journal_in_store(self.store, config.fleet.stream)
-        self.limits = Limits(max_uri=s.max_uri, max_header_bytes=s.max_header_bytes, max_headers=s.max_headers,
-                             max_body=s.max_body)
         o = config.origin
         self.pool.connect_timeout, self.pool.idle_timeout = o.connect_timeout, o.idle_timeout
         self.pool.max_total, self.pool.max_per_origin = o.max_connections, o.max_per_origin
@@ -267,8 +268,7 @@ class Edge:
 
     def log_exchange(self, client: ClientConnection, head: RequestHead, status: int, sent: int, cache: Outcome,
                      origin_ms: float, started: float) -> None:
-        """Count and log one answer (``log`` for an Exchange; without one: refused before a site was known, or a
-        memo hit whose log line isn't kept)."""
+        """Count and log one answer (``log`` for an Exchange; without one: refused before a site was known)."""
         self.counters.response(cache, status, sent)
         log = self.access_log
         if log.fd is not None:  # a log that is off costs nothing more

@@ -12,12 +12,13 @@ Rules kept here:
   churn the small hot LRU (each refill costs an insert and an eviction there). What this worker stores goes to the
   shared store only, for the same reason. A purge goes to the shared store
   (which retires the versions) and drops the hot copies it finds here, to give their bytes back at once.
-- ``touch`` counts the read for S3-FIFO in the slot map and keeps the hot LRU in order; it is False (the head memo
-  forgets the head) when the copy is no longer current.
+- ``touch`` counts the read for S3-FIFO in the slot map and keeps the hot LRU in order; it is False (the fast lane
+  drops what it published) when the copy is no longer current.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from edgeproxy.cache.entry import Entry
@@ -61,7 +62,7 @@ class TieredStore:
         return found
 
     def touch(self, entry: Entry) -> bool:
-        slot = entry.slot  # SlotMap.hit, inlined: this runs on every hit, the head memo's included
+        slot = entry.slot  # SlotMap.hit, inlined: this runs on every hit, the fast lane's included
         if self._versions[slot] != entry.version:
             return False
         freqs = self._freqs
@@ -136,6 +137,21 @@ class TieredStore:
     @max_variants.setter
     def max_variants(self, value: int) -> None:
         self.shared.max_variants = self.hot.max_variants = value
+
+    def holds(self, entry: Entry) -> bool:
+        """Whether this copy is kept in the hot tier (what this process holds; a copy read from the shared store and
+        not admitted is nobody's)."""
+        return self.hot.holds(entry)
+
+    def variants(self, primary_key: str) -> list[Entry]:
+        """The hot copies of a URL's variants while every one is current (a hot list is then never missing a variant
+        the shared store has: a variant added anywhere gives its siblings new versions), else none."""
+        variants = self.hot.variants(primary_key)
+        versions = self._versions
+        return variants if all(versions[e.slot] == e.version for e in variants) else []
+
+    def watch_drops(self, dropped: Callable[[Entry | None], None]) -> None:
+        self.hot.watch_drops(dropped)
 
     def stats(self) -> StoreStats:
         """The shared store's figures (one store, not a sum of copies) with this process's reads."""

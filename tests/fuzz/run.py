@@ -3,14 +3,26 @@
 Seeds from ``targets.SEEDS`` are written into the corpus directory (the first positional libFuzzer argument,
 created by ``scripts/fuzz``) before starting. A crash leaves ``crash-*`` files that replay with the same command
 followed by the file name.
+
+With ``EDGEPROXY_SCANNER_DIR`` set (``scripts/fuzz`` sets it for the headscan target) the compiled head scanner is
+loaded from that directory (its sanitizer build) instead of the tree's.
 """
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
 import atheris
+
+import edgeproxy.http
+
+if os.environ.get("EDGEPROXY_SCANNER_DIR"):
+    edgeproxy.http.__path__.insert(0, os.environ["EDGEPROXY_SCANNER_DIR"])
+    from edgeproxy.http import _headscan
+
+    assert _headscan.__file__.startswith(os.environ["EDGEPROXY_SCANNER_DIR"]), _headscan.__file__
 
 with atheris.instrument_imports(include=["edgeproxy"]):
     from tests.fuzz.targets import SEEDS, TARGETS

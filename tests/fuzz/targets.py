@@ -17,10 +17,12 @@ import importlib.util
 from collections.abc import Callable
 from typing import Any
 
+import h11
+
 from edgeproxy.config import CACHE_KEYS, ORIGIN_KEYS, SERVER_KEYS, SITE_KEYS, ConfigError, config_from_dict
 from edgeproxy.control.protocol import ProtocolError, parse_request
 from edgeproxy.errors import ClientError
-from edgeproxy.http import cachecontrol
+from edgeproxy.http import cachecontrol, headscan
 from edgeproxy.proxy.backends import make_response_parser
 from edgeproxy.proxy.origin_parser import ResponseError, ResponseHead
 from edgeproxy.proxy.parser import CLOSED, END, NEED_DATA, H11Parser, Limits, RequestHead, RequestParser
@@ -184,6 +186,97 @@ def cache_control(data: bytes) -> None:
     assert all(isinstance(k, str) for k in effective)
 
 
+# ---- the fast lane's head scanner ----
+
+BIG = Limits(max_uri=1 << 20, max_header_bytes=1 << 20, max_headers=1 << 20, max_body=1 << 20)
+# Fields a lane head's reading is checked on, with the four the scanner reads itself.
+_READ = (b"host", b"origin", b"referer", b"user-agent")
+
+
+def _first(fields: list[tuple[bytes, bytes]], name: bytes) -> bytes | None:
+    return next((v for k, v in fields if k == name), None)
+
+
+def _h11_read(data: bytes) -> tuple[bytes, bytes, bytes, list[tuple[bytes, bytes]]] | None:
+    """h11's reading of the head at the start of ``data``: (method, target, version, fields), or None if refused."""
+    conn = h11.Connection(h11.SERVER, max_incomplete_event_size=len(data) + 1)
+    conn.receive_data(data)
+    try:
+        event = conn.next_event()
+    except h11.RemoteProtocolError:
+        return None
+    if type(event) is not h11.Request:
+        return None
+    return event.method, event.target, event.http_version, list(event.headers)
+
+
+class _LlhttpHead:
+    __slots__ = ("url", "fields", "complete")
+
+    def __init__(self) -> None:
+        self.url, self.fields, self.complete = b"", [], False
+
+    def on_url(self, url: bytes) -> None:
+        self.url += url
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self.fields.append((name.lower(), value.strip(b" \t")))
+
+    def on_headers_complete(self) -> None:
+        self.complete = True
+
+
+def _llhttp_read(data: bytes) -> tuple[bytes, bytes, bytes, list[tuple[bytes, bytes]]] | None:
+    """llhttp's reading (httptools, used directly), or None if refused or httptools is not installed."""
+    import httptools
+
+    head = _LlhttpHead()
+    parser = httptools.HttpRequestParser(head)
+    try:
+        parser.feed_data(data)
+    except httptools.HttpParserError:
+        return None
+    if not head.complete:
+        return None
+    return parser.get_method(), head.url, parser.get_http_version().encode(), head.fields
+
+
+def _check_lane_head(data: bytes, scanned: headscan.Scan) -> None:
+    """A head the scanner accepted is read the same way by h11, llhttp and both of the proxy's parser seams."""
+    method, target, version, host, keep, origin, referer, agent, nfields = scanned
+    readings = [_h11_read(data)]
+    if len(ORIGIN_BACKENDS) > 1:
+        readings.append(_llhttp_read(data))
+    for reading in readings:
+        assert reading is not None, ("refused by a parser", data)
+        assert reading[:3] == (method, target, version), (reading, scanned)
+        fields = reading[3]
+        assert len(fields) == nfields and [v for k, v in fields if k == b"host"] == [host], (fields, scanned)
+        assert [v for k, v in fields if k == b"origin"] in ([], [origin]), (fields, scanned)
+        assert (_first(fields, b"referer"), _first(fields, b"user-agent")) == (referer, agent), (fields, scanned)
+        names = frozenset(k for k, _ in fields)
+        assert headscan.fields_named_py(data, names) == fields, (fields, data)
+    for backend in BACKENDS:
+        events = _drive(backend(BIG), [data, b""])
+        assert len(events) == 2 and events[1] is END and isinstance(events[0], RequestHead), (events, data)
+        head = events[0]
+        assert (head.method, head.target, head.http_version, head.keep_alive, len(head.headers)) == (
+            method, target, version, keep, nfields), (head, scanned)
+
+
+def headscan_target(data: bytes) -> None:
+    """The compiled scanner and its Python twin agree on any bytes (``fields_named`` too), and a head they accept
+    is one h11, llhttp and the proxy's parser seams all accept and read the same way (method, target, version,
+    Host, field count, keep-alive, the fields the scanner returns)."""
+    scanned = headscan.scan_py(data)
+    if headscan.scan_c is not None and headscan.fields_named_c is not None:
+        assert headscan.scan_c(data) == scanned, (data, scanned)
+        names = frozenset(_READ + (b"connection", b"x-request-id"))
+        assert headscan.fields_named_c(data, names) == headscan.fields_named_py(data, names), data
+    if scanned is not None:
+        _check_lane_head(data, scanned)
+
+
 # ---- config ----
 
 _SECTIONS: dict[str, list[str]] = {"server": sorted(SERVER_KEYS), "origin": sorted(ORIGIN_KEYS),
@@ -254,6 +347,7 @@ TARGETS: dict[str, Callable[[bytes], None]] = {
     "cache_control": cache_control,
     "config": config,
     "control": control,
+    "headscan": headscan_target,
 }
 
 # Starting points: valid inputs the fuzzers mutate (and the smoke test perturbs).
@@ -274,6 +368,14 @@ SEEDS: dict[str, list[bytes]] = {
     "cache_control": [b'public, max-age=60, s-maxage="120", no-cache="set-cookie, x-a"\nprivate',
                       b"max-age=10, edgeproxy;max-age=5, no-store;edgeproxy, stale-while-revalidate=30"],
     "config": [bytes(range(64)), b"\x04\x00\x03\x05\x07\x08\x09\x01\x02\x03\x04\x05\x06\x07" * 4],
+    "headscan": [
+        b"GET /bytes/1024?o=3 HTTP/1.1\r\nHost: a.test\r\nUser-Agent: Mozilla/5.0 (X11; Linux x86_64; rv:125.0)\r\n"
+        b"Accept: */*\r\nAccept-Language: en-US,en;q=0.9\r\nAccept-Encoding: gzip, deflate, br\r\n"
+        b"Cookie: session=0123456789abcdef; consent=1\r\nReferer: https://www.example.com/\r\n"
+        b"X-Request-Id: 00000000deadbeef\r\n\r\n",
+        b"HEAD /a HTTP/1.0\r\nhost: [::1]:8080\r\nconnection: Keep-Alive\r\norigin: https://b.test\r\nx-e:\r\n\r\n",
+        b"GET / HTTP/1.1\r\nHOST: a\r\nConnection: close\r\nuser-agent: a\r\nUser-Agent: b\r\nx:\t v \t\r\n\r\n",
+    ],
     "control": [b'\x00{"v":1,"cmd":"purge","kind":"url","url":"http://a/b","soft":true}',
                 b'\x00{"v":1,"cmd":"purge","kind":"tag","tags":["a","b"]}',
                 b'\x00{"v":1,"cmd":"purge","kind":"regex","pattern":"^/a(b"}', b'\x02stats"}'],

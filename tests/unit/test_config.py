@@ -134,6 +134,7 @@ GOOD = [
     ("server", "max_connections", 20000, 20000),
     ("server", "max_connections_per_ip", 1, 1),
     ("server", "head_memo", False, False),
+    ("server", "fast_lane", False, False),
     ("server", "request_buffer", "1MiB", MIB),
     ("origin", "connect_timeout", "5s", 5.0),
     ("origin", "read_timeout", 30, 30.0),

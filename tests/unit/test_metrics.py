@@ -176,7 +176,7 @@ def test_render_exposes_every_family_with_its_values():
         "edgeproxy_purge_budget_exceeded": "counter",
         "edgeproxy_gc_pause_seconds": "histogram", "edgeproxy_response_bytes": "counter",
         "edgeproxy_origin_requests": "counter",
-        "edgeproxy_head_memo_hits": "counter",
+        "edgeproxy_fast_lane_hits": "counter",
         "edgeproxy_open_connections": "gauge", "edgeproxy_cache_entries": "gauge", "edgeproxy_cache_bytes": "gauge",
         "edgeproxy_cache_capacity_bytes": "gauge", "edgeproxy_cache_hits": "counter",
         "edgeproxy_cache_misses": "counter", "edgeproxy_cache_evictions": "counter",

@@ -13,6 +13,7 @@ import re
 import shutil
 import subprocess
 import sys
+import sysconfig
 import tomllib
 from pathlib import Path
 
@@ -170,6 +171,9 @@ def _expected_actions(prefix: str, wheelhouse: str | None = None, socket: bool =
             "+ useradd --system --gid edgeproxy --home-dir /nonexistent --no-create-home"
             " --shell /usr/sbin/nologin --comment 'edgeproxy CDN edge' edgeproxy"
         )
+    include = sysconfig.get_paths()["include"]
+    if not wheelhouse and not (shutil.which("cc") and os.path.isfile(f"{include}/Python.h")):
+        actions += ["+ apt-get update -q", "+ apt-get install -y -q --no-install-recommends gcc libc6-dev python3-dev"]
     if not os.access(f"{prefix}/venv/bin/python", os.X_OK):
         actions += [f"+ install -d -m 0755 {prefix}", f"+ {sys.executable} -m venv {prefix}/venv"]
     if wheelhouse:

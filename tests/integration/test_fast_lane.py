@@ -1,5 +1,6 @@
-"""The head memo (proxy/hot.py): exact repeats of a plain hit's head are answered without parsing, and never
-answer what the full path wouldn't: stale, purged, replaced, conditional, pipelined or HEAD-vs-GET cases."""
+"""The fast lane (proxy/lane.py) over real sockets: a plain hit is answered from the read's bytes whatever else the
+head carries (a request id, a cookie), and never what the full path wouldn't: stale, purged, replaced, conditional,
+pipelined or HEAD-vs-GET cases. tests/unit/test_lane.py compares the lane with the full path byte for byte."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from edgeproxy.control.client import ControlClient
 from tests.scriptorigin import Reply, ScriptOrigin
 from tests.support import Proc, parse_responses, read_all
 
-HEAD = b"GET /obj HTTP/1.1\r\nhost: memo.test\r\nuser-agent: memo-test\r\n\r\n"
+HEAD = b"GET /obj HTTP/1.1\r\nhost: lane.test\r\nuser-agent: lane-test\r\n\r\n"
 
 
 @pytest.fixture
@@ -64,7 +65,7 @@ class Conn:
         self.sock.close()
 
 
-def test_repeats_are_memo_hits_with_growing_age(edge: Proc, origin: ScriptOrigin) -> None:
+def test_repeats_are_lane_hits_with_growing_age(edge: Proc, origin: ScriptOrigin) -> None:
     conn = Conn(edge.port)
     answers = [conn.ask(HEAD) for _ in range(5)]
     conn.close()
@@ -75,9 +76,8 @@ def test_repeats_are_memo_hits_with_growing_age(edge: Proc, origin: ScriptOrigin
     assert all("age" in a[1] for a in answers[1:])
     assert len(origin.seen("/obj")) == 1
     s = stats(edge)
-    # The 2nd request is parsed (its head seen once: the doorkeeper), the 3rd parsed and remembered, the 4th and 5th
-    # come from the memo.
-    assert s["head_memo_hits"] == 2
+    # The 2nd request is a parsed hit, which publishes the object on the lane; the 3rd to 5th come from the lane.
+    assert s["fast_lane_hits"] == 3
     assert s["hits"] == 4
 
 
@@ -85,12 +85,12 @@ def test_purges_and_replacements_are_seen(edge: Proc, origin: ScriptOrigin) -> N
     conn = Conn(edge.port)
     for _ in range(3):
         conn.ask(HEAD)
-    assert control(edge, cmd="purge", kind="url", url="http://memo.test/obj")["purged"] == 1
+    assert control(edge, cmd="purge", kind="url", url="http://lane.test/obj")["purged"] == 1
     status, fields, _ = conn.ask(HEAD)
     assert status == 200 and "fwd=uri-miss" in fields["cache-status"]
     conn.ask(HEAD)
     conn.ask(HEAD)
-    assert control(edge, cmd="purge", kind="host", host="memo.test", soft=True)["purged"] == 1
+    assert control(edge, cmd="purge", kind="host", host="lane.test", soft=True)["purged"] == 1
     status, fields, _ = conn.ask(HEAD)
     assert "fwd=stale" in fields["cache-status"]
     conn.close()
@@ -98,7 +98,7 @@ def test_purges_and_replacements_are_seen(edge: Proc, origin: ScriptOrigin) -> N
     assert origin.seen("/obj")[-1].header("if-none-match") == '"v1"'
 
 
-def test_expiry_ends_memo_answers(edge: Proc, origin: ScriptOrigin) -> None:
+def test_expiry_ends_lane_answers(edge: Proc, origin: ScriptOrigin) -> None:
     head = HEAD.replace(b"/obj", b"/short")
     conn = Conn(edge.port)
     for _ in range(3):
@@ -116,7 +116,7 @@ def test_expiry_ends_memo_answers(edge: Proc, origin: ScriptOrigin) -> None:
     (b"range: bytes=0-5\r\n", 206, b"object"),
     (b"cache-control: no-cache\r\n", 200, b"object body"),
 ])
-def test_decisive_fields_are_never_memoized(edge: Proc, origin: ScriptOrigin, extra: bytes, status: int,
+def test_decisive_fields_never_take_the_lane(edge: Proc, origin: ScriptOrigin, extra: bytes, status: int,
                                             body: bytes) -> None:
     head = HEAD[:-2] + extra + b"\r\n"
     conn = Conn(edge.port)
@@ -124,7 +124,7 @@ def test_decisive_fields_are_never_memoized(edge: Proc, origin: ScriptOrigin, ex
     answers = [conn.ask(head) for _ in range(3)]
     conn.close()
     assert [(a[0], a[2]) for a in answers] == [(status, body)] * 3
-    assert stats(edge)["head_memo_hits"] == 0
+    assert stats(edge)["fast_lane_hits"] == 0
 
 
 def test_head_and_get_and_pipelining(edge: Proc, origin: ScriptOrigin) -> None:
@@ -154,16 +154,26 @@ def test_connection_close_is_honoured(edge: Proc, origin: ScriptOrigin) -> None:
         assert response.body == b"object body" and response.header("connection") == "close"
 
 
-def test_memo_off(proxy_factory: Callable[..., Proc], origin: ScriptOrigin) -> None:
-    proxy = proxy_factory(origin.url, server={"head_memo": False})
+@pytest.mark.parametrize("server", [{"fast_lane": False}, {"head_memo": False}])
+def test_lane_off(proxy_factory: Callable[..., Proc], origin: ScriptOrigin, server: dict) -> None:
+    proxy = proxy_factory(origin.url, server=server)
     conn = Conn(proxy.port)
     assert [conn.ask(HEAD)[0] for _ in range(4)] == [200] * 4
     conn.close()
     s = stats(proxy)
-    assert s["head_memo_hits"] == 0 and s["hits"] == 3
+    assert s["fast_lane_hits"] == 0 and s["hits"] == 3
+    assert s["store"]["hits"] == 3  # store lookups that found the entry: the lane on counts the same (below)
 
 
-def test_access_log_has_memo_hits(edge: Proc, origin: ScriptOrigin) -> None:
+def test_lane_hits_count_as_store_hits(edge: Proc) -> None:
+    conn = Conn(edge.port)
+    assert [conn.ask(HEAD)[0] for _ in range(4)] == [200] * 4
+    conn.close()
+    s = stats(edge)
+    assert (s["fast_lane_hits"], s["hits"], s["store"]["hits"]) == (2, 3, 3)
+
+
+def test_access_log_has_lane_hits(edge: Proc, origin: ScriptOrigin) -> None:
     conn = Conn(edge.port)
     for _ in range(4):
         conn.ask(HEAD)
@@ -175,41 +185,41 @@ def test_access_log_has_memo_hits(edge: Proc, origin: ScriptOrigin) -> None:
     lines = [line for line in log.read_text().splitlines() if "/obj" in line]
     assert len(lines) == 4 and sum("cache=hit" in line for line in lines) == 3
     assert all('"GET /obj HTTP/1.1" 200 11' in line for line in lines)
-    # The 4th is the memo's (the 2nd and 3rd were parsed): the same line as a parsed hit's but for total_ms, 0.0 for
+    # The 3rd and 4th are the lane's (the 2nd was parsed): the same line as a parsed hit's but for total_ms, 0.0 for
     # an answer given within the read that brought the head.
     after_time = [line.split("] ", 1)[1] for line in lines[1:]]
     assert len({line.rsplit(" total_ms=", 1)[0] for line in after_time}) == 1, after_time
     assert after_time[-1].endswith(" origin_ms=0.0 total_ms=0.0"), after_time
 
 
-def test_heads_that_never_repeat_are_not_remembered(edge: Proc, origin: ScriptOrigin) -> None:
-    """Unique heads (a request id each) are answered and counted, but never take a place in the memo."""
+def test_heads_that_never_repeat_are_lane_hits(edge: Proc, origin: ScriptOrigin) -> None:
+    """Unique heads (a request id and a cookie each) are lane hits: the lane keys on the URL, not the head's bytes."""
     conn = Conn(edge.port)
     for n in range(40):
-        status, _, body = conn.ask(HEAD.replace(b"\r\n\r\n", b"\r\nX-Request-Id: %d\r\n\r\n" % n))
+        status, _, body = conn.ask(HEAD.replace(b"\r\n\r\n", b"\r\nX-Request-Id: %d\r\nCookie: s=%d\r\n\r\n" % (n, n)))
         assert (status, body) == (200, b"object body")
     conn.close()
     s = stats(edge)
-    assert (s["head_memo_hits"], s["hits"]) == (0, 39)
+    assert (s["fast_lane_hits"], s["hits"]) == (38, 39)
 
 
 @pytest.mark.parametrize("parser", ["h11", "httptools"])
 def test_json_access_log_lines(parser: str, proxy_factory: Callable[..., Proc], origin: ScriptOrigin) -> None:
-    """The JSON format written by the exchange (no LogRecord): a miss, parsed hits, a memo hit, an error."""
+    """The JSON format written by the exchange (no LogRecord): a miss, a parsed hit, lane hits, an error."""
     import json
 
     proxy = proxy_factory(origin.url, server={"parser": parser}, log={"format": "json"})
     conn = Conn(proxy.port)
     for _ in range(4):
-        conn.ask(HEAD.replace(b"user-agent: memo-test", b'user-agent: say "hi" \xc3\xa9'))
+        conn.ask(HEAD.replace(b"user-agent: lane-test", b'user-agent: say "hi" \xc3\xa9'))
     conn.close()
     # A field twice: the log shows the first value (as headers.get reads it).
     conn = Conn(proxy.port)
-    assert conn.ask(HEAD.replace(b"user-agent: memo-test", b"user-agent: first\r\nuser-agent: second"))[0] == 200
+    assert conn.ask(HEAD.replace(b"user-agent: lane-test", b"user-agent: first\r\nuser-agent: second"))[0] == 200
     conn.close()
     # Refused by the exchange, so logged: before a site is known (an invalid Host) and by its site (TRACE).
     assert Conn(proxy.port).ask(b"GET /obj HTTP/1.1\r\nhost: x:99999\r\n\r\n")[0] == 400
-    assert Conn(proxy.port).ask(b"TRACE /obj HTTP/1.1\r\nhost: memo.test\r\n\r\n")[0] == 405
+    assert Conn(proxy.port).ask(b"TRACE /obj HTTP/1.1\r\nhost: lane.test\r\n\r\n")[0] == 405
     log = proxy.workdir / "access.log"
     deadline = time.monotonic() + 5
     while time.monotonic() < deadline and log.read_text().count("\n") < 7:
@@ -222,3 +232,21 @@ def test_json_access_log_lines(parser: str, proxy_factory: Callable[..., Proc], 
     assert all(r["target"] == "/obj" and r["version"] == "1.1" and r["client"] == "127.0.0.1" for r in lines)
     assert lines[0]["user_agent"] == 'say "hi" \xc3\xa9' and lines[0]["bytes"] == len(b"object body")
     assert lines[-1]["user_agent"] == "" and isinstance(lines[-1]["total_ms"], float)
+
+
+def test_without_the_compiled_scanner_the_twin_runs_and_says_so(proxy_factory: Callable[..., Proc],
+                                                               origin: ScriptOrigin) -> None:
+    proxy = proxy_factory(origin.url, extra_env={"EDGEPROXY_PURE_SCAN": "1"})
+    conn = Conn(proxy.port)
+    assert [conn.ask(HEAD)[0] for _ in range(4)] == [200] * 4
+    conn.close()
+    assert stats(proxy)["fast_lane_hits"] == 2
+    assert "its Python twin runs" in proxy.log()
+
+
+def test_with_the_compiled_scanner_nothing_is_said(edge: Proc) -> None:
+    from edgeproxy.http import headscan
+
+    if not headscan.COMPILED:
+        pytest.skip("the compiled scanner is not built here")  # scripts/test builds it
+    assert "Python twin" not in edge.log()
