@@ -115,8 +115,8 @@ class Edge:
         self.limits = Limits(max_uri=s.max_uri, max_header_bytes=s.max_header_bytes, max_headers=s.max_headers,
                              max_body=s.max_body)
         self.keepalive_timeout = s.keepalive_timeout  # read on every fast-lane hit
-        self.lane = Lane(self) if s.fast_lane and s.head_memo else None  # a new table: nothing of the old config
         self.cache_status = CacheStatus(s.name.encode())
+        self.lane = Lane(self) if s.fast_lane and s.head_memo else None  # a new table: nothing of the old config
         self.via = forwarding.via_token(s.name)
         self.cdn_loop = forwarding.cdn_loop_member(s.name, config.node_id)
         self.peers = peers

@@ -37,7 +37,9 @@ from edgeproxy.cache.key import CacheRequest, matches
 from edgeproxy.cache.outcome import HIT
 from edgeproxy.cache.policy import select
 from edgeproxy.http.headscan import fields_named, scan
-from edgeproxy.proxy.delivery import write_stored
+from edgeproxy.metrics import STATUS_CLASSES
+from edgeproxy.proxy.client import IDLE
+from edgeproxy.proxy.delivery import COPY_LIMIT
 
 if TYPE_CHECKING:
     from edgeproxy.proxy.client import ClientConnection
@@ -57,7 +59,7 @@ class Published:
     answer asks the store for the full path's choice); the answer's tails (edge CORS fields of a request without
     Origin, the Connection line, the blank line) by keep-alive and HTTP/1.0, made once."""
 
-    __slots__ = ("entry", "edge_cors", "alone", "vary", "plain", "tails")
+    __slots__ = ("entry", "edge_cors", "alone", "vary", "plain", "tails", "status_class")
 
     def __init__(self, entry: Entry, cors: bytes, edge_cors: bool, alone: bool) -> None:
         self.entry, self.edge_cors, self.alone = entry, edge_cors, alone
@@ -65,10 +67,11 @@ class Published:
         self.plain = alone and not entry.vary  # the usual object: no choice between variants to make
         # Indexed by keep_alive * 2 + (HTTP/1.0): what delivery.connection_line gives for each.
         self.tails = (cors + CLOSE, cors + CLOSE, cors + b"\r\n", cors + KEEP_ALIVE)
+        self.status_class = STATUS_CLASSES.get(entry.status // 100, "other")  # ProxyCounters.response's label
 
 
 class Lane:
-    __slots__ = ("edge", "table", "where", "size", "limits")
+    __slots__ = ("edge", "table", "where", "size", "limits", "hit_prefix")
 
     def __init__(self, edge: Edge) -> None:
         self.edge = edge
@@ -76,6 +79,7 @@ class Lane:
         self.where: dict[int, Key] = {}  # id(entry) -> its key here (the entries are alive: the table holds them)
         self.size = min(MAX_SIZE, max(MIN_SIZE, edge.config.cache.size // 1024))
         self.limits = edge.limits
+        self.hit_prefix = edge.cache_status.hit(0.0).removesuffix(b"0")  # CacheStatus.hit's value before its ttl
         edge.store.watch_drops(self.withdraw)  # a reload's new lane takes the old one's place
 
     # ---- answering ----
@@ -109,15 +113,33 @@ class Lane:
             self.withdraw(entry)
             client.lane_key = key
             return False
-        sent = write_stored(client.transport.write, entry, age, edge.cache_status.hit(left),
-                            found.tails[keep_alive * 2 + (version == b"1.0")], method == b"HEAD")
+        # delivery.write_stored, ProxyCounters.response and ClientConnection.response_done_fast, inlined: a call each
+        # is ~1-2k instructions of a ~40k lane hit (benchmarks/hitcost.py); tests/unit/test_lane.py holds them equal.
+        body = b"" if method == b"HEAD" else entry.body
+        head = b"%sage: %d\r\ncache-status: %s%d\r\n%s" % (entry.head, age, self.hit_prefix, left,
+                                                              found.tails[keep_alive * 2 + (version == b"1.0")])
+        write = client.transport.write
+        if len(body) > COPY_LIMIT:
+            write(head)
+            write(body)
+        else:
+            write(head + body)
+        sent = len(body)
         counters = edge.counters
         counters.lane_hits += 1
-        counters.response(HIT, entry.status, sent)
+        counters.requests[HIT] += 1
+        responses = counters.responses
+        responses[found.status_class] = responses.get(found.status_class, 0) + 1
+        counters.response_bytes += sent
         edge.access_log.hit(client.log_peer, now, method, target, version, entry.status, sent, referer or b"",
                             agent or b"")
         client.requests += 1
-        client.response_done_fast(keep_alive)
+        if keep_alive:
+            client.phase = IDLE
+            client.deadline = edge.loop.time() + edge.keepalive_timeout
+        else:
+            client.transport.close()
+            client.closed = True
         return True
 
     def _select(self, published: list[Published], data: bytes, origin: bytes | None) -> Published | None:
