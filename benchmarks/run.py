@@ -45,7 +45,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # standalone runs: make the repository's package importable
 
-from benchmarks import memory, report, shared_rss  # noqa: E402
+from benchmarks import machine, memory, report, shared_rss  # noqa: E402
 from benchmarks.procs import (  # noqa: E402
     ALL_CPUS,
     CLIENT_CPUS,
@@ -403,10 +403,10 @@ def run_profile(fleet: Fleet, profile: Profile, chosen: list[Scenario], wanted: 
                 plan: tuple[int, int, float], results: dict[str, dict[str, object]]) -> None:
     rounds, seconds, deadline = plan
     names = [n for n in TARGETS if n in wanted and any(n in s.targets for s in chosen)]
-    code = report.code_state()  # what the servers import, now: the tree may change during a long run
+    code = machine.code_state()  # what the servers import, now: the tree may change during a long run
     targets = [start_target(fleet, n, origin_port, profile.workers, profile.cpus, profile.cache_mib)
                for n in names]
-    if (after := report.code_state()) != code:
+    if (after := machine.code_state()) != code:
         code["changed_while_starting"] = after
     try:
         for scenario in chosen:
@@ -491,7 +491,7 @@ def main(argv: list[str] | None = None) -> int:
     name = args.name or time.strftime("%Y%m%d-%H%M") + ("-quick" if args.quick else "")
     print(f"bench {name}: {len(scenarios)} scenarios, {rounds} rounds x {seconds} s, "
           f"budget {args.max_seconds} s", file=sys.stderr)
-    results: dict[str, object] = {"meta": report.meta(name, argv), "scenarios": {}, "logs": {}}
+    results: dict[str, object] = {"meta": machine.meta(name, argv), "scenarios": {}, "logs": {}}
     for sig in (signal.SIGTERM, signal.SIGINT):  # SIGINT too: a shell's `&` starts us with it ignored
         signal.signal(sig, _interrupt)
     try:
