@@ -75,8 +75,9 @@ def _percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
-def purge_summary(latencies: list[float], errors: list[str], seconds: float) -> dict[str, object]:
+def purge_summary(latencies: list[float], errors: list[str], seconds: float, cpus: list[int]) -> dict[str, object]:
     return {"purges": len(latencies), "purges_per_s": len(latencies) / seconds, "purge_errors": errors[:3],
+            "purger_cpus": cpus,
             "purge_ms": {"p50": statistics.median(latencies), "p99": _percentile(latencies, 0.99),
                          "max": max(latencies)}}
 
@@ -106,7 +107,7 @@ def summarise(cell: Cell, seconds: int) -> dict[str, object]:
     if cell.target.access_logs:  # the access log was on: did every request write its line?
         out["access_log"] = {"lines": cell.logged[0], "bytes": cell.logged[1]}
     if cell.purges.latencies_ms:
-        out |= purge_summary(cell.purges.latencies_ms, cell.purges.errors, seconds * len(runs))
+        out |= purge_summary(cell.purges.latencies_ms, cell.purges.errors, seconds * len(runs), cell.purges.cpus)
     elif cell.purge:
         out["notes"] = [*cell.notes, "no purge answered: " + "; ".join(cell.purges.errors[:2])]
     return out
@@ -276,8 +277,9 @@ def _notes(row: dict[str, Any]) -> str:
     if "purges" in row:
         ms = row["purge_ms"]
         errors = f", errors: {row['purge_errors']}" if row["purge_errors"] else ""
+        cpus = f", sent from CPU {','.join(map(str, row['purger_cpus']))}" if row.get("purger_cpus") else ""
         notes.insert(0, f"{row['purges_per_s']:.0f} purges/s, round trip p50 {ms['p50']:.2f} / p99 {ms['p99']:.2f}"
-                        f" / max {ms['max']:.1f} ms{errors}")
+                        f" / max {ms['max']:.1f} ms{errors}{cpus}")
     return "; ".join(n.replace("|", "/") for n in notes)
 
 

@@ -4,10 +4,10 @@ Rules kept here:
 - Processes come from ``procs`` (own sessions, stopped in ``finally``, also on Ctrl-C, SIGTERM or error);
   everything listens on 127.0.0.1 ports picked free at run time; the whole run is bounded by ``--max-seconds``
   (durations shrink to fit, then scenarios are cut short with a note).
-- Pinning (2-core machine): servers under test on core 0, wrk and the demo origin on core 1, so each
-  target owns one core and the origin's work in miss scenarios slows every target's client alike.
-  The workers-2 profile lets servers use both cores (and so shares core 1 with wrk): compare it only
-  with itself (2 workers against the ``-1w`` targets started beside them).
+- Pinning (2-core machine): servers under test on core 0, wrk, the origins and purge-burst's purging thread
+  (``Purger`` pins itself) on core 1, so each target owns one core and the origin's work in miss scenarios
+  slows every target's client alike. The workers-2 profile lets servers use both cores (and so shares core 1
+  with wrk): compare it only with itself (2 workers against the ``-1w`` targets started beside them).
 - Targets run interleaved (A, B, C, A, B, C, ...) so drift (thermal, noisy neighbours) hits all alike;
   we report the median req/s with its min-max spread, never a single run. purge-burst interleaves each
   edgeproxy target with and without purges (every 10 ms over the control socket) the same way.
@@ -264,7 +264,8 @@ def own_ticks() -> float:
 def one_run(cell: Cell, scenario: Scenario, seconds: int, seed: int | None = None) -> None:
     target = cell.target
     assert target.proc is not None
-    purger = Purger(str(target.control), lambda n: PURGE_REQUEST, PURGE_INTERVAL) if cell.purge else None
+    purger = (Purger(str(target.control), lambda n: PURGE_REQUEST, PURGE_INTERVAL, {int(CLIENT_CPUS)})
+              if cell.purge else None)
     machine, own, origins = machine_ticks(), own_ticks(), sum(map(cpu_ticks, ORIGIN_PIDS))
     before = cpu_ticks(target.proc.pid)
     if purger:
@@ -284,6 +285,7 @@ def one_run(cell: Cell, scenario: Scenario, seconds: int, seed: int | None = Non
     if purger:
         cell.purges.latencies_ms += purger.log.latencies_ms
         cell.purges.errors += purger.log.errors
+        cell.purges.cpus = purger.log.cpus
 
 
 STORE_FIGURES = ("entries", "bytes", "capacity", "evictions", "hit_ratio", "stats_error")
