@@ -380,7 +380,8 @@ def _code(sc: Results) -> str:
     return text + ("; **edgeproxy/ changed while the servers started**" if "changed_while_starting" in code else "")
 
 
-def markdown(results: Results) -> str:
+def markdown(results: Results, for_docs: bool = False) -> str:
+    """The run's Markdown; ``for_docs``: without the server logs and the goals the run did not measure."""
     lines: list[str] = []
     for name, sc in results["scenarios"].items():
         if sc.get("kind") == "memory":
@@ -395,7 +396,9 @@ def markdown(results: Results) -> str:
             "", "| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS),
             *(_row(target, row) for target, row in sc["targets"].items()), "",
         ]
-    return "\n".join(lines + goals_markdown(results.get("goals", [])) + logs_markdown(results.get("logs", {})))
+    goals = [g for g in results.get("goals", []) if g["met"] is not None or not for_docs]
+    logs = [] if for_docs else logs_markdown(results.get("logs", {}))
+    return "\n".join(lines + goals_markdown(goals) + logs)
 
 
 # ---- the chart -------------------------------------------------------------------------------------
@@ -470,12 +473,12 @@ def summary(results: Results) -> list[str]:
 
 
 def tables(path: Path, short: bool = False) -> str:
-    """The Markdown of one results file: its source line, then every scenario's table and the goals (``short``:
-    only the measured goals)."""
+    """The Markdown of one results file for the docs: its source line, then every scenario's table and the goals it
+    measured (``short``: the goals alone). The server logs stay in the file."""
     results = json.loads(path.read_text())
     if "scenarios" not in results:
         raise SystemExit(f"{path}: not a results file of benchmarks.run (no scenarios)")
-    body = summary(results) if short else markdown(results).splitlines()
+    body = summary(results) if short else markdown(results, for_docs=True).splitlines()
     return "\n".join([source_line(path, results), "", *body]).rstrip() + "\n"
 
 
