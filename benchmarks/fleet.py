@@ -18,7 +18,8 @@
     python -m benchmarks.fleet [--purges 1000] [--outage 30] [--rounds 3] [--seconds 5] [--out FILE.json]
 
 Everything listens on 127.0.0.1 ports picked free at run time; every process is stopped at the end. Needs
-redis-server (Debian's package) and wrk.
+redis-server (Debian's package) and wrk. The output file starts with ``meta`` (``machine.meta``: the machine, the
+versions of Python's packages, redis-server, redis-py and wrk, the commit), as run.py's results do.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ import concurrent.futures
 import http.client
 import itertools
 import json
+import os
 import random
 import re
 import statistics
@@ -43,6 +45,7 @@ from typing import Any
 
 import redis
 
+from benchmarks.machine import meta
 from benchmarks.procs import ALL_CPUS, Fleet, free_port
 from edgeproxy.control.client import ControlClient, ControlError
 from edgeproxy.fleet.journal import id_ms, parse_applied
@@ -324,7 +327,9 @@ def main() -> None:
     parser.add_argument("--out", type=Path)
     parser.add_argument("--only", action="append", choices=SCENARIOS, help="run these scenarios (default: all)")
     opts = parser.parse_args()
-    results: dict[str, Any] = {}
+    started = time.monotonic()
+    # The machine, versions and code first, as run.py writes them: a figure is read with its machine.
+    results: dict[str, Any] = {"meta": meta(opts.out.stem if opts.out else "fleet", sys.argv[1:], ("wrk",), redis=True)}
     with tempfile.TemporaryDirectory(prefix="edgeproxy-fleet-", dir="/dev/shm") as tmp:
         procs = Fleet(Path(tmp))
         try:
@@ -349,6 +354,7 @@ def main() -> None:
                 print(name, json.dumps(results[name]), flush=True)
         finally:
             procs.stop_all()
+    results["meta"] |= {"seconds": round(time.monotonic() - started), "loadavg_end": os.getloadavg()}
     if opts.out:
         opts.out.write_text(json.dumps(results, indent=2) + "\n")
 

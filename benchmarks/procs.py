@@ -19,7 +19,8 @@ Rules kept here:
   workers); RSS likewise, from ``/proc/PID/status``; Pss and private bytes from ``/proc/PID/smaps_rollup``, and
   what of them lies in one directory's files (the shared store's mappings) from ``/proc/PID/smaps``.
 - ``Purger`` sends purges itself, one request line per ``interval`` on one persistent control connection
-  (the CLI's Python start-up would cap the rate near 5/s), and records every round trip it sees.
+  (the CLI's Python start-up would cap the rate near 5/s), and records every round trip it sees and the CPUs it
+  was pinned to (the client's core in run.py's purge-burst).
 """
 
 from __future__ import annotations
@@ -431,19 +432,26 @@ class PurgeLog:
     latencies_ms: list[float] = field(default_factory=list)
     purged: int = 0
     errors: list[str] = field(default_factory=list)
+    cpus: list[int] = field(default_factory=list)  # the CPUs the purging thread was allowed to run on
 
 
 class Purger(threading.Thread):
-    """One purge every ``interval`` on one control connection until ``halt``; records each round trip."""
+    """One purge every ``interval`` on one control connection until ``halt``; records each round trip.
 
-    def __init__(self, sock: str, burst: Burst, interval: float) -> None:
+    With ``cpus`` the thread pins itself there first (Linux: the affinity of the calling thread only), so its work
+    shares the client's core and not the server's, whatever the orchestrator's own affinity."""
+
+    def __init__(self, sock: str, burst: Burst, interval: float, cpus: set[int] | None = None) -> None:
         super().__init__(daemon=True)
-        self.sock, self.burst, self.interval = sock, burst, interval
+        self.sock, self.burst, self.interval, self.cpus = sock, burst, interval, cpus
         self.halt = threading.Event()
         self.log = PurgeLog()
 
     def run(self) -> None:
         log = self.log
+        if self.cpus is not None:
+            os.sched_setaffinity(0, self.cpus)
+        log.cpus = sorted(os.sched_getaffinity(0))
         try:
             with ControlClient(self.sock, timeout=10) as client:
                 tick = time.monotonic()

@@ -14,23 +14,24 @@ Rules kept here:
 - ``goals`` restates the issue's targets as (what, measured, goal, met) rows; a goal whose numbers are missing
   is reported as not measured, never as met. The shared-cache goals (zipf-workers, hit-1k-workers, shared-rss)
   are listed only when their scenario ran: they are not in the default set.
+- The tables in benchmarks/README.md and README.md are this module's output for one named results file
+  (``python -m benchmarks.report --tables results/NAME.json [--summary]``): its source line (the file and
+  ``machine.machine_line``) first, then the tables; "met" is the file's own ``goals[].met``, never recomputed.
 """
 
 from __future__ import annotations
 
-import contextlib
-import hashlib
-import os
-import platform
+import argparse
+import json
 import re
 import statistics
-import subprocess
-import time
+import sys
 from collections.abc import Collection
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from benchmarks.procs import ALL_CPUS, CLIENT_CPUS, PYTHON, ROOT, SERVER_CPUS, TARGETS, TICK
+from benchmarks.machine import machine_line
+from benchmarks.procs import ROOT, TARGETS, TICK
 
 if TYPE_CHECKING:
     from benchmarks.run import Cell, Profile, Scenario
@@ -74,8 +75,9 @@ def _percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
-def purge_summary(latencies: list[float], errors: list[str], seconds: float) -> dict[str, object]:
+def purge_summary(latencies: list[float], errors: list[str], seconds: float, cpus: list[int]) -> dict[str, object]:
     return {"purges": len(latencies), "purges_per_s": len(latencies) / seconds, "purge_errors": errors[:3],
+            "purger_cpus": cpus,
             "purge_ms": {"p50": statistics.median(latencies), "p99": _percentile(latencies, 0.99),
                          "max": max(latencies)}}
 
@@ -105,7 +107,7 @@ def summarise(cell: Cell, seconds: int) -> dict[str, object]:
     if cell.target.access_logs:  # the access log was on: did every request write its line?
         out["access_log"] = {"lines": cell.logged[0], "bytes": cell.logged[1]}
     if cell.purges.latencies_ms:
-        out |= purge_summary(cell.purges.latencies_ms, cell.purges.errors, seconds * len(runs))
+        out |= purge_summary(cell.purges.latencies_ms, cell.purges.errors, seconds * len(runs), cell.purges.cpus)
     elif cell.purge:
         out["notes"] = [*cell.notes, "no purge answered: " + "; ".join(cell.purges.errors[:2])]
     return out
@@ -275,8 +277,9 @@ def _notes(row: dict[str, Any]) -> str:
     if "purges" in row:
         ms = row["purge_ms"]
         errors = f", errors: {row['purge_errors']}" if row["purge_errors"] else ""
+        cpus = f", sent from CPU {','.join(map(str, row['purger_cpus']))}" if row.get("purger_cpus") else ""
         notes.insert(0, f"{row['purges_per_s']:.0f} purges/s, round trip p50 {ms['p50']:.2f} / p99 {ms['p99']:.2f}"
-                        f" / max {ms['max']:.1f} ms{errors}")
+                        f" / max {ms['max']:.1f} ms{errors}{cpus}")
     return "; ".join(n.replace("|", "/") for n in notes)
 
 
@@ -344,11 +347,17 @@ def shared_rss_markdown(name: str, sc: Results) -> list[str]:
     return [*lines, ""]
 
 
+def _measured(value: float | None, goal: float) -> str:
+    """Two decimals, three where two would round onto the goal (0.896 against 0.9 must not read 0.90)."""
+    text = _fmt(value, ".2f")
+    return _fmt(value, ".3f") if value is not None and float(text) == round(goal, 2) != value else text
+
+
 def goals_markdown(rows: list[dict[str, Any]]) -> list[str]:
     lines = ["### the issue's targets", "", "| target | measured | goal | met |", "|---|---|---|---|"]
     for r in rows:
         met = "not measured" if r["met"] is None else ("yes" if r["met"] else "**no**")
-        lines.append(f"| {r['goal']} | {_fmt(r['measured'], '.2f')} | {r['target']:g} | {met} |")
+        lines.append(f"| {r['goal']} | {_measured(r['measured'], r['target'])} | {r['target']:g} | {met} |")
     return [*lines, ""]
 
 
@@ -362,7 +371,17 @@ def logs_markdown(logs: dict[str, list[str]]) -> list[str]:
     return lines
 
 
-def markdown(results: Results) -> str:
+def _code(sc: Results) -> str:
+    code = sc.get("code")
+    if not code:
+        return ""
+    dirty = code["uncommitted"]
+    text = f", edgeproxy at {code['git']}" + (f" + uncommitted {dirty.get('sha256', '?')}" if dirty else "")
+    return text + ("; **edgeproxy/ changed while the servers started**" if "changed_while_starting" in code else "")
+
+
+def markdown(results: Results, for_docs: bool = False) -> str:
+    """The run's Markdown; ``for_docs``: without the server logs and the goals the run did not measure."""
     lines: list[str] = []
     for name, sc in results["scenarios"].items():
         if sc.get("kind") == "memory":
@@ -377,7 +396,9 @@ def markdown(results: Results) -> str:
             "", "| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS),
             *(_row(target, row) for target, row in sc["targets"].items()), "",
         ]
-    return "\n".join(lines + goals_markdown(results.get("goals", [])) + logs_markdown(results.get("logs", {})))
+    goals = [g for g in results.get("goals", []) if g["met"] is not None or not for_docs]
+    logs = [] if for_docs else logs_markdown(results.get("logs", {}))
+    return "\n".join(lines + goals_markdown(goals) + logs)
 
 
 # ---- the chart -------------------------------------------------------------------------------------
@@ -434,67 +455,45 @@ def chart(results: Results, path: Path) -> bool:
     return True
 
 
-# ---- metadata --------------------------------------------------------------------------------------
+# ---- tables from a results file ------------------------------------------------------------------
 
 
-def _version(argv: list[str]) -> str:
-    with contextlib.suppress(OSError, subprocess.SubprocessError, IndexError):
-        done = subprocess.run(argv, capture_output=True, text=True, timeout=10, check=False)
-        return (done.stdout + done.stderr).strip().splitlines()[0]
-    return "unknown"
+def source_line(path: Path, results: Results) -> str:
+    """Which file a table comes from and the machine it was measured on: the first line of every generated table."""
+    meta = results.get("meta", {})
+    shown = path.resolve().relative_to(ROOT) if path.resolve().is_relative_to(ROOT) else path
+    when = f", started {meta['started']}" if "started" in meta else ""
+    return f"From `{shown}`{when}. Machine: {machine_line(meta)}."
 
 
-def uncommitted() -> dict[str, object]:
-    """What of the product the run used that HEAD does not have: changed and new files under edgeproxy/, and a
-    digest of their contents, so a result measured on a work in progress says which one."""
-    with contextlib.suppress(OSError, subprocess.SubprocessError):
-        done = subprocess.run(["git", "-C", str(ROOT), "status", "--porcelain", "--untracked-files=all", "--",
-                               "edgeproxy"], capture_output=True, text=True, timeout=10, check=True)
-        paths = sorted(line[3:] for line in done.stdout.splitlines() if line.strip())
-        digest = hashlib.sha256()
-        for path in paths:
-            digest.update(path.encode() + b"\0")
-            with contextlib.suppress(OSError):
-                digest.update((ROOT / path).read_bytes())
-        return {"files": paths, "sha256": digest.hexdigest()[:16]} if paths else {}
-    return {"unknown": True}
+def summary(results: Results) -> list[str]:
+    """The goals the run measured, with "met" as the results file says (never recomputed)."""
+    rows = [r for r in results.get("goals", []) if r["met"] is not None]
+    return goals_markdown(rows)[2:]  # without the heading
 
 
-def imported_from() -> str:
-    """Where the servers' ``edgeproxy`` comes from: the same interpreter, directory and PYTHONPATH as ``Fleet``
-    gives them (the shared virtualenv may hold another checkout's)."""
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]))
-    with contextlib.suppress(OSError, subprocess.SubprocessError):
-        done = subprocess.run([PYTHON, "-c", "import edgeproxy; print(edgeproxy.__file__)"], capture_output=True,
-                              text=True, timeout=30, check=True, cwd=ROOT, env=env)
-        return done.stdout.strip()
-    return "unknown"
+def tables(path: Path, short: bool = False) -> str:
+    """The Markdown of one results file for the docs: its source line, then every scenario's table and the goals it
+    measured (``short``: the goals alone). The server logs stay in the file."""
+    results = json.loads(path.read_text())
+    if "scenarios" not in results:
+        raise SystemExit(f"{path}: not a results file of benchmarks.run (no scenarios)")
+    body = summary(results) if short else markdown(results, for_docs=True).splitlines()
+    return "\n".join([source_line(path, results), "", *body]).rstrip() + "\n"
 
 
-def code_state() -> dict[str, object]:
-    """HEAD and the uncommitted edgeproxy/ files (with their digest) as they are now."""
-    return {"git": _version(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"]), "uncommitted": uncommitted()}
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m benchmarks.report",
+                                 description="Markdown tables from one results file, with its machine line")
+    ap.add_argument("--tables", type=Path, required=True, metavar="RESULTS.json")
+    ap.add_argument("--summary", action="store_true", help="only the goals the run measured (the README's table)")
+    args = ap.parse_args(argv)
+    path = args.tables
+    if not path.exists() and (ROOT / "benchmarks" / path).exists():  # results/NAME.json, as benchmarks/ names it
+        path = ROOT / "benchmarks" / path
+    sys.stdout.write(tables(path, short=args.summary))
+    return 0
 
 
-def _code(sc: Results) -> str:
-    code = sc.get("code")
-    if not code:
-        return ""
-    dirty = code["uncommitted"]
-    text = f", edgeproxy at {code['git']}" + (f" + uncommitted {dirty.get('sha256', '?')}" if dirty else "")
-    return text + ("; **edgeproxy/ changed while the servers started**" if "changed_while_starting" in code else "")
-
-
-def meta(name: str, argv: list[str]) -> dict[str, object]:
-    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                if line.startswith("model name")), platform.processor())
-    return {
-        "name": name, "argv": argv, "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "git": _version(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"]),
-        "uncommitted": uncommitted(), "edgeproxy_from": imported_from(),
-        "python": platform.python_version(), "nginx": _version(["nginx", "-v"]),
-        "wrk": _version(["wrk", "--version"]), "cpu": cpu, "cpus": os.cpu_count(),
-        # Other work on the machine shows up here first: compare with loadavg_end.
-        "loadavg_start": os.getloadavg(),
-        "pinning": {"servers": SERVER_CPUS, "wrk_and_origin": CLIENT_CPUS, "workers-2 servers": ALL_CPUS},
-    }
+if __name__ == "__main__":
+    sys.exit(main())

@@ -4,10 +4,10 @@ Rules kept here:
 - Processes come from ``procs`` (own sessions, stopped in ``finally``, also on Ctrl-C, SIGTERM or error);
   everything listens on 127.0.0.1 ports picked free at run time; the whole run is bounded by ``--max-seconds``
   (durations shrink to fit, then scenarios are cut short with a note).
-- Pinning (2-core machine): servers under test on core 0, wrk and the demo origin on core 1, so each
-  target owns one core and the origin's work in miss scenarios slows every target's client alike.
-  The workers-2 profile lets servers use both cores (and so shares core 1 with wrk): compare it only
-  with itself (2 workers against the ``-1w`` targets started beside them).
+- Pinning (2-core machine): servers under test on core 0, wrk, the origins and purge-burst's purging thread
+  (``Purger`` pins itself) on core 1, so each target owns one core and the origin's work in miss scenarios
+  slows every target's client alike. The workers-2 profile lets servers use both cores (and so shares core 1
+  with wrk): compare it only with itself (2 workers against the ``-1w`` targets started beside them).
 - Targets run interleaved (A, B, C, A, B, C, ...) so drift (thermal, noisy neighbours) hits all alike;
   we report the median req/s with its min-max spread, never a single run. purge-burst interleaves each
   edgeproxy target with and without purges (every 10 ms over the control socket) the same way.
@@ -45,7 +45,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # standalone runs: make the repository's package importable
 
-from benchmarks import memory, report, shared_rss  # noqa: E402
+from benchmarks import machine, memory, report, shared_rss  # noqa: E402
 from benchmarks.procs import (  # noqa: E402
     ALL_CPUS,
     CLIENT_CPUS,
@@ -76,6 +76,7 @@ LANE_OFF = ("edgeproxy-h11-nolane", "edgeproxy-httptools-nolane")
 BOUNDS = ("bound-h11", "bound-httptools")
 ZIPF_WARMUP_SECONDS = 2
 REAL_OBJECTS = 8  # wrk/real.lua's OBJECTS: real-hit asks for /bytes/1024?o=0 .. ?o=7
+REVALIDATE_URLS = 1000  # revalidate's URLs, asked in turn: 2 s of warm-up stores them all at 4k req/s or more
 LOG_FLUSH_WAIT = 1.5  # after a scenario's last round: nginx flushes its access log buffer every second
 
 
@@ -90,7 +91,7 @@ class Scenario:
     warm_until_hit: bool = True
     purge: bool = False
     warmup_seconds: int = ZIPF_WARMUP_SECONDS  # a scripted load (zipf.lua): one unmeasured wrk run this long
-    reseed: bool = False  # zipf.lua: a seed per round (ROUND_SEED + round) and another for the warm-up
+    reseed: bool = False  # a seed per round (ROUND_SEED + round), another for the warm-up (distinct.lua: a run id)
     script_args: tuple[str, ...] = ()  # after wrk's "--", before the seed (real.lua: "zipf")
     env: tuple[tuple[str, str], ...] = ()  # added to wrk's environment (real.lua: REAL_COUNT_HITS=1 counts hits)
     warm_paths: tuple[str, ...] = ()  # a script with a fixed set of URLs: each is warmed until a hit (no wrk warm-up)
@@ -146,9 +147,16 @@ SCENARIOS = {
                  ("nginx", "nginx-nopush-off", *EP, "edgeproxy-httptools-nolane", "bound-httptools")),
         Scenario("hit-1m", "/bytes/1048576", ("nginx", *EP, *BOUNDS)),
         Scenario("hit-1k-c256", "/bytes/1024", ("nginx", *EP, *BOUNDS), connections=256),
-        Scenario("miss-1k", "/nostore/1024", ("nginx", *EP, *LANE_OFF), warm_until_hit=False),
+        # Pass-through: a URL of its own for every request (wrk/distinct.lua), so no target is measured queueing
+        # requests for one URL (nginx's proxy_cache_lock: a p99 of 1.3 s with one URL) instead of forwarding them.
+        Scenario("miss-1k", "/nostore/1024", ("nginx", *EP, *LANE_OFF), script="distinct.lua", warm_until_hit=False,
+                 reseed=True, script_args=("0",)),
         Scenario("zipf", "/", ("nginx", *EP), script="zipf.lua", profile="small-cache", warm_until_hit=False),
-        Scenario("revalidate", "/revalidate/1024", ("nginx", *EP), profile="revalidate", warm_until_hit=False),
+        # max-age=0: edgeproxy stores and revalidates (304s), nginx does not store it (each request a full pass).
+        # 1,000 URLs in turn (stored by the warm-up), not one: one URL would measure edgeproxy collapsing 64
+        # clients onto one revalidation and nginx's lock queueing them.
+        Scenario("revalidate", "/revalidate/1024", ("nginx", *EP), script="distinct.lua", profile="revalidate",
+                 warm_until_hit=False, script_args=(str(REVALIDATE_URLS),)),
         # With the lane one worker already saturates wrk's single thread (~100k req/s): lane-off rows show scaling.
         Scenario("workers-2", "/bytes/1024", ("nginx", "edgeproxy-h11", "edgeproxy-h11-1w", *LANE_OFF,
                  "edgeproxy-h11-nolane-1w", "edgeproxy-httptools-nolane-1w"), connections=256, profile="workers-2"),
@@ -264,7 +272,8 @@ def own_ticks() -> float:
 def one_run(cell: Cell, scenario: Scenario, seconds: int, seed: int | None = None) -> None:
     target = cell.target
     assert target.proc is not None
-    purger = Purger(str(target.control), lambda n: PURGE_REQUEST, PURGE_INTERVAL) if cell.purge else None
+    purger = (Purger(str(target.control), lambda n: PURGE_REQUEST, PURGE_INTERVAL, {int(CLIENT_CPUS)})
+              if cell.purge else None)
     machine, own, origins = machine_ticks(), own_ticks(), sum(map(cpu_ticks, ORIGIN_PIDS))
     before = cpu_ticks(target.proc.pid)
     if purger:
@@ -284,6 +293,7 @@ def one_run(cell: Cell, scenario: Scenario, seconds: int, seed: int | None = Non
     if purger:
         cell.purges.latencies_ms += purger.log.latencies_ms
         cell.purges.errors += purger.log.errors
+        cell.purges.cpus = purger.log.cpus
 
 
 STORE_FIGURES = ("entries", "bytes", "capacity", "evictions", "hit_ratio", "stats_error")
@@ -403,10 +413,10 @@ def run_profile(fleet: Fleet, profile: Profile, chosen: list[Scenario], wanted: 
                 plan: tuple[int, int, float], results: dict[str, dict[str, object]]) -> None:
     rounds, seconds, deadline = plan
     names = [n for n in TARGETS if n in wanted and any(n in s.targets for s in chosen)]
-    code = report.code_state()  # what the servers import, now: the tree may change during a long run
+    code = machine.code_state()  # what the servers import, now: the tree may change during a long run
     targets = [start_target(fleet, n, origin_port, profile.workers, profile.cpus, profile.cache_mib)
                for n in names]
-    if (after := report.code_state()) != code:
+    if (after := machine.code_state()) != code:
         code["changed_while_starting"] = after
     try:
         for scenario in chosen:
@@ -491,7 +501,7 @@ def main(argv: list[str] | None = None) -> int:
     name = args.name or time.strftime("%Y%m%d-%H%M") + ("-quick" if args.quick else "")
     print(f"bench {name}: {len(scenarios)} scenarios, {rounds} rounds x {seconds} s, "
           f"budget {args.max_seconds} s", file=sys.stderr)
-    results: dict[str, object] = {"meta": report.meta(name, argv), "scenarios": {}, "logs": {}}
+    results: dict[str, object] = {"meta": machine.meta(name, argv), "scenarios": {}, "logs": {}}
     for sig in (signal.SIGTERM, signal.SIGINT):  # SIGINT too: a shell's `&` starts us with it ignored
         signal.signal(sig, _interrupt)
     try:
