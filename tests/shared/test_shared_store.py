@@ -183,28 +183,67 @@ def test_one_background_revalidation_per_object_per_host(tmp_path: pathlib.Path)
         store.close()
 
 
-def test_a_full_map_on_a_request_path_write_makes_room_and_never_raises(tmp_path: pathlib.Path,
-                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+def _die_while_reading(path: str) -> None:
+    """A worker killed inside a read transaction: its reader slot pins the pages it saw until ``reader_check``."""
+    store = SharedStore(path, owner=False)
+    txn = store.env.begin()
+    txn.get(b"format", db=store.meta)
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+def fill_the_map(store: SharedStore) -> int:
+    """Write (uncaught, as a request-path write's first try is) until LMDB's map is really full: a pinned reader
+    keeps every page a write frees, so each write takes new ones. Each object is charged 100 bytes, so the byte
+    bound never evicts meanwhile. The count of writes that went in."""
     import lmdb
 
-    store = SharedStore(str(tmp_path / "full"), 10_000)
+    from edgeproxy.cache.codec import encode_entry
+
+    for n in range(100_000):
+        entry = make_entry(path=f"/fill{n}", body=b"x" * 3000)
+        try:
+            store._write(lambda w, e=entry: w.put(e, encode_entry(e), None, store.max_variants))
+        except lmdb.MapFullError:
+            return n
+    raise AssertionError("the map never filled")
+
+
+def test_a_map_filled_behind_a_dead_reader_makes_room_and_the_write_goes_through(
+        tmp_path: pathlib.Path, caplog: pytest.LogCaptureFixture) -> None:
+    path = str(tmp_path / "full")
+    store = SharedStore(path, 10_000_000)
     try:
         entry = make_entry()
-        store.put(entry)
-        real, calls = SharedStore._write, []
+        assert store.put(entry)
+        assert _in_child(_die_while_reading, path) == -signal.SIGKILL
+        assert fill_the_map(store) > 100
+        # Full: room is made (the dead reader's pages freed, an eviction pass) and the write goes in on the retry.
+        assert store.invalidate(entry)
+        assert "the LMDB map was full" in caplog.text
+        (found,) = store.get(entry.primary_key)
+        assert found.invalidated
+    finally:
+        store.close()
 
-        def full_once(self: SharedStore, action: Any) -> Any:
-            calls.append(action)
-            if len(calls) == 1:
-                raise lmdb.MapFullError("simulated")
-            return real(self, action)
 
-        monkeypatch.setattr(SharedStore, "_write", full_once)
-        assert store.invalidate(entry)  # full, room made (an eviction pass), written on the second try
-        assert len(calls) == 3
-        monkeypatch.setattr(SharedStore, "_write", lambda self, action: (_ for _ in ()).throw(lmdb.MapFullError("x")))
-        assert store.claim(entry, NOW, 30.0) is False  # still full: logged, answered, not raised
-        store.release(entry)
+def test_a_map_that_stays_full_answers_and_never_raises(tmp_path: pathlib.Path,
+                                                         caplog: pytest.LogCaptureFixture) -> None:
+    store = SharedStore(str(tmp_path / "stays-full"), 10_000_000)
+    try:
+        entry = make_entry()
+        assert store.put(entry)
+        pinned = store.env.begin()  # a live reader: reader_check can't free it, so nothing makes room
+        pinned.get(b"format", db=store.meta)
+        try:
+            assert fill_the_map(store) > 100
+            assert store.claim(entry, NOW, 30.0) is False  # logged, answered, not raised
+            store.release(entry)
+            assert store.put(make_entry(path="/more")) is False
+            assert store.stats().not_stored.get("map-full") == 1, store.stats().not_stored
+            assert "a write to the shared store failed" in caplog.text
+        finally:
+            pinned.abort()
+        assert store.put(make_entry(path="/after"))  # the reader gone, its pages are written again
     finally:
         store.close()
 
