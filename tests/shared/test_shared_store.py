@@ -1,5 +1,6 @@
 """The shared LMDB store: the storage conformance suite, then what only a store shared by processes must do
-(copies that know their version, a store that outlives its opener, two openers, a full map, long keys)."""
+(copies that know their version, a store that outlives its opener, two openers, a full map, long keys, a slot
+map file of another version or size or from an older run)."""
 
 from __future__ import annotations
 
@@ -450,3 +451,59 @@ def test_any_record_layout_change_changes_the_format() -> None:
     ]
     assert len({current, *changed}) == len(changed) + 1
     assert store_format.endswith(b" records=" + current)
+
+
+# ---- the slot map's file (shared/slotmap.py) ----
+
+def test_a_worker_refuses_a_slot_map_of_another_version_or_size(tmp_path: pathlib.Path) -> None:
+    from edgeproxy.shared.slotmap import MAGIC
+
+    path = str(tmp_path / "slots-bad")
+    owner = SharedStore(path, 10_000)
+    try:
+        slots = tmp_path / "slots-bad" / "slots"
+        good = slots.read_bytes()
+        assert good.startswith(MAGIC)
+        slots.write_bytes(b"EPSLOTS0" + good[8:])  # an older layout: same size, another magic
+        with pytest.raises(ValueError, match="not a slot map of this version"):
+            SharedStore(path, owner=False)
+        slots.write_bytes(good[:4])  # cut inside the magic: read as zeros, so not ours either
+        with pytest.raises(ValueError, match="not a slot map of this version"):
+            SharedStore(path, owner=False)
+        slots.write_bytes(good[:-9])  # one slot short of what its header says
+        with pytest.raises(ValueError, match=f"has {len(good) - 9} bytes, expected {len(good)}"):
+            SharedStore(path, owner=False)
+        slots.write_bytes(good)
+        assert _in_child(_store_one, path) == 0  # the owner's own map: a worker (another process) opens it
+    finally:
+        owner.close()
+
+
+def test_a_stale_slot_map_from_an_older_run_never_vouches_for_a_copy(tmp_path: pathlib.Path) -> None:
+    """The owner rebuilds the map from the records: a file an older run left (here one that still says the copy's
+    version is current, after the object changed) is replaced, not trusted."""
+    path = str(tmp_path / "stale")
+    slots = tmp_path / "stale" / "slots"
+    first = SharedStore(path, 10_000)
+    entry = make_entry(body=b"v1")
+    first.put(entry)
+    (copy,) = first.get(entry.primary_key)
+    stale = slots.read_bytes()  # the map as it was while the copy was current
+    first.put(make_entry(body=b"v2"))  # the object replaced: the copy's version retired
+    assert not first.touch(copy)
+    first.close()
+    slots.write_bytes(stale)  # what an older run left behind (or a crash before its publish)
+    second = SharedStore(path, 10_000)
+    try:
+        assert not second.touch(copy)
+        (current,) = second.get(entry.primary_key)
+        assert current.body == b"v2" and second.touch(current)
+    finally:
+        second.close()
+    slots.write_bytes(b"garbage")  # not a slot map at all: the owner makes a new one, it does not fail
+    third = SharedStore(path, 10_000)
+    try:
+        (current,) = third.get(entry.primary_key)
+        assert current.body == b"v2" and third.touch(current)
+    finally:
+        third.close()
