@@ -1,5 +1,6 @@
 """The shared LMDB store: the storage conformance suite, then what only a store shared by processes must do
-(copies that know their version, a store that outlives its opener, two openers, a full map, long keys)."""
+(copies that know their version, a store that outlives its opener, two openers, a full map, long keys, a slot
+map file of another version or size or from an older run)."""
 
 from __future__ import annotations
 
@@ -183,28 +184,67 @@ def test_one_background_revalidation_per_object_per_host(tmp_path: pathlib.Path)
         store.close()
 
 
-def test_a_full_map_on_a_request_path_write_makes_room_and_never_raises(tmp_path: pathlib.Path,
-                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+def _die_while_reading(path: str) -> None:
+    """A worker killed inside a read transaction: its reader slot pins the pages it saw until ``reader_check``."""
+    store = SharedStore(path, owner=False)
+    txn = store.env.begin()
+    txn.get(b"format", db=store.meta)
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+def fill_the_map(store: SharedStore) -> int:
+    """Write (uncaught, as a request-path write's first try is) until LMDB's map is really full: a pinned reader
+    keeps every page a write frees, so each write takes new ones. Each object is charged 100 bytes, so the byte
+    bound never evicts meanwhile. The count of writes that went in."""
     import lmdb
 
-    store = SharedStore(str(tmp_path / "full"), 10_000)
+    from edgeproxy.cache.codec import encode_entry
+
+    for n in range(100_000):
+        entry = make_entry(path=f"/fill{n}", body=b"x" * 3000)
+        try:
+            store._write(lambda w, e=entry: w.put(e, encode_entry(e), None, store.max_variants))
+        except lmdb.MapFullError:
+            return n
+    raise AssertionError("the map never filled")
+
+
+def test_a_map_filled_behind_a_dead_reader_makes_room_and_the_write_goes_through(
+        tmp_path: pathlib.Path, caplog: pytest.LogCaptureFixture) -> None:
+    path = str(tmp_path / "full")
+    store = SharedStore(path, 10_000_000)
     try:
         entry = make_entry()
-        store.put(entry)
-        real, calls = SharedStore._write, []
+        assert store.put(entry)
+        assert _in_child(_die_while_reading, path) == -signal.SIGKILL
+        assert fill_the_map(store) > 100
+        # Full: room is made (the dead reader's pages freed, an eviction pass) and the write goes in on the retry.
+        assert store.invalidate(entry)
+        assert "the LMDB map was full" in caplog.text
+        (found,) = store.get(entry.primary_key)
+        assert found.invalidated
+    finally:
+        store.close()
 
-        def full_once(self: SharedStore, action: Any) -> Any:
-            calls.append(action)
-            if len(calls) == 1:
-                raise lmdb.MapFullError("simulated")
-            return real(self, action)
 
-        monkeypatch.setattr(SharedStore, "_write", full_once)
-        assert store.invalidate(entry)  # full, room made (an eviction pass), written on the second try
-        assert len(calls) == 3
-        monkeypatch.setattr(SharedStore, "_write", lambda self, action: (_ for _ in ()).throw(lmdb.MapFullError("x")))
-        assert store.claim(entry, NOW, 30.0) is False  # still full: logged, answered, not raised
-        store.release(entry)
+def test_a_map_that_stays_full_answers_and_never_raises(tmp_path: pathlib.Path,
+                                                         caplog: pytest.LogCaptureFixture) -> None:
+    store = SharedStore(str(tmp_path / "stays-full"), 10_000_000)
+    try:
+        entry = make_entry()
+        assert store.put(entry)
+        pinned = store.env.begin()  # a live reader: reader_check can't free it, so nothing makes room
+        pinned.get(b"format", db=store.meta)
+        try:
+            assert fill_the_map(store) > 100
+            assert store.claim(entry, NOW, 30.0) is False  # logged, answered, not raised
+            store.release(entry)
+            assert store.put(make_entry(path="/more")) is False
+            assert store.stats().not_stored.get("map-full") == 1, store.stats().not_stored
+            assert "a write to the shared store failed" in caplog.text
+        finally:
+            pinned.abort()
+        assert store.put(make_entry(path="/after"))  # the reader gone, its pages are written again
     finally:
         store.close()
 
@@ -411,3 +451,59 @@ def test_any_record_layout_change_changes_the_format() -> None:
     ]
     assert len({current, *changed}) == len(changed) + 1
     assert store_format.endswith(b" records=" + current)
+
+
+# ---- the slot map's file (shared/slotmap.py) ----
+
+def test_a_worker_refuses_a_slot_map_of_another_version_or_size(tmp_path: pathlib.Path) -> None:
+    from edgeproxy.shared.slotmap import MAGIC
+
+    path = str(tmp_path / "slots-bad")
+    owner = SharedStore(path, 10_000)
+    try:
+        slots = tmp_path / "slots-bad" / "slots"
+        good = slots.read_bytes()
+        assert good.startswith(MAGIC)
+        slots.write_bytes(b"EPSLOTS0" + good[8:])  # an older layout: same size, another magic
+        with pytest.raises(ValueError, match="not a slot map of this version"):
+            SharedStore(path, owner=False)
+        slots.write_bytes(good[:4])  # cut inside the magic: read as zeros, so not ours either
+        with pytest.raises(ValueError, match="not a slot map of this version"):
+            SharedStore(path, owner=False)
+        slots.write_bytes(good[:-9])  # one slot short of what its header says
+        with pytest.raises(ValueError, match=f"has {len(good) - 9} bytes, expected {len(good)}"):
+            SharedStore(path, owner=False)
+        slots.write_bytes(good)
+        assert _in_child(_store_one, path) == 0  # the owner's own map: a worker (another process) opens it
+    finally:
+        owner.close()
+
+
+def test_a_stale_slot_map_from_an_older_run_never_vouches_for_a_copy(tmp_path: pathlib.Path) -> None:
+    """The owner rebuilds the map from the records: a file an older run left (here one that still says the copy's
+    version is current, after the object changed) is replaced, not trusted."""
+    path = str(tmp_path / "stale")
+    slots = tmp_path / "stale" / "slots"
+    first = SharedStore(path, 10_000)
+    entry = make_entry(body=b"v1")
+    first.put(entry)
+    (copy,) = first.get(entry.primary_key)
+    stale = slots.read_bytes()  # the map as it was while the copy was current
+    first.put(make_entry(body=b"v2"))  # the object replaced: the copy's version retired
+    assert not first.touch(copy)
+    first.close()
+    slots.write_bytes(stale)  # what an older run left behind (or a crash before its publish)
+    second = SharedStore(path, 10_000)
+    try:
+        assert not second.touch(copy)
+        (current,) = second.get(entry.primary_key)
+        assert current.body == b"v2" and second.touch(current)
+    finally:
+        second.close()
+    slots.write_bytes(b"garbage")  # not a slot map at all: the owner makes a new one, it does not fail
+    third = SharedStore(path, 10_000)
+    try:
+        (current,) = third.get(entry.primary_key)
+        assert current.body == b"v2" and third.touch(current)
+    finally:
+        third.close()

@@ -1,66 +1,80 @@
-"""OriginConnection's write errors (proxy/origin.py), with a transport that refuses writes as uvloop does once a
-connection is closed: no sockets.
+"""OriginConnection's write errors (proxy/origin.py) over a real uvloop transport on loopback, reset by its peer.
 
 Category: protocol shell. Which error says what decides the retry (upstream.send_request): a request of which no
-byte went out may be sent again whatever its method; one cut after its head only as the retry rules allow.
+byte went out may be sent again whatever its method; one cut after its head only as the retry rules allow. uvloop
+refuses a write on a closed handle with a RuntimeError; these tests make it close one for real (the peer resets).
 """
 
 from __future__ import annotations
 
 import asyncio
-from typing import Any
+import socket
+import struct
+from collections.abc import Awaitable, Callable
 
 import pytest
+import uvloop
 
 from edgeproxy.proxy.origin import OriginAddress, OriginClosed, OriginClosedUnsent, OriginConnection
 
 ADDRESS = OriginAddress("http", "127.0.0.1", 9)
 FIELDS = [(b"host", b"127.0.0.1:9"), (b"content-length", b"2")]
+HEAD = b"POST / HTTP/1.1\r\nhost: 127.0.0.1:9\r\ncontent-length: 2\r\n\r\n"
 
 
-class ClosedTransport:
-    """Refuses every write, as uvloop does for a handle closed before connection_lost ran."""
-
-    def write(self, data: bytes) -> None:
-        raise RuntimeError("unable to perform operation on <TCPTransport closed=True>")
-
-    def get_extra_info(self, name: str, default: Any = None) -> Any:
-        return default
-
-    def is_closing(self) -> bool:
-        return True
+def reset(peer: socket.socket) -> None:
+    """Close with an RST (linger 0), as an origin that drops a connection does."""
+    peer.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    peer.close()
 
 
-class OpenThenClosed(ClosedTransport):
-    """Takes the head, then closes."""
+async def until_lost(conn: OriginConnection) -> None:
+    for _ in range(500):  # bounded: a reset on loopback is seen within a few loop turns
+        if conn.lost:
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError("the reset was never seen")
 
-    def __init__(self) -> None:
-        self.writes = 0
 
-    def write(self, data: bytes) -> None:
-        self.writes += 1
-        if self.writes > 1:
-            super().write(data)
+def on_loopback(parser: str, body: Callable[[OriginConnection, socket.socket], Awaitable[None]]) -> None:
+    async def main() -> None:
+        with socket.create_server(("127.0.0.1", 0)) as listener:
+            conn = OriginConnection(ADDRESS, parser)
+            transport, _ = await asyncio.get_running_loop().create_connection(
+                lambda: conn, "127.0.0.1", listener.getsockname()[1])
+            assert type(transport).__module__.startswith("uvloop")
+            peer, _ = listener.accept()
+            peer.settimeout(5.0)
+            try:
+                await body(conn, peer)
+            finally:
+                transport.close()
+                peer.close()
+    uvloop.run(main())
 
 
 @pytest.mark.parametrize("parser", ["h11", "httptools"])
 def test_a_closed_connection_before_the_head_is_unsent(parser: str) -> None:
-    async def main() -> None:
-        conn = OriginConnection(ADDRESS, parser)
-        conn.transport = ClosedTransport()
+    async def body(conn: OriginConnection, peer: socket.socket) -> None:
+        reset(peer)
+        await until_lost(conn)
         with pytest.raises(OriginClosedUnsent):
             conn.send_head(b"POST", b"/", FIELDS)
         assert conn.lost
-    asyncio.run(main())
+    on_loopback(parser, body)
 
 
 @pytest.mark.parametrize("parser", ["h11", "httptools"])
 def test_a_close_after_the_head_is_not_unsent(parser: str) -> None:
-    async def main() -> None:
-        conn = OriginConnection(ADDRESS, parser)
-        conn.transport = OpenThenClosed()
+    async def body(conn: OriginConnection, peer: socket.socket) -> None:
         conn.send_head(b"POST", b"/", FIELDS)
+        got = b""
+        while len(got) < len(HEAD):
+            got += peer.recv(4096)
+        assert got == HEAD  # the head went out: the origin may have acted on it
+        reset(peer)
+        await until_lost(conn)
         with pytest.raises(OriginClosed) as caught:
             await conn.send_body(b"ok")
         assert not isinstance(caught.value, OriginClosedUnsent) and conn.lost
-    asyncio.run(main())
+    on_loopback(parser, body)
