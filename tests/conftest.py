@@ -10,6 +10,9 @@ import pytest
 
 from tests.support import Proc, start_demo_origin, start_proxy
 
+# Under CI=true a skip or an xfail fails the run unless tests/skipguard.py allows it.
+pytest_plugins = ("tests.skipguard",)
+
 
 @pytest.fixture(scope="session")
 def demo_origin(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Proc]:

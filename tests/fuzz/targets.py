@@ -9,15 +9,16 @@ Rules kept here:
 - Structured inputs (how a request is split across reads, a TOML-ish config tree) are drawn from the bytes with
   ``Draw``, so the fuzzer's mutations stay meaningful and every input replays exactly.
 - No sockets, no clock, no threads: the pure core and the parser seam only.
+- httptools is required (the test extra installs it): both parser backends always run, none drops out quietly.
 """
 
 from __future__ import annotations
 
-import importlib.util
 from collections.abc import Callable
 from typing import Any
 
 import h11
+import httptools
 
 from edgeproxy.config import CACHE_KEYS, ORIGIN_KEYS, SERVER_KEYS, SITE_KEYS, ConfigError, config_from_dict
 from edgeproxy.control.protocol import ProtocolError, parse_request
@@ -26,6 +27,7 @@ from edgeproxy.http import cachecontrol, headscan
 from edgeproxy.proxy.backends import make_response_parser
 from edgeproxy.proxy.origin_parser import ResponseError, ResponseHead
 from edgeproxy.proxy.parser import CLOSED, END, NEED_DATA, H11Parser, Limits, RequestHead, RequestParser
+from edgeproxy.proxy.parser_httptools import HttptoolsParser
 
 SMALL = Limits(max_uri=256, max_header_bytes=1024, max_headers=16, max_body=4096)
 MAX_EVENTS = 200  # per read: a parser that keeps producing events without input is a bug
@@ -60,17 +62,8 @@ class Draw:
 
 # ---- the request path ----
 
-def _backends() -> list[Callable[[Limits], RequestParser]]:
-    found: list[Callable[[Limits], RequestParser]] = [H11Parser]
-    if importlib.util.find_spec("httptools") is not None:
-        from edgeproxy.proxy.parser_httptools import HttptoolsParser
-
-        found.append(HttptoolsParser)
-    return found
-
-
-BACKENDS = _backends()
-ORIGIN_BACKENDS = ("h11", "httptools") if importlib.util.find_spec("httptools") is not None else ("h11",)
+BACKENDS: tuple[Callable[[Limits], RequestParser], ...] = (H11Parser, HttptoolsParser)
+ORIGIN_BACKENDS = ("h11", "httptools")
 
 
 def _drive(parser: RequestParser, reads: list[bytes]) -> list[object]:
@@ -227,9 +220,7 @@ class _LlhttpHead:
 
 
 def _llhttp_read(data: bytes) -> tuple[bytes, bytes, bytes, list[tuple[bytes, bytes]]] | None:
-    """llhttp's reading (httptools, used directly), or None if refused or httptools is not installed."""
-    import httptools
-
+    """llhttp's reading (httptools, used directly), or None if refused."""
     head = _LlhttpHead()
     parser = httptools.HttpRequestParser(head)
     try:
@@ -244,9 +235,7 @@ def _llhttp_read(data: bytes) -> tuple[bytes, bytes, bytes, list[tuple[bytes, by
 def _check_lane_head(data: bytes, scanned: headscan.Scan) -> None:
     """A head the scanner accepted is read the same way by h11, llhttp and both of the proxy's parser seams."""
     method, target, version, host, keep, origin, referer, agent, nfields = scanned
-    readings = [_h11_read(data)]
-    if len(ORIGIN_BACKENDS) > 1:
-        readings.append(_llhttp_read(data))
+    readings = [_h11_read(data), _llhttp_read(data)]
     for reading in readings:
         assert reading is not None, ("refused by a parser", data)
         assert reading[:3] == (method, target, version), (reading, scanned)

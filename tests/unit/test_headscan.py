@@ -1,9 +1,10 @@
 """The fast lane's head scanner (edgeproxy/http/headscan.py) and its compiled twin (_headscan.c), side by side.
 
 Every table runs against both implementations; the compiled one is skipped (with the reason) where it was not
-built. The differential tests feed the smuggling probes, the fuzz seeds and a few thousand heads mutated line by
-line from browser heads through ``tests.fuzz.targets.headscan_target``, which holds the two implementations equal
-and checks every head they accept against h11, llhttp and both of the proxy's parser seams.
+built, which fails the run under CI=true (scripts/test builds it; tests/skipguard.py). The differential tests feed
+the smuggling probes, the fuzz seeds and a few thousand heads mutated line by line from browser heads through
+``tests.fuzz.targets.headscan_target``, which holds the two implementations equal and checks every head they accept
+against h11, llhttp and both of the proxy's parser seams.
 """
 
 from __future__ import annotations
