@@ -82,14 +82,21 @@ class Write:
         self.store.save_state(txn, self.state)
 
     def publish(self) -> None:
+        """The versions this transaction gave its slots, into the slot map. Only ever forward: versions grow with
+        each commit, so one that is not newer than the map's was committed before a writer that already published
+        (writer B commits, C changes the same slot and publishes, then B's publish comes): writing it would make a
+        copy of what C replaced current again."""
         slotmap = self.store.slotmap
+        versions = slotmap.versions
         if self._dropped is not None:
             slotmap.retire_all(self._dropped)
         for slot, version in self._published.items():
+            if version <= versions[slot]:
+                continue
             if slot in self._fresh:
                 slotmap.reset(slot, version)
             else:
-                slotmap.versions[slot] = version
+                versions[slot] = version
 
     # -- Queues (cache/s3fifo.py) ----------------------------------------------------------------------
 

@@ -355,6 +355,32 @@ def test_a_data_file_of_another_user_is_refused(tmp_path: pathlib.Path) -> None:
         SharedStore(str(path), 10_000)
 
 
+# -- publishes that arrive out of order -------------------------------------------------------------------------
+
+def test_a_late_publish_never_takes_a_slot_back_to_an_older_version(tmp_path: pathlib.Path) -> None:
+    """Writer B commits, writer C replaces what B stored and publishes, then B's publish arrives: the slot map keeps
+    C's newer version, so a copy of B's replaced object never passes for current (it did before)."""
+    from edgeproxy.shared.transaction import Write
+
+    store = SharedStore(str(tmp_path / "s"), 10_000)
+    try:
+        held: list[Write] = []
+        publish = Write.publish
+        Write.publish = lambda self: held.append(self)  # type: ignore[method-assign]  # B's publish held back
+        try:
+            store.put(make_entry(body=b"b"))
+        finally:
+            Write.publish = publish  # type: ignore[method-assign]
+        (b_copy,) = store.get("https://a.example/a")  # B's object as the records have it
+        store.put(make_entry(body=b"c"))  # C replaces it and publishes
+        (c_copy,) = store.get("https://a.example/a")
+        assert c_copy.body == b"c" and not store.touch(b_copy) and store.touch(c_copy)
+        held[0].publish()  # B's publish, last
+        assert not store.touch(b_copy) and store.touch(c_copy)
+    finally:
+        store.close()
+
+
 # -- a worker killed between a commit and its publish ---------------------------------------------------------
 
 def _replace_and_die_before_publishing(path: str) -> None:
