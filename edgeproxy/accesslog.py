@@ -13,10 +13,10 @@ origin_ms=1.2 total_ms=1.5``
 
 Cost (the hit path pays it on every request): an exchange's line is written straight as bytes by ``exchange`` from
 its values, in one format when none of them needs escaping (one ``bytes.translate`` over them all says so), with the
-time string made once per second; measured in-process ~0.6 µs a line against ~5 µs for a LogRecord formatted with
-``format_combined`` and encoded at flush; the fast lane's hits (proxy/lane.py) take the same way. JSON lines
-take the same way (``json``: 1.8 against 6.7 µs). ``format_combined`` and ``format_json`` stay the reference: the
-bytes are the same (tests/unit/test_accesslog.py checks both); ``log`` with a ``LogRecord`` formats through them.
+time string made once per second: in-process several times cheaper than a LogRecord formatted with
+``format_combined`` and encoded at flush (benchmarks/hitcost.py with HITCOST_LOG=on); the fast lane's hits
+(proxy/lane.py) take the same way, and so do JSON lines (``json``). ``format_combined`` and ``format_json`` stay
+the reference: the bytes are the same (tests/unit/test_accesslog.py checks both); ``log`` with a ``LogRecord`` formats through them.
 """
 
 from __future__ import annotations
@@ -206,8 +206,8 @@ class AccessLog:
     def json(self, client: bytes, now: float, method: bytes, target: bytes, version: bytes, status: int, sent: int,
              referer: bytes, user_agent: bytes, cache: bytes, origin_ms: float, total_ms: float) -> None:
         """A JSON line from the values ``format_json`` takes (``client`` as bytes, an address): the bytes it would
-        give, made without a record, a dict or json.dumps for the usual values (1.8 against 6.7 µs a line with a
-        browser's user agent and referer, measured)."""
+        give, made without a record, a dict or json.dumps for the usual values (a fraction of their cost for a line
+        with a browser's user agent and referer, measured with benchmarks/hitcost.py)."""
         if self.fd is None:
             return
         stamp = self._stamp if int(now) == self._second else self._new_stamp(now)

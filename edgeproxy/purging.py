@@ -29,7 +29,7 @@ from edgeproxy.cache.store import Storage
 
 log = logging.getLogger("edgeproxy.purge")
 
-BATCH = 512  # keys per step: ~1 ms to read and match in the shared store; one write transaction of at most this
+BATCH = 512  # keys per step: a short read and match in the shared store; one write transaction of at most this
 _matcher: ThreadPoolExecutor | None = None
 
 

@@ -20,9 +20,9 @@ Rules kept here:
 - Regexes are RE2's (google-re2): linear in the key, no backtracking, so no pattern can make one key cost
   exponential time. What RE2 lacks (backreferences, lookaround, atomic groups, possessive repeats) is refused at
   parse time with the reason (``_RE2_GAPS``), as are patterns over ``_MAX_PATTERN`` characters, over
-  ``MAX_PROGRAM`` RE2 instructions (a key's cost grows with both: ``(\\w+\\.?){1000}x`` on an 8 KiB key took 0.3 s
-  in RE2's NFA), or over RE2's memory bound ``_RE2_MEMORY``. Searched against primary keys; the shell matches a
-  whole store off its event loop with a time budget (edgeproxy/purging.py), whose fallback is ``fallback_of``.
+  ``MAX_PROGRAM`` RE2 instructions (a key's cost grows with both: a long repeated group on a long key costs RE2's
+  NFA a measurable fraction of a second, tests/unit/test_purge.py), or over RE2's memory bound ``_RE2_MEMORY``.
+  Searched against primary keys; the shell matches a whole store off its event loop with a time budget (edgeproxy/purging.py), whose fallback is ``fallback_of``.
 - ``may_match`` is ``matches`` for the purge log, where a put waits for the answer inside a write transaction:
   a regex whose cost on this key (instructions x bytes) is over ``LOG_MATCH_WORK`` counts as a match (refusing
   the put costs a miss; a wrong answer would be a purged object served).
@@ -56,7 +56,7 @@ _TAG_FORBIDDEN = frozenset(" ,\t\r\n\x00")
 _MAX_PATTERN = 1024
 MAX_PROGRAM = 2000  # RE2 instructions: a 1,000-character alternation of literal paths needs about 1,000
 _RE2_MEMORY = 1 << 20  # bytes RE2 may use for one pattern's program and its DFA cache (its default is 8 MiB)
-LOG_MATCH_WORK = 1 << 18  # instructions x key bytes: ~1.5 ms in RE2's NFA on the 2-core dev box
+LOG_MATCH_WORK = 1 << 18  # instructions x key bytes: a few milliseconds of RE2's NFA inside a write transaction
 # RE2's error, or the pattern, (a regex on "error\npattern") -> what to tell the operator: the Perl syntax RE2 lacks.
 _RE2_GAPS: tuple[tuple[re.Pattern[str], str], ...] = (
     (re.compile(r"invalid escape sequence: \\[1-9]|\n.*\(\?P="), "backreferences are not supported (RE2 syntax)"),

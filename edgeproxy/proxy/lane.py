@@ -106,7 +106,7 @@ class Lane:
         edge = self.edge
         entry = found.entry
         now = edge.clock()
-        # freshness.current_age and ttl, inlined (a call each is ~1k instructions of a lane hit: benchmarks/hitcost.py)
+        # freshness.current_age and ttl, inlined: a call each is a share of a lane hit (benchmarks/hitcost.py)
         age = entry.corrected_initial_age + max(0.0, now - entry.response_time)
         left = entry.freshness_lifetime - age
         if left <= 0.0 or entry.invalidated or not edge.store.touch(entry):
@@ -114,7 +114,7 @@ class Lane:
             client.lane_key = key
             return False
         # delivery.write_stored, ProxyCounters.response and ClientConnection.response_done_fast, inlined: a call each
-        # is ~1-2k instructions of a ~40k lane hit (benchmarks/hitcost.py); tests/unit/test_lane.py holds them equal.
+        # is a measurable share of a lane hit (benchmarks/hitcost.py); tests/unit/test_lane.py holds them equal.
         body = b"" if method == b"HEAD" else entry.body
         head = b"%sage: %d\r\ncache-status: %s%d\r\n%s" % (entry.head, age, self.hit_prefix, left,
                                                               found.tails[keep_alive * 2 + (version == b"1.0")])
