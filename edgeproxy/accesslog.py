@@ -16,7 +16,8 @@ its values, in one format when none of them needs escaping (one ``bytes.translat
 time string made once per second: in-process several times cheaper than a LogRecord formatted with
 ``format_combined`` and encoded at flush (benchmarks/hitcost.py with HITCOST_LOG=on); the fast lane's hits
 (proxy/lane.py) take the same way, and so do JSON lines (``json``). ``format_combined`` and ``format_json`` stay
-the reference: the bytes are the same (tests/unit/test_accesslog.py checks both); ``log`` with a ``LogRecord`` formats through them.
+the reference: the bytes are the same (tests/unit/test_accesslog.py checks both); ``log`` with a ``LogRecord``
+formats through them.
 """
 
 from __future__ import annotations

@@ -22,7 +22,8 @@ Rules kept here:
   parse time with the reason (``_RE2_GAPS``), as are patterns over ``_MAX_PATTERN`` characters, over
   ``MAX_PROGRAM`` RE2 instructions (a key's cost grows with both: a long repeated group on a long key costs RE2's
   NFA a measurable fraction of a second, tests/unit/test_purge.py), or over RE2's memory bound ``_RE2_MEMORY``.
-  Searched against primary keys; the shell matches a whole store off its event loop with a time budget (edgeproxy/purging.py), whose fallback is ``fallback_of``.
+  Searched against primary keys; the shell matches a whole store off its event loop with a time budget
+  (edgeproxy/purging.py), whose fallback is ``fallback_of``.
 - ``may_match`` is ``matches`` for the purge log, where a put waits for the answer inside a write transaction:
   a regex whose cost on this key (instructions x bytes) is over ``LOG_MATCH_WORK`` counts as a match (refusing
   the put costs a miss; a wrong answer would be a purged object served).
